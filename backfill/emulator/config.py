@@ -1,0 +1,148 @@
+"""Settings of the emulator: credentials, the job clock, data volume, limits and faults."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timedelta
+from pathlib import Path
+
+V2_TYPES = (
+    "visit",
+    "page",
+    "action",
+    "action_tag",
+    "custom_event",
+    "ads_track_activation",
+    "ads_track_click",
+    "pvar",
+    "evar",
+    "vstr",
+)
+"""The v2 data types, in the order of the newest docs."""
+
+V1_TYPES = (
+    "visit",
+    "page",
+    "action",
+    "action_tag",
+    "custom_attr",
+    "ads_track_click",
+    "ads_track_activation",
+)
+"""The seven tables a v1 answer mixes."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """One project's API credentials, as the GrowingIO console shows them."""
+
+    client_id: str
+    secret: str
+    project_uid: str
+    ai: str
+
+
+DEMO_CREDENTIALS = Credentials(
+    client_id="demo-client-id",
+    secret="demo-private-key",
+    project_uid="demoProjectUid",
+    ai="a1b2c3d4e5f60789",
+)
+
+
+FAULT_KINDS = (
+    "api_5xx",
+    "revoke_token",
+    "job_error",
+    "slow_first_byte",
+    "reset",
+    "truncate",
+    "corrupt",
+    "stall",
+)
+"""Fault names, each a rate in [0, 1]. API faults first, then download faults."""
+
+
+@dataclass
+class Faults:
+    """Switchable failures; each rate is the chance that one call or download suffers it.
+
+    Each kind draws from its own generator seeded from ``seed``, so one rate does not
+    shift the draws of another and a run can be replayed.
+    """
+
+    seed: int = 0
+    api_5xx: float = 0.0
+    revoke_token: float = 0.0
+    job_error: float = 0.0
+    slow_first_byte: float = 0.0
+    reset: float = 0.0
+    truncate: float = 0.0
+    corrupt: float = 0.0
+    stall: float = 0.0
+    slow_seconds: float = 2.0
+    stall_seconds: float = 30.0
+    _rngs: dict[str, random.Random] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for kind in FAULT_KINDS:
+            rate = getattr(self, kind)
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"fault rate {kind}={rate} is not between 0 and 1")
+
+    def roll(self, kind: str) -> bool:
+        """Draw whether this call suffers ``kind``."""
+        rate: float = getattr(self, kind)
+        if rate <= 0.0:
+            return False
+        rng = self._rngs.setdefault(kind, random.Random(f"{self.seed}:{kind}"))
+        return rng.random() < rate
+
+    def update(self, **changes: float) -> None:
+        """Change rates or timings at run time (the ``/_emulator/faults`` endpoint)."""
+        names = {f.name for f in fields(self)} - {"_rngs"}
+        for name, value in changes.items():
+            if name not in names:
+                raise ValueError(f"unknown fault setting {name!r}")
+            setattr(self, name, type(getattr(self, name))(value))
+        self.__post_init__()
+        self._rngs.clear()
+
+
+@dataclass
+class EmulatorConfig:
+    """Everything the emulator can be told. Times are emulated unless said otherwise."""
+
+    credentials: Credentials = DEMO_CREDENTIALS
+    seed: int = 0
+    data_dir: Path | None = None
+    """Where generated parts live; ``None`` means a cache folder under the user's home."""
+    bytes_per_hour: int = 48 * 1024
+    """Average gzip bytes one data type produces in one hour."""
+    part_size: int = 64 * 1024 * 1024
+    """Largest gzip part; the real service splits at 64 MB."""
+    compress_level: int = 6
+    now: datetime | None = None
+    """Where the emulated clock starts; ``None`` means the real time."""
+    speed: float = 1.0
+    """Emulated seconds per real second; 0 freezes the clock."""
+    hour_lag: timedelta = timedelta(minutes=40)
+    late_hour_lag: timedelta = timedelta(minutes=60)
+    """Lag for the hours 23:00–02:00, which the docs say take longer."""
+    day_lag: timedelta = timedelta(hours=3)
+    job_seconds: float = 120.0
+    """How long (emulated) an export job stays RUNNING after its first request."""
+    retention_days: int = 15
+    token_lifetime: timedelta = timedelta(days=30)
+    token_skew_seconds: float = 300.0
+    """How far (real time) a token request's ``tm`` may be from now."""
+    rate_limit: int = 2
+    """Export calls allowed per client id in any window of ``rate_window`` real seconds."""
+    rate_window: float = 1.0
+    md5_header: bool = True
+    """Send ``x-amz-meta-md5-hash`` on downloads (some real answers lack it)."""
+    trap_links: bool = True
+    """RUNNING answers carry links to unfinished parts that a client must not download."""
+    max_expire_minutes: int = 7 * 24 * 60
+    faults: Faults = field(default_factory=Faults)

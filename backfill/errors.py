@@ -1,0 +1,60 @@
+"""The one exception tree of backfill.
+
+Every error a user can meet derives from :class:`BackfillError`; the CLI catches
+only that root, prints ``str(error)`` as one line and exits with ``exit_code``::
+
+    BackfillError                 exit 1
+    ├── UsageError                exit 2  bad flags, dates, config, output folder
+    ├── AuthError                 exit 3  credentials or token rejected
+    ├── RemoteError               exit 1  the API or a link answered something unusable
+    │   ├── RetryableError                429, 5xx, connection trouble: try again later
+    │   │   └── LinkExpiredError          a signed link expired: ask the API again
+    │   └── PermanentError                other 4xx: this key cannot be fetched
+    └── IntegrityError            exit 1  a download failed verification
+
+Messages never contain secrets: callers pass redacted URLs and never a token.
+"""
+
+from __future__ import annotations
+
+
+class BackfillError(Exception):
+    """Root of every error backfill raises on purpose."""
+
+    exit_code = 1
+
+
+class UsageError(BackfillError):
+    """The command line, a date, the configuration or the output folder is wrong."""
+
+    exit_code = 2
+
+
+class AuthError(BackfillError):
+    """The API rejected the credentials or the token."""
+
+    exit_code = 3
+
+
+class RemoteError(BackfillError):
+    """The API or an object store answered something the tool cannot use."""
+
+
+class RetryableError(RemoteError):
+    """A transient failure (429, 5xx, a dropped connection); ``retry_after`` in seconds."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class LinkExpiredError(RetryableError):
+    """A signed download link is no longer valid; fresh links must be requested."""
+
+
+class PermanentError(RemoteError):
+    """A failure that retrying will not fix (a 4xx other than 401/429)."""
+
+
+class IntegrityError(BackfillError):
+    """A downloaded part failed its length, checksum or gzip check."""

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from backfill.emulator import EmulatorConfig, RunningEmulator, serve
+from backfill.keys import BEIJING
+from tests.helpers import Api
+
+# A fixed, frozen emulated "now": tests move the clock themselves.
+NOW = datetime(2026, 11, 20, 12, 0, tzinfo=BEIJING)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Generated parts are shared by the whole session, as the real data folder would be."""
+    return tmp_path_factory.mktemp("emulator-data")
+
+
+EmulatorFactory = Callable[..., AbstractAsyncContextManager[tuple[RunningEmulator, Api]]]
+
+
+@pytest.fixture
+def emulator_factory(data_dir: Path) -> EmulatorFactory:
+    """Start an emulator with config overrides; yields it and a logged-out Api."""
+
+    @asynccontextmanager
+    async def start(**overrides: Any) -> AsyncIterator[tuple[RunningEmulator, Api]]:
+        settings: dict[str, Any] = {"data_dir": data_dir, "now": NOW, "speed": 0.0,
+                                    "job_seconds": 60.0, "bytes_per_hour": 16 * 1024,
+                                    "rate_limit": 1000}  # rate tests set their own
+        settings.update(overrides)
+        async with serve(EmulatorConfig(**settings)) as running, aiohttp.ClientSession() as s:
+            yield running, Api(s, running.url)
+
+    return start
+
+
+@pytest.fixture
+async def emulator(emulator_factory: EmulatorFactory) -> AsyncIterator[tuple[RunningEmulator, Api]]:
+    async with emulator_factory() as pair:
+        await pair[1].login()
+        yield pair
