@@ -1,4 +1,4 @@
-"""GrowingIO authentication: the signed token request (pure) and, later, the token holder.
+"""GrowingIO authentication: the signed token request (pure) and the run's token holder.
 
 The token request is ``POST /auth/token`` with header ``X-Client-Id`` and the raw body
 ``project=<uid>&ai=<ai>&tm=<unix ms>&auth=<signature>``, where the signature is the
@@ -10,8 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
+
+import aiohttp
+import anyio
+
+from backfill.config import Credentials
+from backfill.errors import AuthError, RetryableError
 
 TOKEN_PATH = "/auth/token"
+MAX_FRESH_REJECTIONS = 3
 
 
 def signed_message(project_uid: str, ai: str, tm: int) -> str:
@@ -29,3 +37,87 @@ def token_request_body(secret: str, project_uid: str, ai: str, tm: int) -> str:
     """The raw body of the token request (not a form: the same text, sent as is)."""
     auth = signature(secret, project_uid, ai, tm)
     return f"project={project_uid}&ai={ai}&tm={tm}&auth={auth}"
+
+
+class TokenHolder:
+    """One token for the whole run, shared by every task.
+
+    GrowingIO revokes the previous token whenever a new one is issued, so tokens are
+    fetched under a lock, only when none is held or the held one was rejected, and a
+    rejection is handled once per token no matter how many tasks saw it.
+    """
+
+    def __init__(self, session: aiohttp.ClientSession, creds: Credentials,
+                 timeout: aiohttp.ClientTimeout, *, attempts: int = 4) -> None:
+        self._session = session
+        self._creds = creds
+        self._timeout = timeout
+        self._attempts = attempts
+        self._token: str | None = creds.token or None
+        self._generation = 0
+        self._proven = False
+        self._fresh_rejections = 0
+        self._lock = anyio.Lock()
+        self.fetched = 0
+
+    async def current(self) -> tuple[str, int]:
+        """The token to send, and its generation (pass it back to :meth:`rejected`)."""
+        if self._token is None:
+            async with self._lock:
+                if self._token is None:
+                    await self._fetch()
+        assert self._token is not None
+        return self._token, self._generation
+
+    def accepted(self, generation: int) -> None:
+        """The API took this token once: a later 401 means it was revoked, not wrong."""
+        if generation == self._generation:
+            self._proven = True
+            self._fresh_rejections = 0
+
+    async def rejected(self, generation: int) -> None:
+        """The API answered 401 to a token of ``generation``: replace it once, or give up.
+
+        Raises :class:`AuthError` when the token was never accepted (the credentials are
+        wrong) or cannot be renewed (a ready token without the private key).
+        """
+        async with self._lock:
+            if generation != self._generation:
+                return  # another task already replaced it
+            if not self._creds.secret:
+                raise AuthError("GrowingIO rejected the token from GIO_TOKEN: it expired or "
+                                "was revoked; issue a new one or set GIO_SECRET")
+            if not self._proven:
+                # Another client of the project may have fetched a token just after ours
+                # (which revokes ours); a few fresh tokens in a row refused means it is us.
+                self._fresh_rejections += 1
+                if self._fresh_rejections >= MAX_FRESH_REJECTIONS:
+                    raise AuthError("GrowingIO keeps rejecting fresh tokens: check "
+                                    "GIO_CLIENT_ID and GIO_AI, and that no other client of "
+                                    "this project keeps requesting tokens")
+            await self._fetch()
+
+    async def _fetch(self) -> None:
+        c = self._creds
+        url = c.base_url.rstrip("/") + TOKEN_PATH
+        for attempt in range(self._attempts):
+            body = token_request_body(c.secret, c.project_uid, c.ai, int(time.time() * 1000))
+            try:
+                async with self._session.post(url, data=body.encode(), timeout=self._timeout,
+                                              headers={"X-Client-Id": c.client_id}) as resp:
+                    if resp.status < 500:
+                        answer = await resp.json(content_type=None) if resp.status == 200 else {}
+                        code = answer.get("code") if isinstance(answer, dict) else None
+                        if resp.status != 200 or not isinstance(code, str) or not code:
+                            raise AuthError(f"GrowingIO refused the token request (HTTP "
+                                            f"{resp.status}): check GIO_CLIENT_ID, GIO_SECRET, "
+                                            "GIO_PROJECT_UID and GIO_AI")
+                        self._token, self._proven = code, False
+                        self._generation += 1
+                        self.fetched += 1
+                        return
+                    problem = f"HTTP {resp.status}"
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                problem = type(exc).__name__
+            await anyio.sleep(min(30.0, 0.5 * 2**attempt))
+        raise RetryableError(f"cannot get a token from {c.base_url}: {problem}")

@@ -7,25 +7,29 @@ exits with the error's documented code; anything else reaching a user is a bug.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from datetime import datetime, timedelta
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, ParamSpec, TypeVar
 
 import typer
 
 from backfill import __version__
+from backfill.config import Settings
 from backfill.errors import BackfillError, UsageError
-from backfill.keys import BEIJING, Granularity, key_at
+from backfill.keys import BEIJING, Granularity, Key, expand, key_at, parse_bound
+from backfill.report import EXIT_CODES, Reporter, Summary, make_reporter, print_summary
 
 EXIT_INTERRUPTED = 130
 P = ParamSpec("P")
 R = TypeVar("R")
+MAX_KEYS = 100_000
 
 app = typer.Typer(
     name="backfill",
     help="Pull GrowingIO raw event exports for any range of days or hours onto disk: "
     "fast, resumable, verified.",
+    epilog=EXIT_CODES,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,  # locals can hold secrets
@@ -90,13 +94,125 @@ def _parse_faults(specs: list[str]) -> dict[str, float]:
     return rates
 
 
+DATE_HELP = ("YYYY-MM-DD, YYYYMMDD, YYYY-MM-DDTHH, YYYYMMDDHH, today, yesterday, -7d, -36h "
+             "(Beijing time).")
+
+
+@app.command(epilog=EXIT_CODES)
+@guarded
+def run(
+    from_: Annotated[str, typer.Option("--from", help=f"First key, inclusive: {DATE_HELP}")],
+    to: Annotated[str, typer.Option("--to", help="Last key, inclusive (same forms).")],
+    granularity: Annotated[str | None, typer.Option(
+        help="day or hour \\[default: day].")] = None,
+    api: Annotated[str | None, typer.Option(help="v1 or v2 \\[default: v2].")] = None,
+    types: Annotated[str | None, typer.Option(
+        help="v2 data types, comma-separated \\[default: all].")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder \\[default: ./data].")] = None,
+    config: Annotated[Path | None, typer.Option(
+        help="TOML config file \\[default: ./backfill.toml if present].")] = None,
+    downloads: Annotated[int | None, typer.Option(
+        help="Keys and parts downloading at once \\[default: 8].")] = None,
+    max_wait: Annotated[str | None, typer.Option(
+        help="How long to wait for keys not ready yet, e.g. 30m \\[default: 30m].")] = None,
+    force: Annotated[bool, typer.Option(help="Fetch keys again even if done.")] = False,
+    quiet: Annotated[bool, typer.Option(help="Plain log lines instead of bars.")] = False,
+) -> None:
+    """Backfill a range of days or hours into the output folder."""
+    settings = load_settings(config, out=out, granularity=granularity, api=api, types=types,
+                             downloads=downloads, max_wait=max_wait)
+    keys = expand_range(from_, to, settings)
+    summary = _run_async(_backfill, settings, keys, make_reporter(quiet), force)
+    print_summary(summary)
+    raise typer.Exit(summary.exit_code)
+
+
+def load_settings(config: Path | None, **flags: object) -> Settings:
+    from backfill.config import load
+
+    return load(config, flags)
+
+
+def expand_range(first: str, last: str, settings: Settings) -> list[Key]:
+    """Parse ``--from``/``--to`` into keys; refuse inverted and wholly expired ranges."""
+    from backfill.policy import beyond_retention
+
+    now = datetime.now(UTC)
+    start = parse_bound(first, settings.granularity, now=now, end=False)
+    end = parse_bound(last, settings.granularity, now=now, end=True)
+    if start > end:
+        raise UsageError(f"--from {first} is after --to {last}")
+    keys = expand(start, end)
+    if len(keys) > MAX_KEYS:
+        raise UsageError(f"the range holds {len(keys)} keys; split it (at most {MAX_KEYS})")
+    if all(beyond_retention(k, now, settings.retention_days) for k in keys):
+        raise UsageError(f"the whole range is older than the {settings.retention_days}-day "
+                         "retention of raw data; set retention_days if your project keeps more")
+    return keys
+
+
+async def _backfill(settings: Settings, keys: list[Key], reporter: Reporter,
+                    force: bool) -> Summary:
+    from backfill.runner import backfill
+
+    return await backfill(settings, keys, reporter, force=force)
+
+
+def _run_async(function: Callable[..., Awaitable[R]], *args: object) -> R:
+    import anyio
+
+    return anyio.run(lambda: function(*args))
+
+
+@app.command()
+@guarded
+def demo(
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("backfill-demo"),
+    quiet: Annotated[bool, typer.Option(help="Plain log lines instead of bars.")] = False,
+) -> None:
+    """Back up a week of data from the bundled emulator: the whole flow, no account needed."""
+    from backfill.demo import DEMO_TYPES, run_demo
+
+    typer.echo(f"Starting the bundled GrowingIO emulator and backing up a week of "
+               f"{', '.join(DEMO_TYPES)} into {out}/ ...", err=True)
+    summary, stats = _run_async(run_demo, out, make_reporter(quiet))
+    print_summary(summary)
+    faults = sum(stats["faults"].values())
+    typer.echo(
+        f"\nThe emulator saw {stats['export_calls']} export calls, "
+        f"{stats['rate_limited']} over the 2 calls/s limit, {stats['downloads_trap']} downloads "
+        f"of unfinished parts, and injected {faults} faults that the run recovered from.")
+    typer.echo(_demo_next_steps(out))
+    raise typer.Exit(summary.exit_code)
+
+
+def _demo_next_steps(out: Path) -> str:
+    query = (f"SELECT dt, count(*) AS visits FROM read_csv('{out}/visit/*/*.csv.gz', "
+             "hive_partitioning = true, escape = '\\') GROUP BY dt ORDER BY dt")
+    try:
+        import duckdb  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        duckdb_part = ("  # read it with DuckDB: pip install duckdb, then in python3:\n"
+                       f'  #   import duckdb; duckdb.sql(r"{query}").show()')
+    else:
+        duckdb_part = f"  # DuckDB reads it as is:\n{duckdb.sql(query)}"
+    return f"""
+Try next:
+  backfill demo --out {out}     # again: everything is done, so no API call at all
+  ls {out}/visit/               # Hive layout: <type>/dt=YYYY-MM-DD/part-NNNNN.csv.gz
+  head -c 600 {out}/visit/dt=*/_manifest.json | head -20
+{duckdb_part}
+  backfill emulator             # serve the emulator, then `backfill run` against it
+                                # with config.example.toml"""
+
+
 @app.command()
 @guarded
 def emulator(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8931,
     data_dir: Annotated[Path | None, typer.Option(
-        help="Folder for generated parts [default: ~/.cache/backfill/emulator-data].")] = None,
+        help="Folder for generated parts \\[default: ~/.cache/backfill/emulator-data].")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the data and of the faults.")] = 0,
     now: Annotated[str | None, typer.Option(
         help="Start the emulated clock here (ISO 8601; Beijing time without an offset).")

@@ -4,13 +4,15 @@ Every error a user can meet derives from :class:`BackfillError`; the CLI catches
 only that root, prints ``str(error)`` as one line and exits with ``exit_code``::
 
     BackfillError                 exit 1
-    ├── UsageError                exit 2  bad flags, dates, config, output folder
+    ├── UsageError                exit 2  bad flags, dates, config
+    │   └── OutputError                   the output folder: unwritable, full, in use
     ├── AuthError                 exit 3  credentials or token rejected
     ├── RemoteError               exit 1  the API or a link answered something unusable
     │   ├── RetryableError                429, 5xx, connection trouble: try again later
     │   │   └── LinkExpiredError          a signed link expired: ask the API again
     │   └── PermanentError                other 4xx: this key cannot be fetched
-    └── IntegrityError            exit 1  a download failed verification
+    ├── IntegrityError            exit 1  a download failed verification
+    └── Interrupted               exit 130 SIGINT or SIGTERM; the state is consistent
 
 Messages never contain secrets: callers pass redacted URLs and never a token.
 """
@@ -28,6 +30,10 @@ class UsageError(BackfillError):
     """The command line, a date, the configuration or the output folder is wrong."""
 
     exit_code = 2
+
+
+class OutputError(UsageError):
+    """The output folder cannot be used: not writable, a file, full, or locked by a run."""
 
 
 class AuthError(BackfillError):
@@ -58,3 +64,13 @@ class PermanentError(RemoteError):
 
 class IntegrityError(BackfillError):
     """A downloaded part failed its length, checksum or gzip check."""
+
+
+class Interrupted(BackfillError):
+    """The run was stopped by a signal after saving its state."""
+
+    exit_code = 130
+
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(f"interrupted by {signal_name}: finished parts are kept; run the "
+                         "same command again to resume")

@@ -382,7 +382,8 @@ async def _serve(request: web.Request, stored: StoredObject) -> web.StreamRespon
             await _sendfile(request, f, start, count)
         else:
             await _faulty_body(request, response, f, start, count, fault)
-    await response.write_eof()
+    if request.transport is not None and not request.transport.is_closing():
+        await response.write_eof()
     return response
 
 
@@ -418,9 +419,9 @@ async def _faulty_body(request: web.Request, response: web.StreamResponse, f: An
             st.counts["bytes_served"] += half - sent
             await response.write(chunk[: half - sent])
             if fault == "reset":
-                assert request.transport is not None
-                request.transport.abort()
-                raise ConnectionResetError("emulated connection reset")
+                if request.transport is not None:
+                    request.transport.abort()
+                return
             await asyncio.sleep(st.config.faults.stall_seconds)
             chunk = chunk[half - sent:]
             sent = half

@@ -7,19 +7,7 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from pathlib import Path
 
-V2_TYPES = (
-    "visit",
-    "page",
-    "action",
-    "action_tag",
-    "custom_event",
-    "ads_track_activation",
-    "ads_track_click",
-    "pvar",
-    "evar",
-    "vstr",
-)
-"""The v2 data types, in the order of the newest docs."""
+from backfill.config import V2_TYPES as V2_TYPES  # the server's list, re-exported
 
 V1_TYPES = (
     "visit",

@@ -1,0 +1,163 @@
+"""The export API client: one small async interface, and the GrowingIO implementation.
+
+Errors from aiohttp are translated into the backfill tree here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import aiohttp
+import anyio
+
+from backfill.auth import TokenHolder
+from backfill.config import Settings
+from backfill.errors import AuthError, PermanentError, RetryableError
+from backfill.keys import Key
+from backfill.policy import backoff, retry_after
+from backfill.throttle import RateLimiter
+
+
+@dataclass(frozen=True)
+class ExportAnswer:
+    """One answer about one key: its status and, only when FINISHED, its links by type."""
+
+    status: str
+    links: dict[str, list[str]] = field(default_factory=dict)
+    error: str | None = None
+
+
+class ExportApi(Protocol):
+    """What the scheduler needs from the service."""
+
+    async def export(self, key: Key, types: tuple[str, ...]) -> ExportAnswer:
+        """Ask about ``key`` for ``types`` (``("all",)`` with v1)."""
+        ...
+
+
+@dataclass
+class CallStats:
+    calls: int = 0
+    retries: int = 0
+    reauthentications: int = 0
+
+
+class GrowingIO:
+    """The real export API (or the emulator): v1 or v2, rate-limited, retried."""
+
+    def __init__(self, session: aiohttp.ClientSession, settings: Settings,
+                 limiter: RateLimiter, rng: random.Random | None = None) -> None:
+        self._session = session
+        self._settings = settings
+        self._limiter = limiter
+        self._rng = rng or random.Random()
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout,
+                                              sock_read=settings.read_timeout)
+        self.tokens = TokenHolder(session, settings.credentials, self._timeout)
+        self.stats = CallStats()
+
+    async def export(self, key: Key, types: tuple[str, ...]) -> ExportAnswer:
+        url, shape = self._url(key, types)
+        body = await self._get_json(url)
+        return parse_answer(body, shape, types)
+
+    def _url(self, key: Key, types: tuple[str, ...]) -> tuple[str, str]:
+        s = self._settings
+        base, ai = s.credentials.base_url.rstrip("/"), s.credentials.ai
+        if s.api == "v1":
+            return f"{base}/insights/{ai}/{key.name}.json", "v1"
+        granularity = key.granularity.value
+        if len(types) == 1:
+            return (f"{base}/v2/insights/{granularity}/{types[0]}/{ai}/{key.export_date}.json",
+                    "one")
+        # Several types: one all-types call costs one unit of the 2 calls/s budget, where a
+        # call per type would cost one each; unwanted types are simply not downloaded.
+        return f"{base}/v2/insights/{granularity}/{ai}/{key.export_date}.json", "all"
+
+    async def _get_json(self, url: str) -> Any:
+        attempt = 0
+        while True:
+            try:
+                return await self._call(url)
+            except _TokenReplaced:
+                self.stats.reauthentications += 1
+            except RetryableError as exc:
+                if attempt >= self._settings.retries:
+                    raise
+                delay = exc.retry_after
+                if delay is not None:
+                    self._limiter.pause(delay)  # the budget is spent for every task
+                else:
+                    delay = backoff(attempt, self._settings.backoff, self._settings.max_backoff,
+                                    self._rng)
+                attempt += 1
+                self.stats.retries += 1
+                await anyio.sleep(delay)
+
+    async def _call(self, url: str) -> Any:
+        token, generation = await self.tokens.current()
+        headers = {"X-Client-Id": self._settings.credentials.client_id,
+                   "Authorization": f"Token {token}"}
+        await self._limiter.acquire()
+        self.stats.calls += 1
+        try:
+            async with self._session.get(url, params={"expire": str(self._settings.expire)},
+                                         headers=headers, timeout=self._timeout) as resp:
+                if resp.status == 401:
+                    await self.tokens.rejected(generation)
+                    raise _TokenReplaced
+                if resp.status == 403:
+                    raise AuthError("GrowingIO denied access to project "
+                                    f"{self._settings.credentials.ai} (HTTP 403): check GIO_AI")
+                if resp.status == 429:
+                    wait = retry_after(resp.headers.get("Retry-After"), datetime.now(UTC))
+                    raise RetryableError("rate limited by the export API (429)", retry_after=wait)
+                if resp.status >= 500:
+                    raise RetryableError(f"export API error (HTTP {resp.status})")
+                if resp.status != 200:
+                    raise PermanentError(f"export API refused the request (HTTP {resp.status})")
+                body = await resp.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise RetryableError(f"export API unreachable: {_describe(exc)}") from exc
+        except ValueError as exc:
+            raise RetryableError("export API answered something that is not JSON") from exc
+        self.tokens.accepted(generation)
+        return body
+
+
+class _TokenReplaced(Exception):
+    """A 401 led to a new token: send the same call again, at once."""
+
+
+def _describe(exc: BaseException) -> str:
+    # aiohttp messages can carry the URL; the type and errno say enough and leak nothing.
+    errno = getattr(exc, "errno", None)
+    return f"{type(exc).__name__}" + (f" (errno {errno})" if errno else "")
+
+
+def parse_answer(body: Any, shape: str, types: tuple[str, ...]) -> ExportAnswer:
+    """Read an answer; links are kept only when the status is FINISHED.
+
+    Raises :class:`RetryableError` for an answer of the wrong shape (a proxy's error page,
+    a half-deployed API): asking again is the only sensible move.
+    """
+    if not isinstance(body, dict) or not isinstance(body.get("status"), str):
+        raise RetryableError("export API answered an unexpected document")
+    status = body["status"]
+    error = body.get("errorMsg") if isinstance(body.get("errorMsg"), str) else None
+    if status != "FINISHED":
+        return ExportAnswer(status, {}, error)  # links of a job not FINISHED are never used
+    raw = body.get("downlinks") if shape == "v1" else body.get("downloadLinks")
+    if shape == "all":
+        if not isinstance(raw, dict):
+            raise RetryableError("export API answered FINISHED without a links object")
+        links = {t: raw.get(t) or [] for t in types}
+    else:
+        links = {types[0]: raw}
+    for group in links.values():
+        if not isinstance(group, list) or not all(isinstance(u, str) for u in group):
+            raise RetryableError("export API answered FINISHED with malformed links")
+    return ExportAnswer(status, links, error)

@@ -1,0 +1,275 @@
+"""Settings: defaults, then the TOML file, then the environment, then flags (flags win).
+
+Secrets (the private key, a ready token) come only from the environment, never
+from the file, so a config file can be committed and shared.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from backfill.errors import UsageError
+from backfill.keys import Granularity
+
+V2_TYPES = (
+    "visit", "page", "action", "action_tag", "custom_event", "ads_track_activation",
+    "ads_track_click", "pvar", "evar", "vstr",
+)  # fmt: skip
+MAX_RATE = 2.0
+DEFAULT_BASE_URL = "https://www.growingio.com"
+DEFAULT_CONFIG = Path("backfill.toml")
+DEFAULT_LAYOUT = "{type}/dt={date}/hour={hour}"
+ENV = {
+    "base_url": "GIO_BASE_URL",
+    "client_id": "GIO_CLIENT_ID",
+    "secret": "GIO_SECRET",
+    "project_uid": "GIO_PROJECT_UID",
+    "ai": "GIO_AI",
+    "token": "GIO_TOKEN",
+}
+
+
+@dataclass(frozen=True)
+class Credentials:
+    base_url: str = DEFAULT_BASE_URL
+    client_id: str = ""
+    project_uid: str = ""
+    ai: str = ""
+    secret: str = field(default="", repr=False)
+    token: str = field(default="", repr=False)
+
+    def require(self) -> Credentials:
+        """Check that the API can be reached with these; raise a UsageError naming what lacks."""
+        missing = [ENV[name] for name in ("client_id", "ai") if not getattr(self, name)]
+        if not self.token:
+            missing += [ENV[n] for n in ("secret", "project_uid") if not getattr(self, n)]
+        if missing:
+            raise UsageError(f"missing credential{'s' if len(missing) > 1 else ''}: "
+                             f"set {', '.join(missing)} (or GIO_TOKEN for a ready token)")
+        if not re.match(r"^https?://[^/?#\s]+", self.base_url):
+            raise UsageError(f"GIO_BASE_URL must be an http(s) URL, got {self.base_url!r}")
+        return self
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a run needs. Durations are seconds."""
+
+    out: Path = Path("data")
+    granularity: Granularity = Granularity.DAY
+    api: str = "v2"
+    types: tuple[str, ...] = ()
+    """Wanted v2 data types; empty means all."""
+    downloads: int = 8
+    polls: int = 4
+    rate: float = MAX_RATE
+    max_wait: float = 1800.0
+    poll_interval: float = 30.0
+    """First wait before asking again about a RUNNING job; grows to ``max_poll_interval``."""
+    max_poll_interval: float = 300.0
+    not_ready_interval: float = 600.0
+    """Wait before asking again about a key that answered NOT_EXISTS but is still due."""
+    error_retries: int = 3
+    error_retry_delay: float = 300.0
+    retries: int = 6
+    backoff: float = 1.0
+    max_backoff: float = 60.0
+    expire: int = 60
+    """Minutes the requested links stay valid."""
+    retention_days: int = 15
+    hour_lag: float = 40 * 60.0
+    late_hour_lag: float = 60 * 60.0
+    day_lag: float = 2 * 3600.0
+    layout: str = DEFAULT_LAYOUT
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    chunk_size: int = 1024 * 1024
+    checkpoint_bytes: int = 16 * 1024 * 1024
+    credentials: Credentials = Credentials()
+
+    @property
+    def wanted_types(self) -> tuple[str, ...]:
+        """The data types to fetch: ``("all",)`` for v1, which mixes every table."""
+        if self.api == "v1":
+            return ("all",)
+        return self.types or V2_TYPES
+
+
+# Keys the file may hold, with their parser. Durations accept "90s", "30m", "2h", "1d".
+def _duration(value: Any) -> float:
+    return parse_duration(value)
+
+
+_FILE_KEYS: dict[str, tuple[str, Any]] = {
+    "out": ("a path", lambda v: Path(v if isinstance(v, Path) else _str(v))),
+    "granularity": ("day or hour", lambda v: _choice(v, ("day", "hour"))),
+    "api": ("v1 or v2", lambda v: _choice(v, ("v1", "v2"))),
+    "types": ("a list of data types", lambda v: parse_types(v)),
+    "downloads": ("an integer from 1 to 64", lambda v: _int(v, 1, 64)),
+    "polls": ("an integer from 1 to 32", lambda v: _int(v, 1, 32)),
+    "rate": ("a number of calls per second, at most 2", lambda v: _number(v, 0.01, MAX_RATE)),
+    "max_wait": ("a duration such as 30m", _duration),
+    "poll_interval": ("a duration such as 30s", _duration),
+    "max_poll_interval": ("a duration such as 5m", _duration),
+    "not_ready_interval": ("a duration such as 10m", _duration),
+    "error_retries": ("an integer from 0 to 100", lambda v: _int(v, 0, 100)),
+    "error_retry_delay": ("a duration such as 5m", _duration),
+    "retries": ("an integer from 0 to 100", lambda v: _int(v, 0, 100)),
+    "backoff": ("a duration such as 1s", _duration),
+    "max_backoff": ("a duration such as 60s", _duration),
+    "expire": ("minutes from 1 to 10080", lambda v: _int(v, 1, 7 * 24 * 60)),
+    "retention_days": ("a number of days from 1 to 3650", lambda v: _int(v, 1, 3650)),
+    "layout": ("a folder template such as {type}/dt={date}/hour={hour}",
+               lambda v: check_layout(_str(v))),
+    "connect_timeout": ("a duration such as 10s", _duration),
+    "read_timeout": ("a duration such as 60s", _duration),
+}
+_API_KEYS = ("base_url", "client_id", "project_uid", "ai")
+
+
+def load(path: Path | None, flags: dict[str, Any], env: dict[str, str] | None = None
+         ) -> Settings:
+    """Build settings: defaults < file (``path``, or ./backfill.toml if present) < env < flags.
+
+    ``flags`` holds only the options the user gave (``None`` values are ignored).
+    Raises :class:`UsageError` naming the file and key for anything wrong.
+    """
+    env = dict(os.environ) if env is None else env
+    values: dict[str, Any] = {}
+    api: dict[str, str] = {}
+    source = path if path is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    if source is not None:
+        values, api = _read_file(source)
+    for name, variable in ENV.items():
+        if env.get(variable):
+            api[name] = env[variable]
+    for name, value in flags.items():
+        if value is not None:
+            values[name] = _parse_flag(name, value)
+    settings = replace(Settings(), **values, credentials=Credentials(**api))
+    hourly_ok = "{hour}" in settings.layout or "{key}" in settings.layout
+    if settings.granularity is Granularity.HOUR and not hourly_ok:
+        raise UsageError(f"layout {settings.layout!r} needs {{hour}} (or {{key}}) for hourly keys")
+    if settings.api == "v1" and settings.types:
+        raise UsageError("--types works with the v2 API only: v1 answers mix all tables")
+    return settings
+
+
+def _parse_flag(name: str, value: Any) -> Any:
+    if name not in _FILE_KEYS:
+        return value
+    expected, parse = _FILE_KEYS[name]
+    try:
+        return parse(value)
+    except (UsageError, ValueError, TypeError) as exc:
+        detail = f": {exc}" if isinstance(exc, UsageError) else ""
+        flag = "--" + name.replace("_", "-")
+        raise UsageError(f"{flag} must be {expected}, got {value!r}{detail}") from None
+
+
+def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read config file {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
+    values: dict[str, Any] = {}
+    api: dict[str, str] = {}
+    for key, raw in document.items():
+        if key == "growingio" and isinstance(raw, dict):
+            for name, value in raw.items():
+                if name in ("secret", "token"):
+                    raise UsageError(f"{path}: growingio.{name} does not belong in a file: set "
+                                     f"{ENV[name]} in the environment")
+                if name not in _API_KEYS:
+                    raise UsageError(f"{path}: unknown key growingio.{name} "
+                                     f"(known: {', '.join(_API_KEYS)})")
+                if not isinstance(value, str):
+                    raise UsageError(f"{path}: growingio.{name} must be a string")
+                api[name] = value
+            continue
+        if key not in _FILE_KEYS:
+            raise UsageError(f"{path}: unknown key {key!r} (known: growingio, "
+                             f"{', '.join(_FILE_KEYS)})")
+        expected, parse = _FILE_KEYS[key]
+        try:
+            values[key] = parse(raw)
+        except (UsageError, ValueError, TypeError):
+            raise UsageError(f"{path}: {key} must be {expected}, got {raw!r}") from None
+    return values, api
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from ``90``, ``"90s"``, ``"30m"``, ``"2h"`` or ``"1d"``."""
+    if isinstance(value, bool):
+        raise UsageError(f"invalid duration {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(value))
+        if not match:
+            raise UsageError(f"invalid duration {value!r}: use e.g. 90s, 30m, 2h or 1d")
+        seconds = float(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
+    if not 0 <= seconds <= 366 * 86400:
+        raise UsageError(f"invalid duration {value!r}")
+    return seconds
+
+
+def parse_types(value: Any) -> tuple[str, ...]:
+    """Data types from a list or a comma-separated string; unknown names are refused."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(t, str) for t in items):
+        raise UsageError("types must be a list of data type names")
+    names = tuple(dict.fromkeys(t.strip() for t in items if t.strip()))
+    unknown = [t for t in names if t not in V2_TYPES]
+    if unknown:
+        raise UsageError(f"unknown data type {unknown[0]!r}: use {', '.join(V2_TYPES)}")
+    return names
+
+
+def check_layout(template: str) -> str:
+    """Refuse templates that would not give each key and type a folder of its own."""
+    if "{type}" not in template or ("{date}" not in template and "{key}" not in template):
+        raise UsageError(f"layout {template!r} must contain {{type}} and {{date}} (or {{key}})")
+    if template.startswith("/") or ".." in Path(template).parts:
+        raise UsageError(f"layout {template!r} must stay inside the output folder")
+    try:
+        template.format(type="t", date="d", hour="h", key="k", yyyymmdd="y")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise UsageError(f"layout {template!r}: unknown placeholder {exc}") from None
+    return template
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError
+    return value
+
+
+def _choice(value: Any, options: tuple[str, ...]) -> Any:
+    if value not in options:
+        raise ValueError
+    return Granularity(value) if options == ("day", "hour") else value
+
+
+def _int(value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError
+    return value
+
+
+def _number(value: Any, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise ValueError
+    return float(value)
+
+
+SETTING_NAMES = tuple(f.name for f in fields(Settings))

@@ -1,0 +1,242 @@
+"""The downloader: stream one part to a temporary file, verify it, fsync, rename.
+
+A part lands under its final name only after its length, its checksum (whichever the
+object store sent) and its whole gzip stream were checked. An interrupted part
+continues from the bytes already on disk with ``Range`` when the object is the same.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import errno
+import hashlib
+import os
+import re
+import zlib
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import aiofiles
+import aiohttp
+import anyio
+
+from backfill.errors import (
+    IntegrityError,
+    LinkExpiredError,
+    OutputError,
+    PermanentError,
+    RetryableError,
+)
+from backfill.layout import partial_name, redact
+
+_PLAIN_MD5 = re.compile(r'^"?([0-9a-fA-F]{32})"?$')
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
+
+
+@dataclass
+class Progress:
+    """How far one part got; kept by the caller across link refreshes and retries."""
+
+    offset: int = 0
+    etag: str | None = None
+
+
+@dataclass(frozen=True)
+class Verified:
+    size: int
+    md5: str
+
+
+Checkpoint = Callable[[Progress], Awaitable[None]]
+
+
+class Watch(Protocol):
+    """Hears about one part's download: its size once known, then every chunk."""
+
+    def started(self, total: int | None) -> None: ...
+    def advanced(self, count: int) -> None: ...
+
+
+class Downloader:
+    """Fetches parts over one shared session; ``on_bytes`` hears every chunk written."""
+
+    def __init__(self, session: aiohttp.ClientSession, *, chunk_size: int,
+                 checkpoint_bytes: int, connect_timeout: float, read_timeout: float) -> None:
+        self._session = session
+        self._chunk = chunk_size
+        self._checkpoint_bytes = checkpoint_bytes
+        # No total: a 64 MB part on a slow line legitimately takes long; a silent socket not.
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout,
+                                              sock_read=read_timeout)
+
+    async def fetch(self, link: str, dest: Path, progress: Progress, checkpoint: Checkpoint,
+                    watch: Watch) -> Verified:
+        """Download ``link`` into ``dest`` (atomically), continuing from ``progress``.
+
+        Raises :class:`LinkExpiredError` (ask the API again), :class:`RetryableError`
+        (try again; ``progress`` says what is kept), :class:`IntegrityError` (the bytes
+        were wrong and are discarded) or :class:`PermanentError`.
+        """
+        temp = dest.with_name(partial_name(dest.name))
+        await anyio.to_thread.run_sync(_prepare, temp, progress)
+        expected = await self._stream(link, temp, progress, checkpoint, watch)
+        try:
+            verified = await anyio.to_thread.run_sync(_verify_and_place, temp, dest, expected)
+        except IntegrityError:
+            progress.offset, progress.etag = 0, None
+            await anyio.to_thread.run_sync(lambda: temp.unlink(missing_ok=True))
+            raise
+        return verified
+
+    async def _stream(self, link: str, temp: Path, progress: Progress, checkpoint: Checkpoint,
+                      watch: Watch) -> _Expected:
+        headers = {"Range": f"bytes={progress.offset}-"} if progress.offset else {}
+        shown = redact(link)
+        try:
+            async with self._session.get(link, headers=headers, timeout=self._timeout) as resp:
+                expected = self._check_answer(resp, progress, shown)
+                watch.started(expected.size - progress.offset if expected.size >= 0 else None)
+                async with aiofiles.open(temp, "r+b") as f:
+                    await f.seek(progress.offset)
+                    since_checkpoint = 0
+                    async for chunk in resp.content.iter_chunked(self._chunk):
+                        await f.write(chunk)
+                        progress.offset += len(chunk)
+                        since_checkpoint += len(chunk)
+                        watch.advanced(len(chunk))
+                        if since_checkpoint >= self._checkpoint_bytes:
+                            await f.flush()
+                            await anyio.to_thread.run_sync(os.fsync, f.fileno())
+                            await checkpoint(progress)
+                            since_checkpoint = 0
+                    await f.flush()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise RetryableError(f"download of {shown} broke off after {progress.offset} "
+                                 f"bytes ({type(exc).__name__})") from exc
+        except OSError as exc:
+            raise _disk_error(exc, temp) from None
+        return expected
+
+    def _check_answer(self, resp: aiohttp.ClientResponse, progress: Progress,
+                      shown: str) -> _Expected:
+        status = resp.status
+        if status in (401, 403, 404, 410):
+            # Object stores answer an expired signature with 403 (S3) or 410; a new job
+            # version can make an old object vanish (404). Fresh links fix all of these.
+            raise LinkExpiredError(f"link refused (HTTP {status}): {shown}")
+        if status == 429 or status >= 500:
+            raise RetryableError(f"object store error (HTTP {status}) for {shown}")
+        etag = resp.headers.get("ETag")
+        if status == 206 and progress.offset:
+            match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
+            if match is None or int(match[1]) != progress.offset or (
+                    progress.etag and etag != progress.etag):
+                progress.offset, progress.etag = 0, None  # another object now: start over
+                raise RetryableError(f"object changed while resuming {shown}")
+            total = int(match[3])
+        elif status == 200:
+            progress.offset = 0  # the server ignored Range (or none was asked): from the start
+            total = resp.content_length if resp.content_length is not None else -1
+        else:
+            raise PermanentError(f"unexpected HTTP {status} for {shown}")
+        progress.etag = etag
+        return _Expected(total, _expected_md5(resp.headers), shown)
+
+
+@dataclass(frozen=True)
+class _Expected:
+    size: int
+    """-1 when the server sent no length."""
+    md5: str | None
+    shown: str
+
+
+def _expected_md5(headers: Mapping[str, str]) -> str | None:
+    """The object's MD5 from the first header that carries one, as lowercase hex."""
+    get = headers.get
+    value = get("x-amz-meta-md5-hash")
+    if value and re.fullmatch(r"[0-9a-fA-F]{32}", value.strip()):
+        return value.strip().lower()
+    if content_md5 := get("Content-MD5"):
+        try:
+            return base64.b64decode(content_md5, validate=True).hex()
+        except (binascii.Error, ValueError):
+            pass
+    if (etag := get("ETag")) and (match := _PLAIN_MD5.match(etag.strip())):
+        return match[1].lower()  # a multipart ETag ("…-3") is not an MD5 and is skipped
+    return None
+
+
+def _prepare(temp: Path, progress: Progress) -> None:
+    """Make the temporary file hold exactly ``progress.offset`` trusted bytes."""
+    try:
+        if progress.offset and temp.exists() and temp.stat().st_size >= progress.offset:
+            with temp.open("r+b") as f:
+                f.truncate(progress.offset)  # bytes past the last checkpoint are not trusted
+            return
+        progress.offset, progress.etag = 0, None
+        temp.parent.mkdir(parents=True, exist_ok=True)
+        with temp.open("wb"):
+            pass
+    except OSError as exc:
+        raise _disk_error(exc, temp) from None
+
+
+def _verify_and_place(temp: Path, dest: Path, expected: _Expected) -> Verified:
+    """Check length, MD5 and the gzip stream to its end; then fsync and rename."""
+    digest = hashlib.md5()
+    inflater = zlib.decompressobj(wbits=31)
+    size = 0
+    try:
+        with temp.open("rb") as f:
+            while block := f.read(1 << 20):
+                size += len(block)
+                digest.update(block)
+                inflater = _inflate(inflater, block, expected.shown)
+            os.fsync(f.fileno())
+        if expected.size >= 0 and size != expected.size:
+            raise IntegrityError(f"{expected.shown}: {size} bytes received, "
+                                 f"{expected.size} announced")
+        md5 = digest.hexdigest()
+        if expected.md5 and md5 != expected.md5:
+            raise IntegrityError(f"{expected.shown}: MD5 {md5} differs from the server's "
+                                 f"{expected.md5}")
+        if not inflater.eof:
+            raise IntegrityError(f"{expected.shown}: the gzip stream ends early")
+        os.replace(temp, dest)
+        _fsync_dir(dest.parent)
+    except OSError as exc:
+        raise _disk_error(exc, dest) from None
+    return Verified(size, md5)
+
+
+def _inflate(inflater: zlib._Decompress, block: bytes, shown: str) -> zlib._Decompress:
+    """Feed ``block``, discarding output in bounded pieces; follow concatenated members."""
+    data = block
+    try:
+        while data:
+            if inflater.eof:  # another gzip member follows the one that ended
+                inflater = zlib.decompressobj(wbits=31)
+            inflater.decompress(data, 4 << 20)
+            data = inflater.unused_data if inflater.eof else inflater.unconsumed_tail
+    except zlib.error as exc:
+        raise IntegrityError(f"{shown}: not a valid gzip stream ({exc})") from None
+    return inflater
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _disk_error(exc: OSError, path: Path) -> OutputError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OutputError(f"disk full while writing in {path.parent}: free some space and "
+                           "run again (finished parts are kept)")
+    return OutputError(f"cannot write {path}: {exc.strerror or exc}")

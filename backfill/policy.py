@@ -1,0 +1,95 @@
+"""Pure timing decisions: backoff, when a key should be ready, what to do with an answer.
+
+No I/O here: ``now`` and random numbers are passed in, so every rule is testable alone.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email.utils import parsedate_to_datetime
+from enum import StrEnum
+
+from backfill.config import Settings
+from backfill.keys import BEIJING, Granularity, Key
+
+LATE_HOURS = frozenset({23, 0, 1})
+NOT_EXISTS_GRACE = {Granularity.HOUR: timedelta(hours=6), Granularity.DAY: timedelta(hours=12)}
+"""How long after its expected readiness a NOT_EXISTS is still 'not yet' rather than 'never'."""
+
+
+def backoff(attempt: int, base: float, cap: float, rng: random.Random) -> float:
+    """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**attempt)]."""
+    return rng.uniform(0, min(cap, base * 2 ** min(attempt, 30)))
+
+
+def retry_after(value: str | None, now: datetime) -> float | None:
+    """Seconds from a ``Retry-After`` header (seconds or an HTTP date), if usable."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = (parsedate_to_datetime(value) - now).total_seconds()
+        except (TypeError, ValueError):
+            return None
+    return min(max(seconds, 0.0), 3600.0)
+
+
+def expected_ready(key: Key, settings: Settings) -> datetime:
+    """When the service should be able to export ``key`` (documented lags)."""
+    if key.granularity is Granularity.DAY:
+        return key.end + timedelta(seconds=settings.day_lag)
+    late = key.start.hour in LATE_HOURS
+    return key.end + timedelta(seconds=settings.late_hour_lag if late else settings.hour_lag)
+
+
+def beyond_retention(key: Key, now: datetime, retention_days: int) -> bool:
+    """Whether the service no longer keeps ``key`` (kept through its day + retention)."""
+    today = now.astimezone(BEIJING).date()
+    return key.date < today - timedelta(days=retention_days)
+
+
+def poll_interval(polls: int, settings: Settings) -> float:
+    """Wait before asking again about a RUNNING job: grows by half each time, capped."""
+    return min(settings.max_poll_interval, settings.poll_interval * 1.5 ** min(polls, 40))
+
+
+class Next(StrEnum):
+    DOWNLOAD = "download"
+    WAIT = "wait"
+    FAIL = "fail"
+    GONE = "gone"
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Next
+    delay: float = 0.0
+    reason: str = ""
+
+
+def decide(status: str, key: Key, now: datetime, *, polls: int, errors: int,
+           error_message: str | None, settings: Settings) -> Decision:
+    """What to do after an export answer for ``key`` (``polls``/``errors`` so far)."""
+    if status == "FINISHED":
+        return Decision(Next.DOWNLOAD)
+    if status == "RUNNING":
+        return Decision(Next.WAIT, poll_interval(polls, settings), "export job running")
+    if status == "ERROR":
+        message = error_message or "no message"
+        if errors > settings.error_retries:
+            return Decision(Next.FAIL, reason=f"export job failed: {message}")
+        return Decision(Next.WAIT, settings.error_retry_delay, f"export job failed: {message}")
+    if status == "NOT_EXISTS":
+        if beyond_retention(key, now, settings.retention_days):
+            return Decision(Next.GONE, reason="beyond the export retention")
+        ready = expected_ready(key, settings)
+        if now > ready + NOT_EXISTS_GRACE[key.granularity]:
+            return Decision(Next.FAIL, reason="NOT_EXISTS long after it should be ready: "
+                                              "is raw-data export enabled for this date?")
+        wait = max((ready - now).total_seconds(), settings.not_ready_interval)
+        return Decision(Next.WAIT, wait, "not exportable yet")
+    return Decision(Next.FAIL, reason=f"unknown export status {status!r}")

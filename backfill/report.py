@@ -1,0 +1,241 @@
+"""What the user sees: progress while running, a summary at the end, the exit code.
+
+Progress goes to stderr (bars on a terminal, plain periodic lines otherwise), so that
+stdout stays for results. Nothing here ever receives a token or a signed query.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Protocol, TextIO
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from backfill.download import Watch
+from backfill.store import Status
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AUTH, EXIT_NOT_READY, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+EXIT_CODES = """\
+Exit codes: 0 all requested keys complete; 1 some keys failed (including keys beyond
+retention); 2 usage or configuration error; 3 authentication rejected; 4 some keys not
+ready yet, run again later; 130 interrupted."""
+
+
+@dataclass
+class Summary:
+    """The outcome of a run, by key."""
+
+    statuses: Counter[Status] = field(default_factory=Counter)
+    problems: dict[str, str] = field(default_factory=dict)
+    parts: int = 0
+    bytes: int = 0
+    api_calls: int = 0
+    retries: int = 0
+    seconds: float = 0.0
+
+    def add(self, key: str, status: Status, detail: str | None = None) -> None:
+        self.statuses[status] += 1
+        if detail and status is not Status.DONE:
+            self.problems[key] = f"{status.value}: {detail}"
+
+    @property
+    def exit_code(self) -> int:
+        if self.statuses[Status.FAILED] or self.statuses[Status.GONE]:
+            return EXIT_FAILED
+        if self.statuses[Status.NOT_READY]:
+            return EXIT_NOT_READY
+        return EXIT_OK
+
+
+class PartWatch(Watch, Protocol):
+    def finished(self) -> None: ...
+
+
+class Reporter(Protocol):
+    def begin(self, to_fetch: int, already_done: int) -> None: ...
+    def key_done(self, key: str, status: Status, detail: str | None) -> None: ...
+    def part(self, label: str) -> PartWatch: ...
+    def end(self) -> None: ...
+
+
+class _NoWatch:
+    def started(self, total: int | None) -> None:
+        pass
+
+    def advanced(self, count: int) -> None:
+        pass
+
+    def finished(self) -> None:
+        pass
+
+
+class PlainReporter:
+    """A line every ``interval`` seconds, and one per key that did not finish."""
+
+    def __init__(self, stream: TextIO | None = None, interval: float = 10.0) -> None:
+        self._stream = stream or sys.stderr
+        self._interval = interval
+        self._bytes = 0
+        self._done = 0
+        self._total = 0
+        self._started = time.monotonic()
+        self._last = self._started
+
+    def begin(self, to_fetch: int, already_done: int) -> None:
+        self._total = to_fetch
+        self._say(f"{to_fetch} keys to fetch, {already_done} already done")
+
+    def key_done(self, key: str, status: Status, detail: str | None) -> None:
+        self._done += 1
+        if status is not Status.DONE:
+            self._say(f"key {key}: {status.value}" + (f": {detail}" if detail else ""))
+        self._tick()
+
+    def part(self, label: str) -> PartWatch:
+        reporter = self
+
+        class _Watch(_NoWatch):
+            def advanced(self, count: int) -> None:
+                reporter._bytes += count
+                reporter._tick()
+
+        return _Watch()
+
+    def end(self) -> None:
+        self._tick(force=True)
+
+    def _tick(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < self._interval:
+            return
+        self._last = now
+        rate = self._bytes / max(now - self._started, 1e-9)
+        self._say(f"{self._done}/{self._total} keys, {human_bytes(self._bytes)}, "
+                  f"{human_bytes(rate)}/s")
+
+    def _say(self, text: str) -> None:
+        print(f"backfill: {text}", file=self._stream, flush=True)
+
+
+class BarsReporter:
+    """Progress bars on a terminal: keys, bytes, and each active download."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self._console = console or Console(stderr=True)
+        self._progress = Progress(
+            TextColumn("{task.description}", style="bold"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[extra]}"),
+            TimeRemainingColumn(),
+            console=self._console,
+        )
+        self._bytes_bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(bar_width=None),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=self._console,
+        )
+        self._keys: TaskID | None = None
+        self._bytes: TaskID | None = None
+        self._live_parts = 0
+
+    def begin(self, to_fetch: int, already_done: int) -> None:
+        from rich.console import Group
+        from rich.live import Live
+
+        self._keys = self._progress.add_task("keys", total=to_fetch,
+                                             extra=f"({already_done} already done)")
+        self._bytes = self._bytes_bar.add_task("bytes", total=None)
+        self._live = Live(Group(self._progress, self._bytes_bar), console=self._console,
+                          refresh_per_second=8, transient=False)
+        self._live.start()
+
+    def key_done(self, key: str, status: Status, detail: str | None) -> None:
+        assert self._keys is not None
+        self._progress.advance(self._keys)
+        if status is not Status.DONE:
+            self._console.print(f"[yellow]key {key}: {status.value}[/]"
+                                + (f": {detail}" if detail else ""), highlight=False)
+
+    def part(self, label: str) -> PartWatch:
+        bars = self._bytes_bar
+        assert self._bytes is not None
+        totals: TaskID = self._bytes
+
+        class _Watch:
+            task: TaskID | None = None
+
+            def started(self, total: int | None) -> None:
+                if self.task is None:
+                    self.task = bars.add_task(f"  {label}", total=total)
+                else:
+                    bars.reset(self.task, total=total)
+
+            def advanced(self, count: int) -> None:
+                bars.advance(totals, count)
+                if self.task is not None:
+                    bars.advance(self.task, count)
+
+            def finished(self) -> None:
+                if self.task is not None:
+                    bars.remove_task(self.task)
+                    self.task = None
+
+        return _Watch()
+
+    def end(self) -> None:
+        if self._keys is not None:
+            self._live.stop()
+
+
+def make_reporter(quiet: bool) -> Reporter:
+    """Bars when stderr is a terminal and not ``quiet``; plain lines otherwise."""
+    if not quiet and sys.stderr.isatty():
+        return BarsReporter()
+    return PlainReporter()
+
+
+def print_summary(summary: Summary, console: Console | None = None) -> None:
+    """The end-of-run table, then the keys that need attention."""
+    console = console or Console()
+    table = Table(title="backfill summary", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    for status in Status:
+        if summary.statuses[status]:
+            table.add_row(f"keys {status.value.replace('_', ' ')}", str(summary.statuses[status]))
+    table.add_row("parts downloaded", str(summary.parts))
+    table.add_row("bytes downloaded", human_bytes(summary.bytes))
+    table.add_row("API calls", str(summary.api_calls))
+    table.add_row("retries", str(summary.retries))
+    table.add_row("duration", f"{summary.seconds:.1f} s")
+    table.add_row("exit code", str(summary.exit_code))
+    console.print(table)
+    for key, problem in list(summary.problems.items())[:20]:
+        console.print(f"  {key}: {problem}", highlight=False)
+    if len(summary.problems) > 20:
+        console.print(f"  … and {len(summary.problems) - 20} more", highlight=False)
+
+
+def human_bytes(count: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(count) < 1000 or unit == "TB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    raise AssertionError("unreachable")

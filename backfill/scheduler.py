@@ -1,0 +1,274 @@
+"""The scheduler: every key as one task in one task group, within the run's budgets.
+
+Budgets: the rate limiter (API calls per second, inside the client), ``polls``
+concurrent export calls, and ``downloads`` concurrent keys holding links and parts
+in flight. A key asks for links only once it holds a download slot, so links are
+fresh when its parts start; a link that fails anyway is refreshed by asking again.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import ParamSpec, TypeVar
+
+import anyio
+
+from backfill.api import ExportAnswer, ExportApi
+from backfill.config import Settings
+from backfill.download import Downloader, Progress
+from backfill.errors import (
+    BackfillError,
+    IntegrityError,
+    LinkExpiredError,
+    RemoteError,
+    RetryableError,
+)
+from backfill.keys import Key
+from backfill.layout import key_folder, part_name, redact
+from backfill.manifest import ManifestPart, publish, unpublish
+from backfill.plan import KeyTask
+from backfill.policy import Next, backoff, decide, expected_ready
+from backfill.report import Reporter, Summary
+from backfill.store import PartRecord, Status, Store
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class KeyResult:
+    status: Status
+    detail: str | None = None
+
+
+@dataclass
+class _PartJob:
+    data_type: str
+    index: int
+    link: str
+    dest: Path
+    progress: Progress
+
+
+@dataclass
+class _KeyState:
+    """What one key carries between attempts within this run."""
+
+    task: KeyTask
+    progress: dict[tuple[str, int, str], Progress] = field(default_factory=dict)
+    replanned: set[str] = field(default_factory=set)
+    """Types whose parts were planned afresh in this run (``--force`` does it once)."""
+
+
+class Scheduler:
+    """Runs key tasks to an end: done, failed, gone or not ready by the deadline."""
+
+    def __init__(self, settings: Settings, store: Store, api: ExportApi,
+                 downloader: Downloader, reporter: Reporter, summary: Summary, *,
+                 now: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 rng: random.Random | None = None) -> None:
+        self._s = settings
+        self._store = store
+        self._api = api
+        self._downloader = downloader
+        self._reporter = reporter
+        self._summary = summary
+        self._now = now
+        self._rng = rng or random.Random()
+        self._key_slots = anyio.CapacityLimiter(settings.downloads)
+        self._part_slots = anyio.CapacityLimiter(settings.downloads)
+        self._poll_slots = anyio.CapacityLimiter(settings.polls)
+        self._deadline = 0.0
+
+    async def run(self, tasks: list[KeyTask]) -> None:
+        """Process every task; returns when all reached an end.
+
+        Per-key problems end that key only; an :class:`AuthError` or an
+        :class:`OutputError` (disk full) ends the whole run.
+        """
+        self._deadline = anyio.current_time() + self._s.max_wait
+        try:
+            async with anyio.create_task_group() as group:
+                for task in tasks:
+                    group.start_soon(self._key, task)
+        except BaseExceptionGroup as group_error:
+            raise first_error(group_error) from None
+
+    async def _key(self, task: KeyTask) -> None:
+        api, name = self._s.api, task.key.name
+        await self._db(self._store.set_status, api, name, task.types, Status.ACTIVE, None,
+                       attempt=True)
+        try:
+            result = await self._work(_KeyState(task))
+        except RemoteError as exc:
+            result = KeyResult(Status.FAILED, str(exc))
+        if result.status is not Status.DONE:  # done units were recorded one by one
+            await self._db(self._store.set_status, api, name, task.types, result.status,
+                           result.detail)
+        self._summary.add(name, result.status, result.detail)
+        self._reporter.key_done(name, result.status, result.detail)
+
+    async def _work(self, state: _KeyState) -> KeyResult:
+        key, types = state.task.key, state.task.types
+        wait = (expected_ready(key, self._s) - self._now()).total_seconds()
+        polls = errors = refreshes = 0
+        while True:
+            if wait > 0:
+                if anyio.current_time() + wait > self._deadline:
+                    return KeyResult(Status.NOT_READY, self._not_ready_reason(polls))
+                await anyio.sleep(wait)
+            async with self._key_slots:
+                answer = await self._ask(key, types)
+                errors += answer.status == "ERROR"
+                decision = decide(answer.status, key, self._now(), polls=polls, errors=errors,
+                                  error_message=answer.error, settings=self._s)
+                if decision.action is Next.DOWNLOAD:
+                    try:
+                        await self._download(state, answer)
+                        return KeyResult(Status.DONE)
+                    except (LinkExpiredError, IntegrityError, RetryableError) as exc:
+                        refreshes += 1
+                        if refreshes > self._s.retries:
+                            return KeyResult(Status.FAILED, str(exc))
+                        self._summary.retries += 1
+                        # Expired links: ask again at once. Bad bytes or a broken line:
+                        # back off a little, then ask again for fresh links.
+                        wait = 0.0 if isinstance(exc, LinkExpiredError) else backoff(
+                            refreshes, self._s.backoff, self._s.max_backoff, self._rng)
+                        continue
+            if decision.action is Next.FAIL:
+                return KeyResult(Status.FAILED, decision.reason)
+            if decision.action is Next.GONE:
+                return KeyResult(Status.GONE, decision.reason)
+            polls += answer.status == "RUNNING"
+            wait = decision.delay
+
+    def _not_ready_reason(self, polls: int) -> str:
+        what = "export job still running" if polls else "not exportable yet"
+        return f"{what} when --max-wait ran out; run again later"
+
+    async def _ask(self, key: Key, types: tuple[str, ...]) -> ExportAnswer:
+        async with self._poll_slots:
+            return await self._api.export(key, types)
+
+    # --- downloading ---------------------------------------------------------------------
+
+    async def _download(self, state: _KeyState, answer: ExportAnswer) -> None:
+        jobs: list[_PartJob] = []
+        per_type: dict[str, list[PartRecord]] = {}
+        for data_type in state.task.types:
+            records = await self._plan_unit(state, data_type, answer.links.get(data_type, []))
+            per_type[data_type] = records
+            links = {redact(link): link for link in answer.links.get(data_type, [])}
+            for record in records:
+                if not record.done:
+                    progress = state.progress.setdefault(
+                        (data_type, record.index, record.source),
+                        Progress(record.offset, record.etag))
+                    jobs.append(_PartJob(data_type, record.index, links[record.source],
+                                         self._s.out / record.path, progress))
+        failures: list[BaseException] = []
+        async with anyio.create_task_group() as group:
+            for job in jobs:
+                group.start_soon(self._part, state.task.key, job, failures)
+        if failures:
+            raise _worst(failures)
+        for data_type in per_type:
+            await self._publish(state.task.key, data_type)
+
+    async def _plan_unit(self, state: _KeyState, data_type: str,
+                         links: list[str]) -> list[PartRecord]:
+        """Parts of one unit, numbered by their link's path; reuse what is already done."""
+        api, key = self._s.api, state.task.key
+        folder = key_folder(self._s.layout, key, data_type)
+        sources = sorted(redact(link) for link in links)
+        planned = [(i, str(folder / part_name(i)), src) for i, src in enumerate(sources)]
+        records = await self._db(self._store.parts, api, key.name, data_type)
+        fresh = state.task.force and data_type not in state.replanned
+        if fresh or [(r.index, r.path, r.source) for r in records] != planned:
+            # A different set of objects (a new job version, a changed layout): start over.
+            await anyio.to_thread.run_sync(unpublish, self._s.out / folder)
+            await self._db(self._store.plan_parts, api, key.name, data_type, planned)
+            records = await self._db(self._store.parts, api, key.name, data_type)
+            state.replanned.add(data_type)
+        # A part recorded done but missing or changed on disk is fetched again.
+        return [r if not r.done or await self._intact(r) else replace(r, done=False, offset=0)
+                for r in records]
+
+    async def _intact(self, record: PartRecord) -> bool:
+        path = self._s.out / record.path
+        try:
+            return (await anyio.Path(path).stat()).st_size == record.size
+        except FileNotFoundError:
+            return False
+
+    async def _part(self, key: Key, job: _PartJob, failures: list[BaseException]) -> None:
+        api = self._s.api
+        watch = self._reporter.part(f"{key.name} {job.data_type} {part_name(job.index)}")
+
+        async def checkpoint(progress: Progress) -> None:
+            await self._db(self._store.checkpoint, api, key.name, job.data_type, job.index,
+                           progress.offset, progress.etag)
+
+        attempt = 0
+        try:
+            async with self._part_slots:
+                while True:
+                    try:
+                        verified = await self._downloader.fetch(job.link, job.dest,
+                                                                job.progress, checkpoint, watch)
+                        break
+                    except (LinkExpiredError, IntegrityError):
+                        raise
+                    except RetryableError:
+                        attempt += 1
+                        if attempt > self._s.retries:
+                            raise
+                        self._summary.retries += 1
+                        await anyio.sleep(backoff(attempt, self._s.backoff,
+                                                  self._s.max_backoff, self._rng))
+            await self._db(self._store.part_done, api, key.name, job.data_type, job.index,
+                           verified.size, verified.md5)
+            self._summary.parts += 1
+            self._summary.bytes += verified.size
+        except (RemoteError, IntegrityError) as exc:
+            failures.append(exc)  # siblings go on: their parts are good and are kept
+        finally:
+            watch.finished()
+
+    async def _publish(self, key: Key, data_type: str) -> None:
+        api = self._s.api
+        records = await self._db(self._store.parts, api, key.name, data_type)
+        folder = self._s.out / key_folder(self._s.layout, key, data_type)
+        parts = [ManifestPart(Path(r.path).name, r.size or 0, r.md5 or "", r.source)
+                 for r in records]
+        await anyio.to_thread.run_sync(
+            lambda: publish(folder, key=key.name, data_type=data_type, api=api, parts=parts))
+        await self._db(self._store.finish_unit, api, key.name, data_type)
+
+    async def _db(self, method: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """SQLite off the event loop."""
+        return await anyio.to_thread.run_sync(lambda: method(*args, **kwargs))
+
+
+def _worst(failures: list[BaseException]) -> BaseException:
+    """The failure that decides what the key does next: bad bytes, then expiry, then others."""
+    for kind in (IntegrityError, LinkExpiredError):
+        for failure in failures:
+            if isinstance(failure, kind):
+                return failure
+    return failures[0]
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error to report from a task group: the first of ours, else the group itself."""
+    for error in group.exceptions:
+        if isinstance(error, BaseExceptionGroup):
+            error = first_error(error)
+        if isinstance(error, BackfillError | KeyboardInterrupt):
+            return error
+    return group

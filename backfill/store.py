@@ -1,0 +1,227 @@
+"""The state store: what is done, in SQLite under the output folder.
+
+A *unit* is one key of one data type (``all`` for v1). Every change is one
+transaction; the schema is versioned and migrations are recorded in the same
+transaction that applies them. Methods block: call them from a worker thread.
+Nothing secret is stored: links are kept without their query.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from backfill.errors import OutputError
+from backfill.layout import STATE_DIR
+
+
+class Status(StrEnum):
+    PENDING = "pending"
+    ACTIVE = "active"
+    """Being fetched, or interrupted while being fetched."""
+    DONE = "done"
+    FAILED = "failed"
+    GONE = "gone"
+    """Beyond the service's retention: it will never be fetched."""
+    NOT_READY = "not_ready"
+
+
+@dataclass(frozen=True)
+class PartRecord:
+    index: int
+    path: str
+    source: str
+    size: int | None
+    md5: str | None
+    done: bool
+    offset: int
+    etag: str | None
+
+
+@dataclass(frozen=True)
+class UnitRecord:
+    api: str
+    key: str
+    data_type: str
+    status: Status
+    attempts: int
+    last_error: str | None
+    parts: int
+    bytes: int
+    updated_at: str
+
+
+_MIGRATIONS = (
+    """
+    CREATE TABLE units (
+        api TEXT NOT NULL, key TEXT NOT NULL, data_type TEXT NOT NULL,
+        status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT,
+        parts INTEGER NOT NULL DEFAULT 0, bytes INTEGER NOT NULL DEFAULT 0,
+        started_at TEXT, finished_at TEXT, updated_at TEXT NOT NULL,
+        PRIMARY KEY (api, key, data_type)
+    );
+    CREATE TABLE parts (
+        api TEXT NOT NULL, key TEXT NOT NULL, data_type TEXT NOT NULL, idx INTEGER NOT NULL,
+        path TEXT NOT NULL, source TEXT NOT NULL, size INTEGER, md5 TEXT,
+        done INTEGER NOT NULL DEFAULT 0, offset INTEGER NOT NULL DEFAULT 0, etag TEXT,
+        PRIMARY KEY (api, key, data_type, idx)
+    );
+    """,
+)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class Store:
+    """SQLite state of one output folder, with an exclusive lock while a run holds it."""
+
+    def __init__(self, out: Path) -> None:
+        self.folder = out / STATE_DIR
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.folder / "state.sqlite", check_same_thread=False,
+                                       isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._mutex = threading.Lock()
+            self._migrate()
+        except (OSError, sqlite3.Error) as exc:
+            raise OutputError(f"cannot use output folder {out}: {_reason(exc)}") from None
+        self._lock_file: int | None = None
+
+    def close(self) -> None:
+        self._db.close()
+        if self._lock_file is not None:
+            os.close(self._lock_file)
+            self._lock_file = None
+
+    def lock(self) -> None:
+        """Take the folder for this process; a second run on it is refused at once."""
+        fd = os.open(self.folder / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise OutputError(f"another backfill (pid {holder}) is using "
+                             f"{self.folder.parent}; wait for it or stop it") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_file = fd
+
+    def _migrate(self) -> None:
+        with self._mutex:
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    for statement in script.split(";"):
+                        if statement.strip():
+                            self._db.execute(statement)
+                    self._db.execute(f"PRAGMA user_version = {number}")
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+
+    def _write(self, statements: Iterable[tuple[str, tuple[object, ...]]]) -> None:
+        with self._mutex:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, args in statements:
+                    self._db.execute(sql, args)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def _read(self, sql: str, args: tuple[object, ...] = ()) -> list[Any]:
+        with self._mutex:
+            return self._db.execute(sql, args).fetchall()
+
+    # --- units -------------------------------------------------------------------------
+
+    def statuses(self, api: str, keys: list[str]) -> dict[tuple[str, str], Status]:
+        """Status of every known unit of ``keys``: {(key, data_type): status}."""
+        rows = self._read("SELECT key, data_type, status FROM units WHERE api = ?", (api,))
+        wanted = set(keys)
+        return {(k, t): Status(s) for k, t, s in rows if k in wanted}
+
+    def units(self, api: str | None = None) -> list[UnitRecord]:
+        rows = self._read(
+            "SELECT api, key, data_type, status, attempts, last_error, parts, bytes, updated_at"
+            " FROM units" + (" WHERE api = ?" if api else "") + " ORDER BY key, data_type",
+            (api,) if api else ())
+        return [UnitRecord(a, k, t, Status(s), n, e, p, b, u)
+                for a, k, t, s, n, e, p, b, u in rows]
+
+    def set_status(self, api: str, key: str, types: Iterable[str], status: Status,
+                   error: str | None = None, *, attempt: bool = False) -> None:
+        """Set the status of units (creating them), in one transaction."""
+        now = _now()
+        self._write(
+            ("INSERT INTO units (api, key, data_type, status, attempts, last_error, started_at,"
+             " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (api, key, data_type) DO"
+             " UPDATE SET status = excluded.status, last_error = excluded.last_error,"
+             " attempts = attempts + ?, updated_at = excluded.updated_at,"
+             " started_at = COALESCE(started_at, excluded.started_at)",
+             (api, key, t, status.value, int(attempt), error, now, now, int(attempt)))
+            for t in types)
+
+    def finish_unit(self, api: str, key: str, data_type: str) -> None:
+        """Mark a unit done once all its parts are recorded."""
+        now = _now()
+        self._write([(
+            "UPDATE units SET status = ?, last_error = NULL, finished_at = ?, updated_at = ?,"
+            " parts = (SELECT COUNT(*) FROM parts p WHERE p.api = units.api AND p.key = units.key"
+            " AND p.data_type = units.data_type AND p.done),"
+            " bytes = (SELECT COALESCE(SUM(size), 0) FROM parts p WHERE p.api = units.api AND"
+            " p.key = units.key AND p.data_type = units.data_type AND p.done)"
+            " WHERE api = ? AND key = ? AND data_type = ?",
+            (Status.DONE.value, now, now, api, key, data_type))])
+
+    # --- parts -------------------------------------------------------------------------
+
+    def parts(self, api: str, key: str, data_type: str) -> list[PartRecord]:
+        rows = self._read(
+            "SELECT idx, path, source, size, md5, done, offset, etag FROM parts"
+            " WHERE api = ? AND key = ? AND data_type = ? ORDER BY idx", (api, key, data_type))
+        return [PartRecord(i, p, s, z, m, bool(d), o, e) for i, p, s, z, m, d, o, e in rows]
+
+    def plan_parts(self, api: str, key: str, data_type: str,
+                   parts: list[tuple[int, str, str]]) -> None:
+        """Record the parts of a unit as (index, path, source), replacing another plan."""
+        self._write([
+            ("DELETE FROM parts WHERE api = ? AND key = ? AND data_type = ?",
+             (api, key, data_type)),
+            *(("INSERT INTO parts (api, key, data_type, idx, path, source) VALUES"
+               " (?, ?, ?, ?, ?, ?)", (api, key, data_type, i, p, s)) for i, p, s in parts),
+        ])
+
+    def checkpoint(self, api: str, key: str, data_type: str, index: int, offset: int,
+                   etag: str | None) -> None:
+        """Bytes of a part safely on disk (fsynced) so far, and the object's ETag."""
+        self._write([("UPDATE parts SET offset = ?, etag = ? WHERE api = ? AND key = ? AND"
+                      " data_type = ? AND idx = ?", (offset, etag, api, key, data_type, index))])
+
+    def part_done(self, api: str, key: str, data_type: str, index: int, size: int,
+                  md5: str) -> None:
+        self._write([("UPDATE parts SET done = 1, size = ?, md5 = ?, offset = ? WHERE api = ?"
+                      " AND key = ? AND data_type = ? AND idx = ?",
+                      (size, md5, size, api, key, data_type, index))])
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc)

@@ -1,0 +1,97 @@
+"""Settings: file < environment < flags, and one clear line for anything wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from backfill.config import load, parse_duration
+from backfill.errors import UsageError
+from backfill.keys import Granularity
+
+ENV = {"GIO_CLIENT_ID": "env-client", "GIO_SECRET": "s3cr3t", "GIO_PROJECT_UID": "p",
+       "GIO_AI": "env-ai"}
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "backfill.toml"
+    path.write_text(text)
+    return path
+
+
+def test_example_config_loads(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parent.parent / "config.example.toml"
+    s = load(example, {}, env={})
+    assert s.types == ("visit", "page", "custom_event")
+    assert s.max_wait == 1800
+    assert s.credentials.base_url == "http://127.0.0.1:8931"
+
+
+def test_flags_win_over_env_over_file(tmp_path: Path) -> None:
+    path = write(tmp_path, 'downloads = 3\ngranularity = "hour"\n[growingio]\nai = "file-ai"\n')
+    s = load(path, {"downloads": 5, "granularity": None}, env=ENV)
+    assert s.downloads == 5
+    assert s.granularity is Granularity.HOUR
+    assert s.credentials.ai == "env-ai"
+    assert s.credentials.secret == "s3cr3t"
+    assert "s3cr3t" not in repr(s)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("dowloads = 3\n", "unknown key 'dowloads'"),
+        ('downloads = "eight"\n', "downloads must be an integer from 1 to 64, got 'eight'"),
+        ("rate = 5\n", "rate must be a number of calls per second, at most 2"),
+        ('types = ["visit", "clicks"]\n', "types must be a list of data types"),
+        ("[growingio]\nsecret = 'x'\n", "growingio.secret does not belong in a file"),
+        ("[growingio]\nregion = 'cn'\n", "unknown key growingio.region"),
+        ("downloads = \n", "is not valid TOML"),
+        ('layout = "{type}/{nope}"\n', "layout must be"),
+        ('granularity = "hour"\nlayout = "{type}/dt={date}"\n', "needs {hour}"),
+    ],
+)
+def test_bad_files_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(UsageError, match=None) as error:
+        load(write(tmp_path, text), {}, env={})
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_an_unreadable_file_is_one_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "")
+    path.write_bytes(b"\xff\xfe")
+    with pytest.raises(UsageError, match="cannot read config file"):
+        load(path, {}, env={})
+
+
+def test_missing_credentials_are_named_together() -> None:
+    s = load(None, {}, env={"GIO_CLIENT_ID": "c"})
+    with pytest.raises(UsageError, match="missing credentials: set GIO_AI, GIO_SECRET, "
+                                         "GIO_PROJECT_UID"):
+        s.credentials.require()
+    ready = load(None, {}, env={"GIO_CLIENT_ID": "c", "GIO_AI": "a", "GIO_TOKEN": "t"})
+    assert ready.credentials.require().token == "t"
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90", 90), ("90s", 90), ("30m", 1800),
+                                               ("2h", 7200), ("1d", 86400), (45, 45)])
+def test_durations(text: object, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@settings(max_examples=200)
+@given(st.text(max_size=40))
+def test_any_config_text_is_loaded_or_refused_in_one_line(text: str) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "c.toml"
+        path.write_text(text, encoding="utf-8")
+        try:
+            load(path, {}, env={})
+        except UsageError as exc:
+            assert "\n" not in str(exc).strip() or "TOML" in str(exc)

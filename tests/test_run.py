@@ -1,0 +1,212 @@
+"""`backfill run` end to end: the real client against the real emulator over loopback."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import anyio
+import pytest
+
+from backfill.config import Credentials, Settings
+from backfill.emulator import DEMO_CREDENTIALS, EmulatorConfig, RunningEmulator, serve
+from backfill.keys import Granularity, Key, expand, key_at
+from backfill.report import PlainReporter, Summary
+from backfill.runner import backfill
+from backfill.store import Status
+from tests.helpers import Api
+
+pytestmark = pytest.mark.anyio
+
+
+def settings_for(emulator: RunningEmulator, out: Path, **changes: Any) -> Settings:
+    c = DEMO_CREDENTIALS
+    base = replace(Settings(), out=out, poll_interval=0.3, max_poll_interval=0.6,
+                   backoff=0.05, max_backoff=0.2, max_wait=30.0,
+                   credentials=Credentials(base_url=emulator.url, client_id=c.client_id,
+                                           secret=c.secret, project_uid=c.project_uid,
+                                           ai=c.ai))
+    return replace(base, **changes)
+
+
+def days_ago(first: int, last: int) -> list[Key]:
+    now = datetime.now(UTC)
+    return expand(key_at(now - timedelta(days=first), Granularity.DAY),
+                  key_at(now - timedelta(days=last), Granularity.DAY))
+
+
+def hours_ago(first: int, last: int) -> list[Key]:
+    now = datetime.now(UTC)
+    return expand(key_at(now - timedelta(hours=first), Granularity.HOUR),
+                  key_at(now - timedelta(hours=last), Granularity.HOUR))
+
+
+async def run(settings: Settings, keys: list[Key], **kw: Any) -> Summary:
+    return await backfill(settings, keys, PlainReporter(interval=3600), **kw)
+
+
+def source_md5s(emulator: RunningEmulator, keys: list[Key], types: tuple[str, ...]) -> Counter[str]:
+    data = emulator.state.data
+    return Counter(part.md5 for key in keys for hour in key.hours() for t in types
+                   for part in data.parts(DEMO_CREDENTIALS.ai, t, hour))
+
+
+def downloaded_md5s(out: Path) -> Counter[str]:
+    return Counter(hashlib.md5(p.read_bytes()).hexdigest() for p in out.rglob("part-*.csv.gz"))
+
+
+@pytest.fixture
+async def emulator(data_dir: Path) -> Any:
+    async with serve(EmulatorConfig(data_dir=data_dir, job_seconds=0.5,
+                                    bytes_per_hour=8 * 1024, part_size=4 * 1024)) as running:
+        yield running
+
+
+async def test_every_part_arrives_byte_identical_with_markers(emulator: RunningEmulator,
+                                                              tmp_path: Path) -> None:
+    keys = days_ago(4, 3)
+    types = ("visit", "page")
+    summary = await run(settings_for(emulator, tmp_path, types=types), keys)
+    assert summary.exit_code == 0
+    assert downloaded_md5s(tmp_path) == source_md5s(emulator, keys, types)
+    for key in keys:
+        for t in types:
+            folder = tmp_path / t / f"dt={key.start:%Y-%m-%d}"
+            assert (folder / "_SUCCESS").exists()
+            manifest = json.loads((folder / "_manifest.json").read_text())
+            files = sorted(p.name for p in folder.glob("part-*.csv.gz"))
+            assert [p["file"] for p in manifest["parts"]] == files
+            for part in manifest["parts"]:
+                data = (folder / part["file"]).read_bytes()
+                assert hashlib.md5(data).hexdigest() == part["md5"]
+                assert "?" not in part["source"] and "Signature" not in part["source"]
+    assert not list(tmp_path.rglob("*.partial"))
+
+
+async def test_the_api_is_treated_with_care(emulator: RunningEmulator, tmp_path: Path) -> None:
+    await run(settings_for(emulator, tmp_path, types=("visit", "page")), days_ago(5, 3))
+    stats = emulator.state.stats()
+    assert stats["tokens_issued"] == 1  # one token per run, shared by every task
+    assert stats["rate_limited"] == 0
+    assert stats["peak_calls_per_window"] <= 2
+    assert stats["trap_links_issued"] > 0  # RUNNING answers did carry links...
+    assert stats["downloads_trap"] == 0  # ...and none was followed
+    assert stats["calls"]["v2_all"] == stats["export_calls"]  # one call per key for 2 types
+
+
+async def test_a_second_run_makes_no_call_at_all(emulator: RunningEmulator,
+                                                 tmp_path: Path) -> None:
+    settings = settings_for(emulator, tmp_path, types=("visit",))
+    keys = days_ago(4, 3)
+    await run(settings, keys)
+    before = emulator.state.stats()
+    again = await run(settings, keys)
+    after = emulator.state.stats()
+    assert again.exit_code == 0
+    assert again.parts == 0
+    assert after["calls"] == before["calls"]  # not even a token
+
+
+async def test_force_fetches_again(emulator: RunningEmulator, tmp_path: Path) -> None:
+    settings = settings_for(emulator, tmp_path, types=("visit",))
+    keys = days_ago(3, 3)
+    first = await run(settings, keys)
+    again = await run(settings, keys, force=True)
+    assert again.parts == first.parts > 0
+    assert downloaded_md5s(tmp_path) == source_md5s(emulator, keys, ("visit",))
+
+
+async def test_adding_a_type_fetches_only_that_type(emulator: RunningEmulator,
+                                                    tmp_path: Path) -> None:
+    keys = days_ago(3, 3)
+    await run(settings_for(emulator, tmp_path, types=("visit",)), keys)
+    summary = await run(settings_for(emulator, tmp_path, types=("visit", "evar")), keys)
+    assert summary.exit_code == 0
+    assert summary.parts == sum(source_md5s(emulator, keys, ("evar",)).values())
+    assert downloaded_md5s(tmp_path) == source_md5s(emulator, keys, ("visit", "evar"))
+
+
+@pytest.mark.parametrize(("api", "granularity"), [("v1", Granularity.HOUR),
+                                                  ("v1", Granularity.DAY),
+                                                  ("v2", Granularity.HOUR)])
+async def test_v1_and_v2_days_and_hours(emulator: RunningEmulator, tmp_path: Path, api: str,
+                                        granularity: Granularity) -> None:
+    keys = hours_ago(30, 29) if granularity is Granularity.HOUR else days_ago(3, 3)
+    types = () if api == "v1" else ("action",)
+    settings = settings_for(emulator, tmp_path, api=api, granularity=granularity, types=types)
+    summary = await run(settings, keys)
+    assert summary.exit_code == 0
+    folder_type = "all" if api == "v1" else "action"
+    for key in keys:
+        folder = tmp_path / folder_type / f"dt={key.start:%Y-%m-%d}"
+        if granularity is Granularity.HOUR:
+            folder = folder / f"hour={key.start:%H}"
+        assert (folder / "_SUCCESS").exists()
+    source_types = ("visit", "page", "action", "action_tag", "custom_attr", "ads_track_click",
+                    "ads_track_activation") if api == "v1" else types
+    assert downloaded_md5s(tmp_path) == source_md5s(emulator, keys, source_types)
+    assert emulator.state.stats()["calls"]["v1" if api == "v1" else "v2_type"] > 0
+
+
+class _SignalsFirstKey(PlainReporter):
+    def __init__(self) -> None:
+        super().__init__(interval=3600)
+        self.first_key_done = anyio.Event()
+
+    def key_done(self, key: str, status: Status, detail: str | None) -> None:
+        super().key_done(key, status, detail)
+        self.first_key_done.set()
+
+
+async def test_a_token_revoked_mid_run_is_replaced_once(emulator: RunningEmulator,
+                                                        tmp_path: Path) -> None:
+    reporter = _SignalsFirstKey()
+    summary: list[Summary] = []
+    settings = settings_for(emulator, tmp_path, types=("visit",), downloads=1)
+
+    async def backfill_run() -> None:
+        summary.append(await backfill(settings, days_ago(5, 3), reporter))
+
+    async with anyio.create_task_group() as group, aiohttp.ClientSession() as session:
+        group.start_soon(backfill_run)
+        await reporter.first_key_done.wait()
+        await Api(session, emulator.url).login()  # another client's token revokes the run's
+    stats = emulator.state.stats()
+    assert summary[0].exit_code == 0
+    assert stats["tokens_issued"] == 3  # the run's, the other client's, the run's new one
+    assert stats["unauthorized"] == 1
+
+
+async def test_keys_not_ready_by_the_deadline_exit_4(emulator: RunningEmulator,
+                                                     tmp_path: Path) -> None:
+    emulator.state.config.job_seconds = 3600
+    summary = await run(settings_for(emulator, tmp_path, types=("visit",), max_wait=1.0),
+                        days_ago(3, 3))
+    assert summary.exit_code == 4
+    assert "export job still running" in next(iter(summary.problems.values()))
+
+
+async def test_future_keys_cost_no_call(emulator: RunningEmulator, tmp_path: Path) -> None:
+    now = datetime.now(UTC)
+    keys = [key_at(now, Granularity.HOUR)]
+    summary = await run(settings_for(emulator, tmp_path, granularity=Granularity.HOUR,
+                                     max_wait=60.0), keys)
+    assert summary.exit_code == 4
+    assert emulator.state.stats()["calls"]["token"] == 0
+
+
+async def test_error_answers_are_retried_then_fail_with_the_message(
+        emulator: RunningEmulator, tmp_path: Path) -> None:
+    emulator.state.config.faults.update(job_error=1.0)
+    settings = settings_for(emulator, tmp_path, types=("visit",), error_retries=2,
+                            error_retry_delay=0.1)
+    summary = await run(settings, days_ago(3, 3))
+    assert summary.exit_code == 1
+    assert "export job failed: executor lost" in next(iter(summary.problems.values()))
+    assert emulator.state.stats()["answers"]["ERROR"] == 3
