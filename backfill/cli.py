@@ -235,6 +235,8 @@ def emulator(
         "slow_first_byte, reset, truncate, corrupt, stall.")] = None,
     slow_seconds: Annotated[float, typer.Option(help="Delay of slow_first_byte.")] = 2.0,
     stall_seconds: Annotated[float, typer.Option(help="Pause of a stalled body.")] = 30.0,
+    fault_limit: Annotated[int, typer.Option(
+        help="Inject each fault at most this often (0: no limit).")] = 0,
 ) -> None:
     """Serve the bundled GrowingIO export API emulator (for the demo, tests, trying things)."""
     import anyio
@@ -243,7 +245,8 @@ def emulator(
 
     if speed < 0:
         raise UsageError("--speed cannot be negative")
-    faults = Faults(seed=seed, slow_seconds=slow_seconds, stall_seconds=stall_seconds)
+    faults = Faults(seed=seed, slow_seconds=slow_seconds, stall_seconds=stall_seconds,
+                    limit=fault_limit)
     faults.update(**_parse_faults(fault or []))
     config = EmulatorConfig(
         seed=seed, data_dir=data_dir, now=_parse_moment(now) if now else None, speed=speed,

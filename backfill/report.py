@@ -163,7 +163,7 @@ class BarsReporter:
                                              extra=f"({already_done} already done)")
         self._bytes = self._bytes_bar.add_task("bytes", total=None)
         self._live = Live(Group(self._progress, self._bytes_bar), console=self._console,
-                          refresh_per_second=8, transient=False)
+                          refresh_per_second=8, transient=True)
         self._live.start()
 
     def key_done(self, key: str, status: Status, detail: str | None) -> None:

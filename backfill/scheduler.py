@@ -221,6 +221,7 @@ class Scheduler:
                     try:
                         verified = await self._downloader.fetch(job.link, job.dest,
                                                                 job.progress, checkpoint, watch)
+                        watch.finished()
                         break
                     except (LinkExpiredError, IntegrityError):
                         raise

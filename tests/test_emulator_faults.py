@@ -34,6 +34,12 @@ def test_fault_draws_are_seeded_and_independent() -> None:
         Faults(corrupt=1.5)
 
 
+def test_a_limit_caps_injections_per_kind() -> None:
+    faults = Faults(api_5xx=1.0, reset=1.0, limit=2)
+    assert [faults.roll("api_5xx") for _ in range(4)] == [True, True, False, False]
+    assert faults.roll("reset")
+
+
 async def test_api_5xx(emulator_factory: EmulatorFactory) -> None:
     async with emulator_factory(job_seconds=0.0) as (running, api):
         await api.login()

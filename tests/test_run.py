@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 from backfill.config import Credentials, Settings
-from backfill.emulator import DEMO_CREDENTIALS, EmulatorConfig, RunningEmulator, serve
+from backfill.emulator import DEMO_CREDENTIALS, EmulatorConfig, Faults, RunningEmulator, serve
 from backfill.keys import Granularity, Key, expand, key_at
 from backfill.report import PlainReporter, Summary
 from backfill.runner import backfill
@@ -210,3 +210,26 @@ async def test_error_answers_are_retried_then_fail_with_the_message(
     assert summary.exit_code == 1
     assert "export job failed: executor lost" in next(iter(summary.problems.values()))
     assert emulator.state.stats()["answers"]["ERROR"] == 3
+
+
+async def test_an_expired_link_is_refreshed_and_the_part_resumes(data_dir: Path,
+                                                                 tmp_path: Path) -> None:
+    # Links live 1 emulated minute = 0.3 s real. The first body stalls half-way; by the time
+    # the client gives up on it the link has expired, so it must ask the API for a fresh
+    # one and continue from the bytes it has, not start over.
+    faults = Faults(stall=1.0, stall_seconds=5.0, limit=1)
+    config = EmulatorConfig(data_dir=data_dir, job_seconds=0.0, speed=200.0, faults=faults,
+                            bytes_per_hour=64 * 1024, part_size=4 << 20)
+    async with serve(config) as emulator:
+        keys = hours_ago(30, 30)
+        settings = settings_for(emulator, tmp_path, granularity=Granularity.HOUR,
+                                types=("action",), expire=1, read_timeout=0.5)
+        summary = await run(settings, keys)
+        stats = emulator.state.stats()
+    assert summary.exit_code == 0
+    assert stats["faults"] == {"stall": 1}
+    assert stats["downloads_expired"] >= 1
+    assert stats["range_requests"] == 1  # the resumed request asked only for the rest
+    assert downloaded_md5s(tmp_path) == source_md5s(emulator, keys, ("action",))
+    size = sum(p.stat().st_size for p in tmp_path.rglob("part-*.csv.gz"))
+    assert stats["bytes_served"] < size * 1.5  # the first half was not fetched again

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -71,7 +72,10 @@ class Faults:
     stall: float = 0.0
     slow_seconds: float = 2.0
     stall_seconds: float = 30.0
+    limit: int = 0
+    """At most this many injections of each kind (0: no limit), for "the first one fails"."""
     _rngs: dict[str, random.Random] = field(default_factory=dict, repr=False, compare=False)
+    _injected: Counter[str] = field(default_factory=Counter, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for kind in FAULT_KINDS:
@@ -82,20 +86,23 @@ class Faults:
     def roll(self, kind: str) -> bool:
         """Draw whether this call suffers ``kind``."""
         rate: float = getattr(self, kind)
-        if rate <= 0.0:
+        if rate <= 0.0 or (self.limit and self._injected[kind] >= self.limit):
             return False
         rng = self._rngs.setdefault(kind, random.Random(f"{self.seed}:{kind}"))
-        return rng.random() < rate
+        hit = rng.random() < rate
+        self._injected[kind] += hit
+        return hit
 
     def update(self, **changes: float) -> None:
         """Change rates or timings at run time (the ``/_emulator/faults`` endpoint)."""
-        names = {f.name for f in fields(self)} - {"_rngs"}
+        names = {f.name for f in fields(self) if not f.name.startswith("_")}
         for name, value in changes.items():
             if name not in names:
                 raise ValueError(f"unknown fault setting {name!r}")
             setattr(self, name, type(getattr(self, name))(value))
         self.__post_init__()
         self._rngs.clear()
+        self._injected.clear()
 
 
 @dataclass
