@@ -18,7 +18,7 @@ from backfill import __version__
 from backfill.config import Settings
 from backfill.errors import BackfillError, UsageError
 from backfill.keys import BEIJING, Granularity, Key, expand, key_at, parse_bound
-from backfill.report import EXIT_CODES, Reporter, Summary, make_reporter, print_summary
+from backfill.report import EXIT_CODES, EXIT_FAILED, Reporter, Summary, make_reporter, print_summary
 
 EXIT_INTERRUPTED = 130
 P = ParamSpec("P")
@@ -133,7 +133,8 @@ def load_settings(config: Path | None, **flags: object) -> Settings:
     return load(config, flags)
 
 
-def expand_range(first: str, last: str, settings: Settings) -> list[Key]:
+def expand_range(first: str, last: str, settings: Settings, *,
+                 check_retention: bool = True) -> list[Key]:
     """Parse ``--from``/``--to`` into keys; refuse inverted and wholly expired ranges."""
     from backfill.policy import beyond_retention
 
@@ -145,7 +146,7 @@ def expand_range(first: str, last: str, settings: Settings) -> list[Key]:
     keys = expand(start, end)
     if len(keys) > MAX_KEYS:
         raise UsageError(f"the range holds {len(keys)} keys; split it (at most {MAX_KEYS})")
-    if all(beyond_retention(k, now, settings.retention_days) for k in keys):
+    if check_retention and all(beyond_retention(k, now, settings.retention_days) for k in keys):
         raise UsageError(f"the whole range is older than the {settings.retention_days}-day "
                          "retention of raw data; set retention_days if your project keeps more")
     return keys
@@ -162,6 +163,40 @@ def _run_async(function: Callable[..., Awaitable[R]], *args: object) -> R:
     import anyio
 
     return anyio.run(lambda: function(*args))
+
+
+@app.command(epilog=EXIT_CODES)
+@guarded
+def verify(
+    from_: Annotated[str | None, typer.Option("--from", help="First key to check.")] = None,
+    to: Annotated[str | None, typer.Option("--to", help="Last key to check.")] = None,
+    granularity: Annotated[str | None, typer.Option(
+        help="day or hour \\[default: day].")] = None,
+    api: Annotated[str | None, typer.Option(help="v1 or v2 \\[default: v2].")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder \\[default: ./data].")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML config file.")] = None,
+) -> None:
+    """Re-check finished keys on disk against their manifests; mark damaged ones for run."""
+    from backfill.runner import open_store
+    from backfill.verify import verify as verify_keys
+
+    settings = load_settings(config, out=out, granularity=granularity, api=api)
+    if (from_ is None) != (to is None):
+        raise UsageError("give both --from and --to, or neither")
+    keys = expand_range(from_, to, settings, check_retention=False) if from_ and to else None
+    if not (settings.out / ".backfill" / "state.sqlite").exists():
+        raise UsageError(f"no backfill state in {settings.out}: nothing to verify")
+    store = open_store(settings)
+    try:
+        report = verify_keys(store, settings, keys)
+    finally:
+        store.close()
+    for unit, problem in report.damaged.items():
+        typer.echo(f"damaged {unit}: {problem}")
+    verdict = (f"{len(report.damaged)} damaged, marked to be fetched again by `backfill run`"
+               if report.damaged else "all intact")
+    typer.echo(f"checked {report.checked} finished units ({report.parts} parts): {verdict}")
+    raise typer.Exit(EXIT_FAILED if report.damaged else 0)
 
 
 @app.command()

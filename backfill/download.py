@@ -185,32 +185,43 @@ def _prepare(temp: Path, progress: Progress) -> None:
         raise _disk_error(exc, temp) from None
 
 
-def _verify_and_place(temp: Path, dest: Path, expected: _Expected) -> Verified:
-    """Check length, MD5 and the gzip stream to its end; then fsync and rename."""
+def check_part(path: Path, size: int, md5: str | None, shown: str) -> Verified:
+    """Read ``path`` once: its length (if ``size`` ≥ 0), MD5 (if given) and gzip stream.
+
+    Raises :class:`IntegrityError` naming ``shown`` for the first check that fails.
+    """
     digest = hashlib.md5()
     inflater = zlib.decompressobj(wbits=31)
-    size = 0
+    actual = 0
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            actual += len(block)
+            digest.update(block)
+            inflater = _inflate(inflater, block, shown)
+    if size >= 0 and actual != size:
+        raise IntegrityError(f"{shown}: {actual} bytes, {size} expected")
+    found = digest.hexdigest()
+    if md5 and found != md5:
+        raise IntegrityError(f"{shown}: MD5 {found} differs from the expected {md5}")
+    if not inflater.eof:
+        raise IntegrityError(f"{shown}: the gzip stream ends early")
+    return Verified(actual, found)
+
+
+def _verify_and_place(temp: Path, dest: Path, expected: _Expected) -> Verified:
+    """Check the temporary file; then fsync it and rename it into place."""
     try:
-        with temp.open("rb") as f:
-            while block := f.read(1 << 20):
-                size += len(block)
-                digest.update(block)
-                inflater = _inflate(inflater, block, expected.shown)
-            os.fsync(f.fileno())
-        if expected.size >= 0 and size != expected.size:
-            raise IntegrityError(f"{expected.shown}: {size} bytes received, "
-                                 f"{expected.size} announced")
-        md5 = digest.hexdigest()
-        if expected.md5 and md5 != expected.md5:
-            raise IntegrityError(f"{expected.shown}: MD5 {md5} differs from the server's "
-                                 f"{expected.md5}")
-        if not inflater.eof:
-            raise IntegrityError(f"{expected.shown}: the gzip stream ends early")
+        verified = check_part(temp, expected.size, expected.md5, expected.shown)
+        fd = os.open(temp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(temp, dest)
         _fsync_dir(dest.parent)
     except OSError as exc:
         raise _disk_error(exc, dest) from None
-    return Verified(size, md5)
+    return verified
 
 
 def _inflate(inflater: zlib._Decompress, block: bytes, shown: str) -> zlib._Decompress:

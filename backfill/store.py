@@ -190,6 +190,16 @@ class Store:
             " WHERE api = ? AND key = ? AND data_type = ?",
             (Status.DONE.value, now, now, api, key, data_type))])
 
+    def mark_damaged(self, api: str, key: str, data_type: str, problem: str) -> None:
+        """A done unit failed verification: fetch all its parts again on the next run."""
+        self._write([
+            ("UPDATE units SET status = ?, last_error = ?, updated_at = ? WHERE api = ? AND"
+             " key = ? AND data_type = ?",
+             (Status.FAILED.value, f"damaged on disk: {problem}", _now(), api, key, data_type)),
+            ("UPDATE parts SET done = 0, offset = 0 WHERE api = ? AND key = ? AND data_type = ?",
+             (api, key, data_type)),
+        ])
+
     # --- parts -------------------------------------------------------------------------
 
     def parts(self, api: str, key: str, data_type: str) -> list[PartRecord]:

@@ -83,3 +83,29 @@ class Api:
         async with self.session.get(f"{self.url}/_emulator/stats") as r:
             result: dict[str, Any] = await r.json()
             return result
+
+
+def env_for(url: str, **changes: str) -> dict[str, str]:
+    """The environment of a user pointing backfill at the emulator at ``url``."""
+    import os
+
+    c = DEMO_CREDENTIALS
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIO_")}
+    env.update(GIO_BASE_URL=url, GIO_CLIENT_ID=c.client_id, GIO_SECRET=c.secret,
+               GIO_PROJECT_UID=c.project_uid, GIO_AI=c.ai)
+    env.update(changes)
+    return {k: v for k, v in env.items() if v}
+
+
+def command(*args: str) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "backfill", *args]
+
+
+async def cli(args: list[str], env: dict[str, str], cwd: Any) -> tuple[int, str, str]:
+    """Run the real CLI in a subprocess: (exit code, stdout, stderr)."""
+    import anyio
+
+    result = await anyio.run_process(command(*args), env=env, cwd=cwd, check=False)
+    return result.returncode, result.stdout.decode(), result.stderr.decode()

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import anyio
 import pytest
 
 from backfill.emulator import DEMO_CREDENTIALS, EmulatorConfig, RunningEmulator, serve
+from tests.helpers import cli, env_for
 
 pytestmark = pytest.mark.anyio
 
@@ -22,24 +21,9 @@ async def emulator(data_dir: Path) -> AsyncIterator[RunningEmulator]:
         yield running
 
 
-def env_for(emulator: RunningEmulator, **changes: str) -> dict[str, str]:
-    c = DEMO_CREDENTIALS
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIO_")}
-    env.update(GIO_BASE_URL=emulator.url, GIO_CLIENT_ID=c.client_id, GIO_SECRET=c.secret,
-               GIO_PROJECT_UID=c.project_uid, GIO_AI=c.ai)
-    env.update(changes)
-    return {k: v for k, v in env.items() if v}
-
-
-async def cli(args: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
-    result = await anyio.run_process([sys.executable, "-m", "backfill", *args], env=env,
-                                     cwd=cwd, check=False)
-    return result.returncode, result.stdout.decode(), result.stderr.decode()
-
-
 async def test_run_exits_0_with_a_summary(emulator: RunningEmulator, tmp_path: Path) -> None:
     code, out, err = await cli(["run", "--from", "-4d", "--to", "-3d", "--types", "visit",
-                                "--out", "data"], env_for(emulator), tmp_path)
+                                "--out", "data"], env_for(emulator.url), tmp_path)
     assert code == 0, err
     assert "keys done" in out
     assert list((tmp_path / "data" / "visit").glob("dt=*/_SUCCESS"))
@@ -63,7 +47,7 @@ async def test_run_exits_0_with_a_summary(emulator: RunningEmulator, tmp_path: P
 async def test_bad_input_is_one_line_exit_2_and_no_call(emulator: RunningEmulator,
                                                         tmp_path: Path, args: list[str],
                                                         message: str) -> None:
-    code, out, err = await cli(["run", *args], env_for(emulator), tmp_path)
+    code, out, err = await cli(["run", *args], env_for(emulator.url), tmp_path)
     assert code == 2
     assert err.strip().count("\n") == 0, err
     assert message in err
@@ -73,7 +57,7 @@ async def test_bad_input_is_one_line_exit_2_and_no_call(emulator: RunningEmulato
 
 async def test_a_missing_credential_is_named(emulator: RunningEmulator, tmp_path: Path) -> None:
     code, _, err = await cli(["run", "--from", "-3d", "--to", "-3d"],
-                             env_for(emulator, GIO_SECRET="", GIO_AI=""), tmp_path)
+                             env_for(emulator.url, GIO_SECRET="", GIO_AI=""), tmp_path)
     assert code == 2
     assert "missing credentials: set GIO_AI, GIO_SECRET" in err
     assert emulator.state.stats()["calls"]["token"] == 0
@@ -83,7 +67,7 @@ async def test_a_wrong_secret_exits_3_without_showing_it(emulator: RunningEmulat
                                                          tmp_path: Path) -> None:
     secret = "wrong-secret-b6f2a0c3e9"
     code, out, err = await cli(["run", "--from", "-3d", "--to", "-3d", "--out", "data"],
-                               env_for(emulator, GIO_SECRET=secret), tmp_path)
+                               env_for(emulator.url, GIO_SECRET=secret), tmp_path)
     assert code == 3
     assert "refused the token request (HTTP 401)" in err
     assert secret not in out + err
@@ -94,7 +78,7 @@ async def test_a_wrong_secret_exits_3_without_showing_it(emulator: RunningEmulat
 
 async def test_a_rejected_ready_token_exits_3(emulator: RunningEmulator, tmp_path: Path) -> None:
     code, out, err = await cli(["run", "--from", "-3d", "--to", "-3d"],
-                               env_for(emulator, GIO_SECRET="", GIO_TOKEN="stale-token-77"),
+                               env_for(emulator.url, GIO_SECRET="", GIO_TOKEN="stale-token-77"),
                                tmp_path)
     assert code == 3
     assert "GIO_TOKEN" in err
@@ -103,7 +87,7 @@ async def test_a_rejected_ready_token_exits_3(emulator: RunningEmulator, tmp_pat
 
 async def test_no_secret_reaches_output_logs_or_state(emulator: RunningEmulator,
                                                       tmp_path: Path) -> None:
-    env = env_for(emulator)
+    env = env_for(emulator.url)
     code, out, err = await cli(["run", "--from", "-3d", "--to", "-3d", "--types", "page",
                                 "--out", "data"], env, tmp_path)
     assert code == 0

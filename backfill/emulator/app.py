@@ -65,7 +65,6 @@ class EmulatorState:
         self.token: _Token | None = None
         self.counts: Counter[str] = Counter()
         self.statuses: Counter[str] = Counter()
-        self.faults_injected: Counter[str] = Counter()
         self.rng = random.Random(f"{config.seed}:order")
         self.generating = asyncio.Lock()
 
@@ -88,7 +87,7 @@ class EmulatorState:
             "range_requests": self.counts["range_requests"],
             "downloads_expired": self.counts["downloads_expired"],
             "downloads_trap": self.counts["downloads_trap"],
-            "faults": dict(self.faults_injected),
+            "faults": dict(self.config.faults.injected),
             "peak_calls_per_window": self.limiter.peak_offered,
         }
 
@@ -170,7 +169,6 @@ def _check_token(request: web.Request, ai: str) -> web.Response | None:
     if st.config.faults.roll("revoke_token"):
         st.token = None
         st.counts["tokens_revoked"] += 1
-        st.faults_injected["revoke_token"] += 1
         return _auth_failure(st, "token invalid or revoked")
     return None
 
@@ -209,7 +207,6 @@ async def _export(request: web.Request, family: str, export_type: str,
             status=429, headers={"Retry-After": retry_after_header(wait)})
     if st.config.faults.roll("api_5xx"):
         st.counts["server_errors"] += 1
-        st.faults_injected["api_5xx"] += 1
         code = st.rng.choice((500, 502, 503))
         return web.json_response({"status": "error", "code": code}, status=code)
     ai = request.match_info["ai"]
@@ -368,8 +365,6 @@ async def _serve(request: web.Request, stored: StoredObject) -> web.StreamRespon
     count = stop - start
 
     fault = next((k for k in FAULT_KINDS[3:] if st.config.faults.roll(k)), None)
-    if fault:
-        st.faults_injected[fault] += 1
     if fault == "slow_first_byte":
         await asyncio.sleep(st.config.faults.slow_seconds)
     if fault == "truncate":

@@ -74,8 +74,13 @@ class Faults:
     stall_seconds: float = 30.0
     limit: int = 0
     """At most this many injections of each kind (0: no limit), for "the first one fails"."""
-    _rngs: dict[str, random.Random] = field(default_factory=dict, repr=False, compare=False)
-    _injected: Counter[str] = field(default_factory=Counter, repr=False, compare=False)
+    _rngs: dict[str, random.Random] = field(default_factory=dict, repr=False, compare=False,
+                                            init=False)
+    injected: Counter[str] = field(default_factory=Counter, repr=False, compare=False,
+                                   init=False)
+    """Every injection so far, by kind (served in the emulator's stats)."""
+    _since_update: Counter[str] = field(default_factory=Counter, repr=False, compare=False,
+                                        init=False)
 
     def __post_init__(self) -> None:
         for kind in FAULT_KINDS:
@@ -86,23 +91,25 @@ class Faults:
     def roll(self, kind: str) -> bool:
         """Draw whether this call suffers ``kind``."""
         rate: float = getattr(self, kind)
-        if rate <= 0.0 or (self.limit and self._injected[kind] >= self.limit):
+        if rate <= 0.0 or (self.limit and self._since_update[kind] >= self.limit):
             return False
         rng = self._rngs.setdefault(kind, random.Random(f"{self.seed}:{kind}"))
         hit = rng.random() < rate
-        self._injected[kind] += hit
+        if hit:
+            self._since_update[kind] += 1
+            self.injected[kind] += 1
         return hit
 
     def update(self, **changes: float) -> None:
         """Change rates or timings at run time (the ``/_emulator/faults`` endpoint)."""
-        names = {f.name for f in fields(self) if not f.name.startswith("_")}
+        names = {f.name for f in fields(self) if f.init and f.name != "injected"}
         for name, value in changes.items():
             if name not in names:
                 raise ValueError(f"unknown fault setting {name!r}")
             setattr(self, name, type(getattr(self, name))(value))
         self.__post_init__()
         self._rngs.clear()
-        self._injected.clear()
+        self._since_update.clear()
 
 
 @dataclass
