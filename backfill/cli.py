@@ -7,6 +7,7 @@ exits with the error's documented code; anything else reaching a user is a bug.
 from __future__ import annotations
 
 import functools
+import signal
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,7 +17,7 @@ import typer
 
 from backfill import __version__
 from backfill.config import Settings
-from backfill.errors import BackfillError, UsageError
+from backfill.errors import BackfillError, Interrupted, UsageError
 from backfill.keys import BEIJING, Granularity, Key, expand, key_at, parse_bound
 from backfill.report import EXIT_CODES, EXIT_FAILED, Reporter, Summary, make_reporter, print_summary
 
@@ -52,8 +53,8 @@ def guarded(command: Callable[P, R]) -> Callable[P, R]:
         except BackfillError as exc:
             typer.echo(f"backfill: error: {exc}", err=True)
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            typer.echo("backfill: interrupted", err=True)
+        except KeyboardInterrupt as exc:  # a signal before or after the run's own handling
+            typer.echo(f"backfill: error: {Interrupted(str(exc) or 'SIGINT')}", err=True)
             raise typer.Exit(EXIT_INTERRUPTED) from None
 
     return run
@@ -342,4 +343,10 @@ Ctrl-C stops it."""
 
 def main() -> None:
     """Console entry point."""
+    signal.signal(signal.SIGTERM, _terminate)
     app()
+
+
+def _terminate(signum: int, frame: object) -> None:
+    # Until a run installs its own handling, SIGTERM stops like Ctrl-C: cleanly, exit 130.
+    raise KeyboardInterrupt("SIGTERM")

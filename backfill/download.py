@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import errno
 import hashlib
 import os
 import re
@@ -247,7 +246,4 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def _disk_error(exc: OSError, path: Path) -> OutputError:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return OutputError(f"disk full while writing in {path.parent}: free some space and "
-                           "run again (finished parts are kept)")
-    return OutputError(f"cannot write {path}: {exc.strerror or exc}")
+    return OutputError.from_os_error(exc, path.parent)

@@ -19,6 +19,8 @@ Messages never contain secrets: callers pass redacted URLs and never a token.
 
 from __future__ import annotations
 
+import errno
+
 
 class BackfillError(Exception):
     """Root of every error backfill raises on purpose."""
@@ -34,6 +36,14 @@ class UsageError(BackfillError):
 
 class OutputError(UsageError):
     """The output folder cannot be used: not writable, a file, full, or locked by a run."""
+
+    @classmethod
+    def from_os_error(cls, exc: OSError, path: object) -> OutputError:
+        """Translate a failed write of ``path``; a full disk gets its own advice."""
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            return cls(f"disk full while writing in {path}: free some space and run again "
+                       "(finished parts are kept)")
+        return cls(f"cannot write {path}: {exc.strerror or exc}")
 
 
 class AuthError(BackfillError):

@@ -47,10 +47,25 @@ async def backfill(settings: Settings, keys: list[Key], reporter: Reporter, *,
                    force: bool = False, api: ExportApi | None = None) -> Summary:
     """Fetch ``keys`` into ``settings.out``; finished keys cost nothing unless ``force``.
 
-    Raises :class:`Interrupted` on SIGINT/SIGTERM after the state is consistent.
+    Raises :class:`Interrupted` on SIGINT/SIGTERM, once the state is consistent.
     """
-    started = time.monotonic()
+    interrupted: list[str] = []
     summary = Summary()
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(_stop_on_signal, group.cancel_scope, interrupted)
+            await _backfill(settings, keys, reporter, force, api, summary)
+            group.cancel_scope.cancel()
+    except BaseExceptionGroup as errors:
+        raise first_error(errors) from None
+    if interrupted:
+        raise Interrupted(interrupted[0])
+    return summary
+
+
+async def _backfill(settings: Settings, keys: list[Key], reporter: Reporter, force: bool,
+                    api: ExportApi | None, summary: Summary) -> None:
+    started = time.monotonic()
     store = await anyio.to_thread.run_sync(open_store, settings)
     try:
         plan = plan_keys(store, settings, keys, force=force, now=datetime.now(UTC))
@@ -65,7 +80,6 @@ async def backfill(settings: Settings, keys: list[Key], reporter: Reporter, *,
     finally:
         store.close()
     summary.seconds = time.monotonic() - started
-    return summary
 
 
 def _record_skipped(store: Store, settings: Settings, plan: Plan, summary: Summary) -> None:
@@ -89,19 +103,11 @@ async def _fetch(settings: Settings, store: Store, plan: Plan, reporter: Reporte
                                 connect_timeout=settings.connect_timeout,
                                 read_timeout=settings.read_timeout)
         scheduler = Scheduler(settings, store, api or client, downloader, reporter, summary)
-        interrupted: list[str] = []
         try:
-            async with anyio.create_task_group() as group:
-                group.start_soon(_stop_on_signal, group.cancel_scope, interrupted)
-                await scheduler.run(plan.tasks)
-                group.cancel_scope.cancel()
-        except BaseExceptionGroup as errors:
-            raise first_error(errors) from None
+            await scheduler.run(plan.tasks)
         finally:
             summary.api_calls += client.stats.calls
             summary.retries += client.stats.retries
-        if interrupted:
-            raise Interrupted(interrupted[0])
 
 
 async def _stop_on_signal(scope: anyio.CancelScope, received: list[str]) -> None:

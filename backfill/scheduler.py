@@ -24,6 +24,7 @@ from backfill.errors import (
     BackfillError,
     IntegrityError,
     LinkExpiredError,
+    OutputError,
     RemoteError,
     RetryableError,
 )
@@ -247,8 +248,11 @@ class Scheduler:
         folder = self._s.out / key_folder(self._s.layout, key, data_type)
         parts = [ManifestPart(Path(r.path).name, r.size or 0, r.md5 or "", r.source)
                  for r in records]
-        await anyio.to_thread.run_sync(
-            lambda: publish(folder, key=key.name, data_type=data_type, api=api, parts=parts))
+        try:
+            await anyio.to_thread.run_sync(
+                lambda: publish(folder, key=key.name, data_type=data_type, api=api, parts=parts))
+        except OSError as exc:
+            raise OutputError.from_os_error(exc, folder) from None
         await self._db(self._store.finish_unit, api, key.name, data_type)
 
     async def _db(self, method: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:

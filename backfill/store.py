@@ -8,6 +8,7 @@ Nothing secret is stored: links are kept without their query.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import sqlite3
@@ -136,14 +137,21 @@ class Store:
 
     def _write(self, statements: Iterable[tuple[str, tuple[object, ...]]]) -> None:
         with self._mutex:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                for sql, args in statements:
-                    self._db.execute(sql, args)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    for sql, args in statements:
+                        self._db.execute(sql, args)
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:  # SQLite may have rolled back already
+                        self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as exc:
+                if "full" in str(exc):
+                    raise OutputError.from_os_error(OSError(errno.ENOSPC, "full"),
+                                                    self.folder) from None
+                raise OutputError(f"cannot write the state in {self.folder}: {exc}") from None
 
     def _read(self, sql: str, args: tuple[object, ...] = ()) -> list[Any]:
         with self._mutex:

@@ -372,7 +372,10 @@ async def _serve(request: web.Request, stored: StoredObject) -> web.StreamRespon
     response = web.StreamResponse(status=status, headers=headers)
     response.content_length = count
     await response.prepare(request)
-    with await anyio.to_thread.run_sync(stored.file.open, "rb") as f:
+    # Opened here, not in a thread: aiohttp cancels handlers of clients that left, and a
+    # cancellation landing as the thread returns would leak the handle. Opening a local
+    # file is a metadata call; the reads and sendfile below stay off the loop.
+    with stored.file.open("rb") as f:
         if fault in (None, "slow_first_byte", "truncate"):
             await _sendfile(request, f, start, count)
         else:
@@ -391,6 +394,8 @@ async def _sendfile(request: web.Request, f: Any, offset: int, count: int) -> No
     st.counts["bytes_served"] += count
     try:
         await asyncio.get_running_loop().sendfile(transport, f, offset, count)
+    except (ConnectionError, RuntimeError):  # the client went away mid-body
+        st.counts["bytes_served"] -= count
     except BaseException:
         st.counts["bytes_served"] -= count
         raise

@@ -1,0 +1,171 @@
+"""The process dies or is stopped: kill -9 anywhere, SIGINT/SIGTERM, a second run, a full disk."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import signal
+import sqlite3
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from backfill.emulator import EmulatorConfig, RunningEmulator, serve
+from tests.helpers import cli, command, env_for
+from tests.test_run import days_ago, downloaded_md5s, source_md5s
+
+pytestmark = pytest.mark.anyio
+TYPES = ("page", "action")
+RANGE = ["--from", "-6d", "--to", "-3d", "--types", ",".join(TYPES), "--quiet"]
+
+
+@pytest.fixture(autouse=True)
+def fast_polls(tmp_path: Path) -> None:
+    """The CLI reads ./backfill.toml: poll and back off at test speed, not GrowingIO's."""
+    (tmp_path / "backfill.toml").write_text(
+        'poll_interval = "0.2s"\nmax_poll_interval = "0.5s"\nbackoff = "0.05s"\n'
+        'max_backoff = "0.2s"\n')
+
+
+async def started(process: anyio.abc.Process) -> None:
+    """Wait until the run printed its plan: it is past start-up and into its work."""
+    assert process.stderr is not None
+    seen = b""
+    while b"keys to fetch" not in seen:
+        seen += await process.stderr.receive()
+
+
+@pytest.fixture
+async def emulator(data_dir: Path) -> AsyncIterator[RunningEmulator]:
+    config = EmulatorConfig(data_dir=data_dir, job_seconds=0.3, bytes_per_hour=16 * 1024,
+                            part_size=4 * 1024)
+    async with serve(config) as running:
+        yield running
+
+
+def done_keys(out: Path) -> set[str]:
+    with sqlite3.connect(out / ".backfill" / "state.sqlite") as db:
+        rows = db.execute("SELECT key FROM units GROUP BY key HAVING "
+                          "min(status = 'done') = 1").fetchall()
+    return {key for (key,) in rows}
+
+
+async def start(args: list[str], env: dict[str, str], cwd: Path) -> anyio.abc.Process:
+    return await anyio.open_process(command(*args), env=env, cwd=cwd,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+async def wait_for(process: anyio.abc.Process, seconds: float) -> int:
+    with anyio.fail_after(seconds):
+        return await process.wait()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+async def test_kill_9_anywhere_then_rerun_finishes_exactly(emulator: RunningEmulator,
+                                                           tmp_path: Path, seed: int) -> None:
+    env = env_for(emulator.url)
+    process = await start(["run", *RANGE, "--out", "data"], env, tmp_path)
+    # A random crash point: planning, polling, downloading, renaming or a state write.
+    await anyio.sleep(random.Random(seed).uniform(0.3, 3.0))
+    process.send_signal(signal.SIGKILL)
+    await wait_for(process, 10)
+    out = tmp_path / "data"
+    finished = done_keys(out) if (out / ".backfill" / "state.sqlite").exists() else set()
+    calls_before = emulator.state.stats()["export_calls"]
+
+    code, _, err = await cli(["run", *RANGE, "--out", "data"], env, tmp_path)
+
+    assert code == 0, err
+    keys = days_ago(6, 3)
+    assert downloaded_md5s(out) == source_md5s(emulator, keys, TYPES)
+    assert not list(out.rglob("*.partial"))
+    assert all((out / t / f"dt={k.start:%Y-%m-%d}" / "_SUCCESS").exists()
+               for k in keys for t in TYPES)
+    # Keys finished before the crash cost the rerun nothing. Every other key needs at
+    # least one call, and at most a few (RUNNING re-polls, refreshes).
+    rerun_calls = emulator.state.stats()["export_calls"] - calls_before
+    assert len(keys) - len(finished) <= rerun_calls <= 3 * (len(keys) - len(finished))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+async def test_a_signal_stops_it_cleanly_with_130(emulator: RunningEmulator, tmp_path: Path,
+                                                  signum: signal.Signals) -> None:
+    emulator.state.config.job_seconds = 3600  # keep it busy polling
+    env = env_for(emulator.url)
+    process = await start(["run", *RANGE, "--out", "data"], env, tmp_path)
+    with anyio.fail_after(10):
+        await started(process)
+    process.send_signal(signum)
+    assert await wait_for(process, 5) == 130
+    assert process.stderr is not None
+    err = b""
+    with contextlib.suppress(anyio.EndOfStream):
+        while True:
+            err += await process.stderr.receive()
+    assert f"interrupted by {signum.name}".encode() in err
+    assert b"Traceback" not in err
+    emulator.state.clock.advance(3601)  # the jobs it started are finished now...
+    emulator.state.config.job_seconds = 0  # ...and the ones it did not start finish at once
+    code, _, err = await cli(["run", *RANGE, "--out", "data"], env, tmp_path)
+    assert code == 0, err
+
+
+async def test_a_second_run_on_the_same_output_is_refused(emulator: RunningEmulator,
+                                                          tmp_path: Path) -> None:
+    emulator.state.config.job_seconds = 3600
+    env = env_for(emulator.url)
+    first = await start(["run", *RANGE, "--out", "data"], env, tmp_path)
+    try:
+        with anyio.fail_after(10):
+            await started(first)
+        code, _, err = await cli(["run", *RANGE, "--out", "data"], env, tmp_path)
+        assert code == 2
+        assert f"another backfill (pid {first.pid}) is using data" in err
+        assert first.returncode is None  # the first run goes on untouched
+    finally:
+        first.send_signal(signal.SIGINT)
+        await wait_for(first, 5)
+
+
+async def test_an_output_path_that_is_a_file_is_refused(emulator: RunningEmulator,
+                                                        tmp_path: Path) -> None:
+    (tmp_path / "data").write_text("not a folder")
+    code, _, err = await cli(["run", *RANGE, "--out", "data"], env_for(emulator.url), tmp_path)
+    assert code == 2
+    assert err.startswith("backfill: error: cannot use output folder data")
+    assert err.count("\n") == 1
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Any:
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
+                            capture_output=True, check=False)
+    if result.returncode:
+        pytest.skip(f"cannot mount a small tmpfs here: {result.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+async def test_a_full_disk_stops_with_one_line_and_keeps_nothing_corrupt(
+        emulator: RunningEmulator, small_disk: Path, tmp_path: Path) -> None:
+    env = env_for(emulator.url)
+    code, _, err = await cli(["run", *RANGE, "--out", str(small_disk / "data")], env, tmp_path)
+    assert code == 2
+    errors = [line for line in err.splitlines() if line.startswith("backfill: error:")]
+    assert len(errors) == 1
+    assert "disk full while writing" in errors[0]
+    assert "Traceback" not in err
+    sources = set(source_md5s(emulator, days_ago(6, 3), TYPES))
+    assert set(downloaded_md5s(small_disk)) <= sources  # whatever is in place is exact
+
+    await anyio.run_process(["mount", "-o", "remount,size=64m", str(small_disk)])
+    code, _, err = await cli(["run", *RANGE, "--out", str(small_disk / "data")], env, tmp_path)
+    assert code == 0, err
+    assert downloaded_md5s(small_disk) == source_md5s(emulator, days_ago(6, 3), TYPES)
+    assert not list(small_disk.rglob("*.partial"))
