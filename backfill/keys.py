@@ -127,6 +127,7 @@ _FORMATS = (
     ("%Y-%m-%d", Granularity.DAY),
     ("%Y%m%d", Granularity.DAY),
 )
+EARLIEST, LATEST = date(2000, 1, 1), date(2099, 12, 31)
 DATE_FORMS = "YYYY-MM-DD, YYYYMMDD, YYYY-MM-DDTHH, YYYYMMDDHH, today, yesterday, -7d or -36h"
 
 
@@ -137,7 +138,12 @@ def parse_bound(text: str, granularity: Granularity, *, now: datetime, end: bool
     last hour (``end=True``). An hour given for a daily range means its day.
     Raises :class:`UsageError` with the accepted forms when ``text`` is not a date.
     """
-    moment, given = _parse_moment(text.strip(), now)
+    try:
+        moment, given = _parse_moment(text.strip(), now)
+    except OverflowError:
+        moment, given = datetime.min.replace(tzinfo=BEIJING), Granularity.DAY
+    if not EARLIEST <= moment.date() <= LATEST:
+        raise UsageError(f"date {text!r} is out of range ({EARLIEST:%Y} to {LATEST:%Y})")
     if given is Granularity.DAY and granularity is Granularity.HOUR and end:
         moment = moment + timedelta(hours=23)
     return key_at(moment, granularity)

@@ -65,6 +65,12 @@ def test_bad_user_dates_name_the_accepted_forms(text: str) -> None:
         parse_bound(text, Granularity.DAY, now=NOW, end=False)
 
 
+@pytest.mark.parametrize("text", ["-999999d", "99991231", "1999-12-31"])
+def test_far_dates_are_out_of_range(text: str) -> None:
+    with pytest.raises(UsageError, match="out of range"):
+        parse_bound(text, Granularity.HOUR, now=NOW, end=True)
+
+
 @given(st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2099, 1, 1)),
        st.integers(0, 500), st.sampled_from(list(Granularity)))
 def test_expansion_has_no_gaps_and_round_trips(start: datetime, count: int,
@@ -76,3 +82,15 @@ def test_expansion_has_no_gaps_and_round_trips(start: datetime, count: int,
     assert len(keys) == count + 1
     assert all(b.start - a.start == granularity.step for a, b in itertools.pairwise(keys))
     assert all(Key.parse(k.name) == k for k in keys)
+
+
+@given(st.text(max_size=20) | st.from_regex(r"-?\d{1,12}[dhT-]?\d{0,4}", fullmatch=True),
+       st.sampled_from(list(Granularity)), st.booleans())
+def test_any_date_text_parses_or_is_refused_in_one_line(text: str, granularity: Granularity,
+                                                        end: bool) -> None:
+    try:
+        key = parse_bound(text, granularity, now=NOW, end=end)
+    except UsageError as exc:
+        assert "\n" not in str(exc)
+    else:
+        assert key.granularity is granularity

@@ -1,0 +1,56 @@
+"""`backfill verify`: damaged keys on disk are found, reported and fetched again by run."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from backfill.emulator import EmulatorConfig, RunningEmulator, serve
+from tests.helpers import cli, env_for
+from tests.test_run import days_ago, downloaded_md5s, source_md5s
+
+pytestmark = pytest.mark.anyio
+RANGE = ["--from", "-4d", "--to", "-3d", "--types", "visit", "--out", "data"]
+
+
+@pytest.fixture
+async def emulator(data_dir: Path) -> AsyncIterator[RunningEmulator]:
+    async with serve(EmulatorConfig(data_dir=data_dir, job_seconds=0.0, bytes_per_hour=8192,
+                                    part_size=4096)) as running:
+        yield running
+
+
+async def test_verify_finds_damage_and_run_repairs_it(emulator: RunningEmulator,
+                                                      tmp_path: Path) -> None:
+    env = env_for(emulator.url)
+    assert (await cli(["run", *RANGE], env, tmp_path))[0] == 0
+    code, out, _ = await cli(["verify", "--out", "data"], env, tmp_path)
+    assert code == 0
+    assert "checked 2 finished units" in out and "all intact" in out
+
+    parts = sorted((tmp_path / "data" / "visit").rglob("part-*.csv.gz"))
+    damaged = bytearray(parts[0].read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF  # same size, one byte flipped
+    parts[0].write_bytes(bytes(damaged))
+    parts[-1].unlink()
+
+    code, out, _ = await cli(["verify", "--out", "data"], env, tmp_path)
+    assert code == 1
+    assert out.count("damaged 2026") == 2
+    assert "2 damaged, marked to be fetched again" in out
+
+    calls = emulator.state.stats()["export_calls"]
+    code, _, err = await cli(["run", *RANGE], env, tmp_path)
+    assert code == 0, err
+    assert emulator.state.stats()["export_calls"] == calls + 2  # only the damaged keys
+    keys = days_ago(4, 3)
+    assert downloaded_md5s(tmp_path / "data") == source_md5s(emulator, keys, ("visit",))
+    assert (await cli(["verify", "--out", "data"], env, tmp_path))[0] == 0
+
+
+async def test_verify_without_state_says_so(tmp_path: Path) -> None:
+    code, _, err = await cli(["verify", "--out", "nothing-here"], {}, tmp_path)
+    assert code == 2
+    assert err.strip() == "backfill: error: no backfill state in nothing-here: nothing to verify"
