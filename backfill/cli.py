@@ -9,11 +9,13 @@ from __future__ import annotations
 import functools
 import signal
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, ParamSpec, TypeVar
 
 import typer
+from rich.console import Console
 
 from backfill import __version__
 from backfill.config import Settings
@@ -99,33 +101,152 @@ DATE_HELP = ("YYYY-MM-DD, YYYYMMDD, YYYY-MM-DDTHH, YYYYMMDDHH, today, yesterday,
              "(Beijing time).")
 
 
+# Options shared by the commands that fetch (run, retry, catchup).
+Granularity_ = Annotated[str | None, typer.Option("--granularity",
+                                                 help="day or hour \\[default: day].")]
+Api_ = Annotated[str | None, typer.Option("--api", help="v1 or v2 \\[default: v2].")]
+Types_ = Annotated[str | None, typer.Option(
+    "--types", help="v2 data types, comma-separated \\[default: all].")]
+Out_ = Annotated[Path | None, typer.Option("--out", help="Output folder \\[default: ./data].")]
+Config_ = Annotated[Path | None, typer.Option(
+    "--config", help="TOML config file \\[default: ./backfill.toml if present].")]
+Downloads_ = Annotated[int | None, typer.Option(
+    "--downloads", help="Keys and parts downloading at once \\[default: 8].")]
+MaxWait_ = Annotated[str | None, typer.Option(
+    "--max-wait", help="How long to wait for keys not ready yet, e.g. 30m \\[default: 30m].")]
+Force_ = Annotated[bool, typer.Option("--force", help="Fetch keys again even if done.")]
+DryRun_ = Annotated[bool, typer.Option(
+    "--dry-run", help="Print the plan and make no API call.")]
+Quiet_ = Annotated[bool, typer.Option("--quiet", help="Plain log lines instead of bars.")]
+Json_ = Annotated[bool, typer.Option(
+    "--json", help="One JSON report on stdout at the end; human output goes to stderr.")]
+LogFormat_ = Annotated[str, typer.Option(
+    "--log-format", help="text or json (one JSON object per log line).")]
+
+
+@dataclass(frozen=True)
+class Output:
+    """How a fetching command talks: bars or lines, text or JSON."""
+
+    quiet: bool = False
+    json: bool = False
+    log_format: str = "text"
+
+    def reporter(self) -> Reporter:
+        if self.log_format not in ("text", "json"):
+            raise UsageError(f"--log-format must be text or json, got {self.log_format!r}")
+        return make_reporter(self.quiet or self.json, json_lines=self.log_format == "json")
+
+
 @app.command(epilog=EXIT_CODES)
 @guarded
 def run(
     from_: Annotated[str, typer.Option("--from", help=f"First key, inclusive: {DATE_HELP}")],
     to: Annotated[str, typer.Option("--to", help="Last key, inclusive (same forms).")],
-    granularity: Annotated[str | None, typer.Option(
-        help="day or hour \\[default: day].")] = None,
-    api: Annotated[str | None, typer.Option(help="v1 or v2 \\[default: v2].")] = None,
-    types: Annotated[str | None, typer.Option(
-        help="v2 data types, comma-separated \\[default: all].")] = None,
-    out: Annotated[Path | None, typer.Option(help="Output folder \\[default: ./data].")] = None,
-    config: Annotated[Path | None, typer.Option(
-        help="TOML config file \\[default: ./backfill.toml if present].")] = None,
-    downloads: Annotated[int | None, typer.Option(
-        help="Keys and parts downloading at once \\[default: 8].")] = None,
-    max_wait: Annotated[str | None, typer.Option(
-        help="How long to wait for keys not ready yet, e.g. 30m \\[default: 30m].")] = None,
-    force: Annotated[bool, typer.Option(help="Fetch keys again even if done.")] = False,
-    quiet: Annotated[bool, typer.Option(help="Plain log lines instead of bars.")] = False,
+    granularity: Granularity_ = None, api: Api_ = None, types: Types_ = None, out: Out_ = None,
+    config: Config_ = None, downloads: Downloads_ = None, max_wait: MaxWait_ = None,
+    force: Force_ = False, dry_run: DryRun_ = False, quiet: Quiet_ = False, json: Json_ = False,
+    log_format: LogFormat_ = "text",
 ) -> None:
     """Backfill a range of days or hours into the output folder."""
     settings = load_settings(config, out=out, granularity=granularity, api=api, types=types,
                              downloads=downloads, max_wait=max_wait)
     keys = expand_range(from_, to, settings)
-    summary = _run_async(_backfill, settings, keys, make_reporter(quiet), force)
-    print_summary(summary)
+    _execute(settings, keys, Output(quiet, json, log_format), force=force, dry_run=dry_run)
+
+
+@app.command(epilog=EXIT_CODES)
+@guarded
+def retry(
+    from_: Annotated[str | None, typer.Option("--from", help="Only keys from here.")] = None,
+    to: Annotated[str | None, typer.Option("--to", help="Only keys up to here.")] = None,
+    granularity: Granularity_ = None, api: Api_ = None, out: Out_ = None,
+    config: Config_ = None, downloads: Downloads_ = None, max_wait: MaxWait_ = None,
+    dry_run: DryRun_ = False, quiet: Quiet_ = False, json: Json_ = False,
+    log_format: LogFormat_ = "text",
+) -> None:
+    """Fetch again only the keys that failed, were interrupted or were not ready."""
+    from backfill.runner import retryable
+
+    settings = load_settings(config, out=out, granularity=granularity, api=api,
+                             downloads=downloads, max_wait=max_wait)
+    within = _optional_range(from_, to, settings)
+    keys, types = retryable(settings, within, datetime.now(UTC))
+    if settings.api == "v2":
+        settings = replace(settings, types=types)
+    _execute(settings, keys, Output(quiet, json, log_format), dry_run=dry_run)
+
+
+@app.command(epilog=EXIT_CODES)
+@guarded
+def catchup(
+    start: Annotated[str | None, typer.Option(
+        help="Fetch from this key on \\[default: the earliest key not complete].")] = None,
+    lag: Annotated[str | None, typer.Option(
+        help="Only keys that ended this long ago, e.g. 2h \\[default: the documented "
+        "readiness].")] = None,
+    granularity: Granularity_ = None, api: Api_ = None, types: Types_ = None, out: Out_ = None,
+    config: Config_ = None, downloads: Downloads_ = None, max_wait: MaxWait_ = None,
+    dry_run: DryRun_ = False, quiet: Quiet_ = False, json: Json_ = False,
+    log_format: LogFormat_ = "text",
+) -> None:
+    """For cron and CI: fetch everything that should be ready now and is not done yet."""
+    from backfill.config import parse_duration
+    from backfill.runner import catchup_keys
+
+    settings = load_settings(config, out=out, granularity=granularity, api=api, types=types,
+                             downloads=downloads, max_wait=max_wait)
+    now = datetime.now(UTC)
+    first = parse_bound(start, settings.granularity, now=now, end=False) if start else None
+    keys, gone = catchup_keys(settings, first, parse_duration(lag) if lag else None, now)
+    if gone:
+        typer.echo(f"backfill: warning: {len(gone)} keys from {gone[0]} to {gone[-1]} are "
+                   f"beyond the {settings.retention_days}-day retention and will never be "
+                   "fetched", err=True)
+    _execute(settings, keys, Output(quiet, json, log_format), dry_run=dry_run)
+
+
+def _execute(settings: Settings, keys: list[Key], output: Output, *, force: bool = False,
+             dry_run: bool = False) -> None:
+    """Plan or fetch ``keys``, report, and exit with the documented code."""
+    import json as json_module
+
+    if dry_run:
+        from backfill.runner import dry_plan
+
+        plan = dry_plan(settings, keys, force=force, now=datetime.now(UTC))
+        if output.json:
+            typer.echo(json_module.dumps(plan))
+        else:
+            typer.echo(_describe_plan(plan))
+        raise typer.Exit(0)
+    summary = _run_async(_backfill, settings, keys, output.reporter(), force)
+    if output.json:
+        print_summary(summary, Console(stderr=True))
+        typer.echo(json_module.dumps(summary.to_json()))
+    else:
+        print_summary(summary)
     raise typer.Exit(summary.exit_code)
+
+
+def _describe_plan(plan: dict[str, object]) -> str:
+    if not plan["keys"]:
+        return "plan: nothing to fetch"
+    return (f"plan: {plan['keys']} keys from {plan['first']} to {plan['last']} "
+            f"({plan['granularity']}, {plan['api']}: {plan['types']})\n"
+            f"  already done:            {plan['done']}\n"
+            f"  to fetch:                {plan['to_fetch']} (at least {plan['min_api_calls']} "
+            f"export calls, {plan['min_seconds']:.0f} s at {plan['rate']:g} calls/s)\n"
+            f"  beyond retention:        {plan['gone']}\n"
+            f"  not ready by --max-wait: {plan['not_due']}")
+
+
+def _optional_range(first: str | None, last: str | None, settings: Settings) -> list[Key] | None:
+    if (first is None) != (last is None):
+        raise UsageError("give both --from and --to, or neither")
+    if first is None or last is None:
+        return None
+    return expand_range(first, last, settings, check_retention=False)
 
 
 def load_settings(config: Path | None, **flags: object) -> Settings:
@@ -166,25 +287,93 @@ def _run_async(function: Callable[..., Awaitable[R]], *args: object) -> R:
     return anyio.run(lambda: function(*args))
 
 
+@app.command()
+@guarded
+def status(
+    from_: Annotated[str | None, typer.Option("--from", help="Only keys from here.")] = None,
+    to: Annotated[str | None, typer.Option("--to", help="Only keys up to here.")] = None,
+    granularity: Granularity_ = None, api: Api_ = None, out: Out_ = None,
+    config: Config_ = None, json: Json_ = False,
+) -> None:
+    """What the state holds, from the state alone (no API call): counts, calendar, problems."""
+    import json as json_module
+
+    from backfill.report import human_bytes
+    from backfill.status import print_calendar, summarize
+    from backfill.store import Store
+
+    settings = load_settings(config, out=out, granularity=granularity, api=api)
+    within = _optional_range(from_, to, settings)
+    if not (settings.out / ".backfill" / "state.sqlite").exists():
+        raise UsageError(f"no backfill state in {settings.out}: run `backfill run` first")
+    store = Store(settings.out)
+    try:
+        units = store.units(settings.api)
+    finally:
+        store.close()
+    wanted = {k.name for k in within} if within is not None else None
+    report = summarize(units, str(settings.out), settings.api, wanted)
+    if json:
+        typer.echo(json_module.dumps(report.to_json(), indent=2))
+        return
+    console = Console()
+    counts = report.counts()
+    console.print(f"{len(report.keys)} keys in {settings.out} ({settings.api}): "
+                  + ", ".join(f"{n} {s.value.replace('_', ' ')}" for s, n in counts.items())
+                  + f"; {human_bytes(report.bytes)} on disk", highlight=False)
+    if report.keys:
+        print_calendar(report, console)
+    shown = 20
+    for unit in report.problems[:shown]:
+        console.print(f"  {unit.key} {unit.data_type}: {unit.status.value} after "
+                      f"{unit.attempts} attempt(s): {unit.last_error or ''}", highlight=False)
+    if len(report.problems) > shown:
+        console.print(f"  … and {len(report.problems) - shown} more (backfill status --json)")
+
+
+@app.command()
+@guarded
+def check(config: Config_ = None) -> None:
+    """Check the configuration and the credentials (a token request, no export call).
+
+    A new token revokes the previous one: do not run it while a backfill is running.
+    """
+    settings = load_settings(config)
+    creds = settings.credentials.require()
+    if not creds.secret:
+        typer.echo(f"configuration ok; GIO_TOKEN is used as is (it can only be checked by an "
+                   f"export call) against {creds.base_url}")
+        return
+    _run_async(_check_token, settings)
+    typer.echo(f"configuration ok; {creds.base_url} issued a token for project {creds.ai} "
+               f"(client {creds.client_id})")
+
+
+async def _check_token(settings: Settings) -> None:
+    import aiohttp
+
+    from backfill.auth import TokenHolder
+
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout,
+                                    sock_read=settings.read_timeout)
+    async with aiohttp.ClientSession() as session:
+        await TokenHolder(session, settings.credentials, timeout, attempts=2).current()
+
+
 @app.command(epilog=EXIT_CODES)
 @guarded
 def verify(
     from_: Annotated[str | None, typer.Option("--from", help="First key to check.")] = None,
     to: Annotated[str | None, typer.Option("--to", help="Last key to check.")] = None,
-    granularity: Annotated[str | None, typer.Option(
-        help="day or hour \\[default: day].")] = None,
-    api: Annotated[str | None, typer.Option(help="v1 or v2 \\[default: v2].")] = None,
-    out: Annotated[Path | None, typer.Option(help="Output folder \\[default: ./data].")] = None,
-    config: Annotated[Path | None, typer.Option(help="TOML config file.")] = None,
+    granularity: Granularity_ = None, api: Api_ = None, out: Out_ = None,
+    config: Config_ = None,
 ) -> None:
     """Re-check finished keys on disk against their manifests; mark damaged ones for run."""
     from backfill.runner import open_store
     from backfill.verify import verify as verify_keys
 
     settings = load_settings(config, out=out, granularity=granularity, api=api)
-    if (from_ is None) != (to is None):
-        raise UsageError("give both --from and --to, or neither")
-    keys = expand_range(from_, to, settings, check_retention=False) if from_ and to else None
+    keys = _optional_range(from_, to, settings)
     if not (settings.out / ".backfill" / "state.sqlite").exists():
         raise UsageError(f"no backfill state in {settings.out}: nothing to verify")
     store = open_store(settings)

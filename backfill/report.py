@@ -6,10 +6,12 @@ stdout stays for results. Nothing here ever receives a token or a signed query.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Protocol, TextIO
 
 from rich.console import Console
@@ -52,6 +54,19 @@ class Summary:
         if detail and status is not Status.DONE:
             self.problems[key] = f"{status.value}: {detail}"
 
+    def to_json(self) -> dict[str, object]:
+        """The machine-readable report (``--json``)."""
+        return {
+            "keys": {status.value: self.statuses[status] for status in Status},
+            "parts": self.parts,
+            "bytes": self.bytes,
+            "api_calls": self.api_calls,
+            "retries": self.retries,
+            "duration_seconds": round(self.seconds, 3),
+            "exit_code": self.exit_code,
+            "problems": self.problems,
+        }
+
     @property
     def exit_code(self) -> int:
         if self.statuses[Status.FAILED] or self.statuses[Status.GONE]:
@@ -86,9 +101,11 @@ class _NoWatch:
 class PlainReporter:
     """A line every ``interval`` seconds, and one per key that did not finish."""
 
-    def __init__(self, stream: TextIO | None = None, interval: float = 10.0) -> None:
+    def __init__(self, stream: TextIO | None = None, interval: float = 10.0, *,
+                 json_lines: bool = False) -> None:
         self._stream = stream or sys.stderr
         self._interval = interval
+        self._json = json_lines
         self._bytes = 0
         self._done = 0
         self._total = 0
@@ -97,12 +114,14 @@ class PlainReporter:
 
     def begin(self, to_fetch: int, already_done: int) -> None:
         self._total = to_fetch
-        self._say(f"{to_fetch} keys to fetch, {already_done} already done")
+        self._say(f"{to_fetch} keys to fetch, {already_done} already done", event="begin",
+                  to_fetch=to_fetch, already_done=already_done)
 
     def key_done(self, key: str, status: Status, detail: str | None) -> None:
         self._done += 1
-        if status is not Status.DONE:
-            self._say(f"key {key}: {status.value}" + (f": {detail}" if detail else ""))
+        if status is not Status.DONE or self._json:
+            self._say(f"key {key}: {status.value}" + (f": {detail}" if detail else ""),
+                      event="key", key=key, status=status.value, detail=detail)
         self._tick()
 
     def part(self, label: str) -> PartWatch:
@@ -125,10 +144,16 @@ class PlainReporter:
         self._last = now
         rate = self._bytes / max(now - self._started, 1e-9)
         self._say(f"{self._done}/{self._total} keys, {human_bytes(self._bytes)}, "
-                  f"{human_bytes(rate)}/s")
+                  f"{human_bytes(rate)}/s", event="progress", keys_done=self._done,
+                  keys_total=self._total, bytes=self._bytes, bytes_per_second=round(rate))
 
-    def _say(self, text: str) -> None:
-        print(f"backfill: {text}", file=self._stream, flush=True)
+    def _say(self, text: str, **fields: object) -> None:
+        if self._json:
+            line = json.dumps({"time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                               **fields, "message": text})
+        else:
+            line = f"backfill: {text}"
+        print(line, file=self._stream, flush=True)
 
 
 class BarsReporter:
@@ -204,11 +229,11 @@ class BarsReporter:
             self._live.stop()
 
 
-def make_reporter(quiet: bool) -> Reporter:
-    """Bars when stderr is a terminal and not ``quiet``; plain lines otherwise."""
-    if not quiet and sys.stderr.isatty():
+def make_reporter(quiet: bool, *, json_lines: bool = False) -> Reporter:
+    """Bars when stderr is a terminal and not ``quiet``; plain (or JSON) lines otherwise."""
+    if not quiet and not json_lines and sys.stderr.isatty():
         return BarsReporter()
-    return PlainReporter()
+    return PlainReporter(json_lines=json_lines)
 
 
 def print_summary(summary: Summary, console: Console | None = None) -> None:

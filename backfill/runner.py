@@ -6,10 +6,13 @@ This is the library entry point the CLI (and the demo) call:
 
 from __future__ import annotations
 
+import contextlib
+import json
 import random
 import signal
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import aiohttp
 import anyio
@@ -17,12 +20,14 @@ import anyio
 from backfill.api import ExportApi, GrowingIO
 from backfill.config import Settings
 from backfill.download import Downloader
-from backfill.errors import Interrupted
-from backfill.keys import Key
+from backfill.errors import Interrupted, UsageError
+from backfill.keys import Granularity, Key, expand, key_at
+from backfill.layout import STATE_DIR
 from backfill.plan import Plan, make_plan
+from backfill.policy import beyond_retention, expected_ready
 from backfill.report import Reporter, Summary
 from backfill.scheduler import Scheduler, first_error
-from backfill.store import Status, Store
+from backfill.store import Status, Store, UnitRecord
 from backfill.throttle import RateLimiter
 
 
@@ -97,7 +102,9 @@ async def _fetch(settings: Settings, store: Store, plan: Plan, reporter: Reporte
                  summary: Summary, api: ExportApi | None) -> None:
     connector = aiohttp.TCPConnector(limit=settings.downloads + settings.polls + 2)
     async with aiohttp.ClientSession(connector=connector) as session:
-        client = GrowingIO(session, settings, RateLimiter(settings.rate), random.Random())
+        limiter = RateLimiter(settings.rate)
+        limiter.remember(_load_recent_calls(settings))
+        client = GrowingIO(session, settings, limiter, random.Random())
         downloader = Downloader(session, chunk_size=settings.chunk_size,
                                 checkpoint_bytes=settings.checkpoint_bytes,
                                 connect_timeout=settings.connect_timeout,
@@ -108,6 +115,24 @@ async def _fetch(settings: Settings, store: Store, plan: Plan, reporter: Reporte
         finally:
             summary.api_calls += client.stats.calls
             summary.retries += client.stats.retries
+            _save_recent_calls(settings, limiter.recent())
+
+
+# Back-to-back runs (run, then retry, then catchup) share the server's window: the
+# last calls of one run are handed to the next through the state folder.
+def _load_recent_calls(settings: Settings) -> list[float]:
+    try:
+        times = json.loads((settings.out / STATE_DIR / RECENT_CALLS).read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(times, list):
+        return []
+    return [float(t) for t in times if isinstance(t, int | float)]
+
+
+def _save_recent_calls(settings: Settings, times: list[float]) -> None:
+    with contextlib.suppress(OSError):
+        (settings.out / STATE_DIR / RECENT_CALLS).write_text(json.dumps(times))
 
 
 async def _stop_on_signal(scope: anyio.CancelScope, received: list[str]) -> None:
@@ -116,3 +141,102 @@ async def _stop_on_signal(scope: anyio.CancelScope, received: list[str]) -> None
             received.append(signal.Signals(signum).name)
             scope.cancel()
             return
+
+
+def _known_units(settings: Settings) -> list[UnitRecord]:
+    """The units in the state, or none when there is no state yet (nothing is created)."""
+    if not (settings.out / STATE_DIR / "state.sqlite").exists():
+        return []
+    store = Store(settings.out)
+    try:
+        return store.units(settings.api)
+    finally:
+        store.close()
+
+
+def dry_plan(settings: Settings, keys: list[Key], *, force: bool, now: datetime
+             ) -> dict[str, Any]:
+    """What a run would do, from the state alone: no call, nothing written."""
+    known = {(u.key, u.data_type): u.status for u in _known_units(settings)}
+    plan = make_plan(keys, settings, known, now, force=force)
+    calls = len(plan.tasks)  # one export call per key at the very least
+    return {
+        "keys": len(keys),
+        "first": keys[0].name if keys else None,
+        "last": keys[-1].name if keys else None,
+        "granularity": keys[0].granularity.value if keys else settings.granularity.value,
+        "api": settings.api,
+        "types": ",".join(settings.wanted_types),
+        "done": len(plan.done),
+        "to_fetch": len(plan.tasks),
+        "gone": len(plan.gone),
+        "not_due": len(plan.not_due),
+        "min_api_calls": calls,
+        "min_seconds": calls / settings.rate,
+        "rate": settings.rate,
+    }
+
+
+RECENT_CALLS = "recent-calls.json"
+RETRYABLE = frozenset({Status.FAILED, Status.ACTIVE, Status.NOT_READY, Status.PENDING})
+
+
+def retryable(settings: Settings, within: list[Key] | None, now: datetime
+              ) -> tuple[list[Key], tuple[str, ...]]:
+    """Keys (and their data types) that failed, were interrupted or were not ready.
+
+    Keys marked gone come back only if they are within the retention again (the
+    ``retention_days`` setting grew); finished keys are never touched.
+    """
+    wanted = {k.name for k in within} if within is not None else None
+    names: set[str] = set()
+    types: set[str] = set()
+    for unit in _known_units(settings):
+        if wanted is not None and unit.key not in wanted:
+            continue
+        key = Key.parse(unit.key)
+        back = unit.status is Status.GONE and not beyond_retention(
+            key, now, settings.retention_days)
+        if unit.status in RETRYABLE or back:
+            names.add(unit.key)
+            types.add(unit.data_type)
+    return sorted(Key.parse(n) for n in names), tuple(sorted(types - {"all"}))
+
+
+def catchup_keys(settings: Settings, first: Key | None, lag: float | None, now: datetime
+                 ) -> tuple[list[Key], list[Key]]:
+    """Keys from ``first`` (or the earliest key not complete) to the newest that should be
+    ready now; returns (keys to fetch, keys already beyond retention).
+
+    Raises :class:`UsageError` when there is neither ``first`` nor any state to start from.
+    """
+    granularity = settings.granularity
+    last = key_at(now, granularity)
+    while not _should_be_ready(last, settings, lag, now):
+        last = Key(last.start - granularity.step, granularity)
+    if first is None:
+        first = _earliest_incomplete(settings, granularity)
+    if first > last:
+        return [], []
+    keys = expand(first, last)
+    gone = [k for k in keys if beyond_retention(k, now, settings.retention_days)]
+    return [k for k in keys if k not in set(gone)], gone
+
+
+def _should_be_ready(key: Key, settings: Settings, lag: float | None, now: datetime) -> bool:
+    if lag is None:
+        return expected_ready(key, settings) <= now
+    return key.end + timedelta(seconds=lag) <= now
+
+
+def _earliest_incomplete(settings: Settings, granularity: Granularity) -> Key:
+    width = 8 if granularity is Granularity.DAY else 10
+    units = [u for u in _known_units(settings) if len(u.key) == width]
+    if not units:
+        raise UsageError(f"no {granularity} keys in the state of {settings.out} yet: "
+                         "give --start")
+    pending = [u.key for u in units if u.status in RETRYABLE]
+    if pending:
+        return Key.parse(min(pending))
+    newest = Key.parse(max(u.key for u in units))
+    return Key(newest.start + granularity.step, granularity)

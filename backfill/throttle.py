@@ -39,6 +39,19 @@ class RateLimiter:
             self._sent.append(time.monotonic())
             self.calls += 1
 
+    def recent(self) -> list[float]:
+        """Wall-clock times of the calls still inside the window (to hand to the next run)."""
+        offset = time.time() - time.monotonic()
+        return [stamp + offset for stamp in self._sent]
+
+    def remember(self, wall_times: list[float]) -> None:
+        """Count calls a previous run made moments ago: the server still counts them."""
+        offset = time.time() - time.monotonic()
+        now = time.monotonic()
+        for stamp in sorted(wall_times)[-self._limit:]:
+            if now - self._window < stamp - offset <= now:
+                self._sent.append(stamp - offset)
+
     def pause(self, seconds: float) -> None:
         """Hold every call back for ``seconds`` (the server said so)."""
         self._paused_until = max(self._paused_until, time.monotonic() + seconds)

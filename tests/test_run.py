@@ -233,3 +233,15 @@ async def test_an_expired_link_is_refreshed_and_the_part_resumes(data_dir: Path,
     assert downloaded_md5s(tmp_path) == source_md5s(emulator, keys, ("action",))
     size = sum(p.stat().st_size for p in tmp_path.rglob("part-*.csv.gz"))
     assert stats["bytes_served"] < size * 1.5  # the first half was not fetched again
+
+
+async def test_back_to_back_runs_share_the_servers_window(data_dir: Path,
+                                                          tmp_path: Path) -> None:
+    # Each run spends the 2-call budget at once; the next starts right after. The server
+    # counts calls per second whatever process made them: the state hands them on.
+    config = EmulatorConfig(data_dir=data_dir, job_seconds=0.0, bytes_per_hour=1024)
+    async with serve(config) as emulator:
+        for first in (9, 7, 5, 3):
+            await run(settings_for(emulator, tmp_path, types=("visit",)),
+                      days_ago(first, first - 1))
+        assert emulator.state.stats()["rate_limited"] == 0

@@ -49,7 +49,7 @@ class Answer:
     error: str | None = None
 
 
-JOB_ERROR_MESSAGE = "export job failed: executor lost, please retry later"
+JOB_ERROR_MESSAGE = "executor lost, please retry later"
 
 
 class JobBook:

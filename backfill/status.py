@@ -1,0 +1,108 @@
+"""What the state says, without a single API call: per key, by state, as a calendar.
+
+The JSON document (``backfill status --json``) has this shape::
+
+    {
+      "out": "data", "api": "v2",
+      "keys": {"total": 48, "done": 45, "failed": 2, "gone": 0, "not_ready": 1,
+               "active": 0, "pending": 0},
+      "bytes": 123456,
+      "first": "2026112000", "last": "2026112123",
+      "problems": [{"key": "2026112007", "data_type": "visit", "status": "failed",
+                    "attempts": 2, "error": "..."}]
+    }
+
+A key's state is the worst of its data types' states.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console
+from rich.text import Text
+
+from backfill.store import Status, UnitRecord
+
+# Worst first: a key shows the worst state of its types.
+SEVERITY = (Status.FAILED, Status.GONE, Status.NOT_READY, Status.ACTIVE, Status.PENDING,
+            Status.DONE)
+GLYPHS = {
+    Status.DONE: ("█", "green"),
+    Status.FAILED: ("✗", "bold red"),
+    Status.GONE: ("·", "dim"),
+    Status.NOT_READY: ("…", "yellow"),
+    Status.ACTIVE: ("▶", "cyan"),
+    Status.PENDING: ("○", "white"),
+}
+
+
+@dataclass
+class StatusReport:
+    out: str
+    api: str
+    keys: dict[str, Status] = field(default_factory=dict)
+    bytes: int = 0
+    problems: list[UnitRecord] = field(default_factory=list)
+
+    def counts(self) -> Counter[Status]:
+        return Counter(self.keys.values())
+
+    def to_json(self) -> dict[str, Any]:
+        counts = self.counts()
+        names = sorted(self.keys)
+        return {
+            "out": self.out,
+            "api": self.api,
+            "keys": {"total": len(self.keys)} | {s.value: counts[s] for s in SEVERITY},
+            "bytes": self.bytes,
+            "first": names[0] if names else None,
+            "last": names[-1] if names else None,
+            "problems": [{"key": u.key, "data_type": u.data_type, "status": u.status.value,
+                          "attempts": u.attempts, "error": u.last_error}
+                         for u in self.problems],
+        }
+
+
+def summarize(units: list[UnitRecord], out: str, api: str,
+              wanted: set[str] | None = None) -> StatusReport:
+    """Fold units into keys (optionally only the ``wanted`` key names)."""
+    report = StatusReport(out, api)
+    per_key: dict[str, list[Status]] = defaultdict(list)
+    for unit in units:
+        if wanted is not None and unit.key not in wanted:
+            continue
+        per_key[unit.key].append(unit.status)
+        if unit.status is Status.DONE:
+            report.bytes += unit.bytes
+        elif unit.status is not Status.PENDING:
+            report.problems.append(unit)
+    report.keys = {key: min(states, key=SEVERITY.index) for key, states in per_key.items()}
+    return report
+
+
+def print_calendar(report: StatusReport, console: Console) -> None:
+    """Days as rows; hours as columns for hourly keys, one glyph per day for daily keys."""
+    days: dict[str, dict[int | None, Status]] = defaultdict(dict)
+    for name, state in report.keys.items():
+        day = f"{name[:4]}-{name[4:6]}-{name[6:8]}"
+        days[day][int(name[8:10]) if len(name) == 10 else None] = state
+    hourly = any(hour is not None for cells in days.values() for hour in cells)
+    if hourly:
+        console.print(Text("           " + "".join(f"{h:<6d}" for h in range(0, 24, 3)),
+                           style="dim"))
+    for day in sorted(days):
+        line = Text(f"{day} ")
+        cells = days[day]
+        for hour in (range(24) if hourly else [None]):
+            cell = cells.get(hour)
+            glyph, style = GLYPHS[cell] if cell else (" ", "")
+            line.append(f"{glyph} " if hourly else glyph, style=style)
+        console.print(line)
+    legend = Text("  ")
+    for state in SEVERITY:
+        glyph, style = GLYPHS[state]
+        legend.append(glyph, style=style).append(f" {state.value.replace('_', ' ')}  ")
+    console.print(legend)
