@@ -16,7 +16,7 @@ import zlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 import aiofiles
 import aiohttp
@@ -30,6 +30,9 @@ from backfill.errors import (
     RetryableError,
 )
 from backfill.layout import partial_name, redact
+
+if TYPE_CHECKING:
+    from backfill.report import Watch
 
 _PLAIN_MD5 = re.compile(r'^"?([0-9a-fA-F]{32})"?$')
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
@@ -52,11 +55,6 @@ class Verified:
 Checkpoint = Callable[[Progress], Awaitable[None]]
 
 
-class Watch(Protocol):
-    """Hears about one part's download: its size once known, then every chunk."""
-
-    def started(self, total: int | None) -> None: ...
-    def advanced(self, count: int) -> None: ...
 
 
 class Downloader:

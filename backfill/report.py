@@ -27,7 +27,6 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from backfill.download import Watch
 from backfill.store import Status
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AUTH, EXIT_NOT_READY, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
@@ -74,6 +73,13 @@ class Summary:
         if self.statuses[Status.NOT_READY]:
             return EXIT_NOT_READY
         return EXIT_OK
+
+
+class Watch(Protocol):
+    """Hears about one part's download: its size once known, then every chunk."""
+
+    def started(self, total: int | None) -> None: ...
+    def advanced(self, count: int) -> None: ...
 
 
 class PartWatch(Watch, Protocol):

@@ -56,7 +56,7 @@ class EmulatorState:
         self.data = DataStore(
             config.data_dir or default_data_dir(),
             DataSettings(config.seed, config.bytes_per_hour, config.part_size,
-                         config.compress_level),
+                         config.compress_level, config.flat_data),
         )
         self.jobs = JobBook(config)
         self.signer = LinkSigner(secrets.token_bytes(32))

@@ -125,6 +125,8 @@ class EmulatorConfig:
     part_size: int = 64 * 1024 * 1024
     """Largest gzip part; the real service splits at 64 MB."""
     compress_level: int = 6
+    flat_data: bool = False
+    """Benchmarks: exactly ``bytes_per_hour`` per type and hour, generated fast."""
     now: datetime | None = None
     """Where the emulated clock starts; ``None`` means the real time."""
     speed: float = 1.0
