@@ -215,7 +215,8 @@ def _verify_and_place(temp: Path, dest: Path, expected: _Expected) -> Verified:
         finally:
             os.close(fd)
         os.replace(temp, dest)
-        _fsync_dir(dest.parent)
+        # The folder itself is fsynced once, when its manifest is published: that makes
+        # every rename in it durable before the key is recorded done.
     except OSError as exc:
         raise _disk_error(exc, dest) from None
     return verified
@@ -233,14 +234,6 @@ def _inflate(inflater: zlib._Decompress, block: bytes, shown: str) -> zlib._Deco
     except zlib.error as exc:
         raise IntegrityError(f"{shown}: not a valid gzip stream ({exc})") from None
     return inflater
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _disk_error(exc: OSError, path: Path) -> OutputError:

@@ -93,7 +93,9 @@ class Store:
             self._db = sqlite3.connect(self.folder / "state.sqlite", check_same_thread=False,
                                        isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            # WAL + NORMAL: a crash never corrupts the state; a power cut may lose the last
+            # commits, which only means fetching those parts again (files are checked).
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._mutex = threading.Lock()
             self._migrate()
         except (OSError, sqlite3.Error) as exc:
