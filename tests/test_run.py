@@ -249,6 +249,7 @@ async def test_back_to_back_runs_share_the_servers_window(data_dir: Path,
 
 async def test_keys_beyond_retention_are_gone_without_a_call(emulator: RunningEmulator,
                                                              tmp_path: Path) -> None:
+    emulator.state.config.job_seconds = 0  # one call per key that is asked about
     summary = await run(settings_for(emulator, tmp_path, types=("visit",)), days_ago(17, 14))
     assert summary.exit_code == 1
     assert summary.statuses[Status.GONE] == 2
