@@ -160,10 +160,8 @@ class Scheduler:
 
     async def _download(self, state: _KeyState, answer: ExportAnswer) -> None:
         jobs: list[_PartJob] = []
-        per_type: dict[str, list[PartRecord]] = {}
         for data_type in state.task.types:
             records = await self._plan_unit(state, data_type, answer.links.get(data_type, []))
-            per_type[data_type] = records
             links = {redact(link): link for link in answer.links.get(data_type, [])}
             for record in records:
                 if not record.done:
@@ -178,7 +176,7 @@ class Scheduler:
                 group.start_soon(self._part, state.task.key, job, failures)
         if failures:
             raise _worst(failures)
-        for data_type in per_type:
+        for data_type in state.task.types:
             await self._publish(state.task.key, data_type)
 
     async def _plan_unit(self, state: _KeyState, data_type: str,
@@ -186,7 +184,7 @@ class Scheduler:
         """Parts of one unit, numbered by their link's path; reuse what is already done."""
         api, key = self._s.api, state.task.key
         folder = key_folder(self._s.layout, key, data_type)
-        sources = sorted(redact(link) for link in links)
+        sources = sorted({redact(link) for link in links})
         planned = [(i, str(folder / part_name(i)), src) for i, src in enumerate(sources)]
         records = await self._db(self._store.parts, api, key.name, data_type)
         fresh = state.task.force and data_type not in state.replanned
