@@ -52,9 +52,24 @@ def beyond_retention(key: Key, now: datetime, retention_days: int) -> bool:
     return key.date < today - timedelta(days=retention_days)
 
 
-def poll_interval(polls: int, settings: Settings) -> float:
-    """Wait before asking again about a RUNNING job: grows by half each time, capped."""
-    return min(settings.max_poll_interval, settings.poll_interval * 1.5 ** min(polls, 40))
+def poll_interval(polls: int, settings: Settings, typical_job: float | None = None) -> float:
+    """Wait before asking again about a RUNNING job: grows by half each time, capped.
+
+    The first wait stretches to ``typical_job`` (how long this run's jobs took so far):
+    asking earlier would only hear RUNNING again and spend the API budget for nothing.
+    """
+    wait = settings.poll_interval * 1.5 ** min(polls, 40)
+    if polls == 0 and typical_job is not None:
+        wait = max(wait, typical_job)
+    return min(settings.max_poll_interval, wait)
+
+
+def typical(durations: list[float]) -> float | None:
+    """The median of the job durations seen so far, once there are a few."""
+    if len(durations) < 3:
+        return None
+    ordered = sorted(durations)
+    return ordered[len(ordered) // 2]
 
 
 class Next(StrEnum):
@@ -72,12 +87,14 @@ class Decision:
 
 
 def decide(status: str, key: Key, now: datetime, *, polls: int, errors: int,
-           error_message: str | None, settings: Settings) -> Decision:
+           error_message: str | None, settings: Settings,
+           typical_job: float | None = None) -> Decision:
     """What to do after an export answer for ``key`` (``polls``/``errors`` so far)."""
     if status == "FINISHED":
         return Decision(Next.DOWNLOAD)
     if status == "RUNNING":
-        return Decision(Next.WAIT, poll_interval(polls, settings), "export job running")
+        return Decision(Next.WAIT, poll_interval(polls, settings, typical_job),
+                        "export job running")
     if status == "ERROR":
         message = error_message or "no message"
         if errors > settings.error_retries:

@@ -32,7 +32,7 @@ from backfill.keys import Key
 from backfill.layout import key_folder, part_name, redact
 from backfill.manifest import ManifestPart, publish, unpublish
 from backfill.plan import KeyTask
-from backfill.policy import Next, backoff, decide, expected_ready
+from backfill.policy import Next, backoff, decide, expected_ready, typical
 from backfill.report import Reporter, Summary
 from backfill.store import PartRecord, Status, Store
 
@@ -84,6 +84,8 @@ class Scheduler:
         self._part_slots = anyio.CapacityLimiter(settings.downloads)
         self._poll_slots = anyio.CapacityLimiter(settings.polls)
         self._deadline = 0.0
+        self._job_seconds: list[float] = []
+        """How long export jobs took in this run, first RUNNING to FINISHED."""
 
     async def run(self, tasks: list[KeyTask]) -> None:
         """Process every task; returns when all reached an end.
@@ -117,6 +119,7 @@ class Scheduler:
         key, types = state.task.key, state.task.types
         wait = (expected_ready(key, self._s) - self._now()).total_seconds()
         polls = errors = refreshes = 0
+        running_since: float | None = None
         while True:
             if wait > 0:
                 if anyio.current_time() + wait > self._deadline:
@@ -125,8 +128,13 @@ class Scheduler:
             async with self._key_slots:
                 answer = await self._ask(key, types)
                 errors += answer.status == "ERROR"
+                if answer.status == "RUNNING" and running_since is None:
+                    running_since = anyio.current_time()
+                elif answer.status == "FINISHED" and running_since is not None and not refreshes:
+                    self._job_seconds.append(anyio.current_time() - running_since)
                 decision = decide(answer.status, key, self._now(), polls=polls, errors=errors,
-                                  error_message=answer.error, settings=self._s)
+                                  error_message=answer.error, settings=self._s,
+                                  typical_job=typical(self._job_seconds))
                 if decision.action is Next.DOWNLOAD:
                     try:
                         await self._download(state, answer)

@@ -12,7 +12,15 @@ from backfill.config import Settings
 from backfill.errors import RetryableError
 from backfill.keys import BEIJING, Key
 from backfill.layout import key_folder, redact
-from backfill.policy import Next, backoff, decide, expected_ready, retry_after
+from backfill.policy import (
+    Next,
+    backoff,
+    decide,
+    expected_ready,
+    poll_interval,
+    retry_after,
+    typical,
+)
 
 S = Settings()
 NOW = datetime(2026, 11, 20, 12, tzinfo=BEIJING)
@@ -27,6 +35,15 @@ def test_finished_downloads_and_running_waits_longer_each_time() -> None:
     assert waits[0] == S.poll_interval
     assert waits == sorted(waits)
     assert waits[-1] == S.max_poll_interval
+
+
+def test_the_first_repoll_waits_as_long_as_jobs_have_been_taking() -> None:
+    assert typical([5.0, 50.0]) is None  # too few to trust
+    assert typical([20.0, 22.0, 90.0]) == 22.0
+    assert poll_interval(0, S, typical_job=100.0) == 100.0
+    assert poll_interval(0, S, typical_job=1.0) == S.poll_interval
+    assert poll_interval(1, S, typical_job=100.0) == S.poll_interval * 1.5
+    assert poll_interval(0, S, typical_job=10_000.0) == S.max_poll_interval
 
 
 def test_not_exists_means_wait_gone_or_failed_by_age() -> None:
