@@ -21,9 +21,16 @@ from backfill import __version__
 from backfill.config import Settings
 from backfill.errors import BackfillError, Interrupted, UsageError
 from backfill.keys import BEIJING, Granularity, Key, expand, key_at, parse_bound
-from backfill.report import EXIT_CODES, EXIT_FAILED, Reporter, Summary, make_reporter, print_summary
+from backfill.report import (
+    EXIT_CODES,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    Reporter,
+    Summary,
+    make_reporter,
+    print_summary,
+)
 
-EXIT_INTERRUPTED = 130
 P = ParamSpec("P")
 R = TypeVar("R")
 MAX_KEYS = 100_000

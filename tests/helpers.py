@@ -109,3 +109,19 @@ async def cli(args: list[str], env: dict[str, str], cwd: Any) -> tuple[int, str,
 
     result = await anyio.run_process(command(*args), env=env, cwd=cwd, check=False)
     return result.returncode, result.stdout.decode(), result.stderr.decode()
+
+
+def assert_no_secrets(texts: list[str], token: str | None) -> None:
+    """Neither the private key, nor the token, nor a signed query is in any of ``texts``."""
+    for text in texts:
+        assert DEMO_CREDENTIALS.secret not in text
+        assert token is None or token not in text
+        assert "X-Amz-Signature" not in text and "X-Amz-Credential" not in text
+
+
+def state_text(out: Any) -> str:
+    """The state database and the other non-data files under ``out``, as text."""
+    from pathlib import Path
+
+    files = [p for p in Path(out).rglob("*") if p.is_file() and not p.name.endswith(".csv.gz")]
+    return "\n".join(p.read_bytes().decode(errors="replace") for p in files)

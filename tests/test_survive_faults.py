@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from backfill.emulator import EmulatorConfig, Faults, serve
+from tests.helpers import assert_no_secrets, state_text
 from tests.test_run import days_ago, downloaded_md5s, run, settings_for, source_md5s
 
 pytestmark = pytest.mark.anyio
@@ -41,6 +42,8 @@ async def test_output_is_exact_under_faults(name: str, data_dir: Path, tmp_path:
         stats = emulator.state.stats()
     assert summary.exit_code == 0, summary.problems
     assert sum(stats["faults"].values()) > 0  # the faults really fired
+    token = emulator.state.token.code if emulator.state.token else None
+    assert_no_secrets([state_text(tmp_path), *summary.problems.values()], token)
     assert downloaded_md5s(tmp_path) == source_md5s(emulator, keys, TYPES)
     assert not list(tmp_path.rglob("*.partial"))
     parts = sum(source_md5s(emulator, keys, TYPES).values())
@@ -70,6 +73,7 @@ async def test_no_corrupt_part_is_ever_kept(data_dir: Path, tmp_path: Path) -> N
         summary = await run(settings, days_ago(3, 3))
     assert summary.exit_code == 1
     problem = next(iter(summary.problems.values()))
+    assert_no_secrets([problem, state_text(tmp_path)], None)
     assert "MD5" in problem or "not a valid gzip stream" in problem
     assert not list(tmp_path.rglob("part-*.csv.gz"))
     assert not list(tmp_path.rglob("_SUCCESS"))

@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 from backfill.emulator import EmulatorConfig, RunningEmulator, serve
-from tests.helpers import cli, command, env_for
+from tests.helpers import assert_no_secrets, cli, command, env_for, state_text
 from tests.test_run import days_ago, downloaded_md5s, source_md5s
 
 pytestmark = pytest.mark.anyio
@@ -77,9 +77,11 @@ async def test_kill_9_anywhere_then_rerun_finishes_exactly(emulator: RunningEmul
     finished = done_keys(out) if (out / ".backfill" / "state.sqlite").exists() else set()
     calls_before = emulator.state.stats()["export_calls"]
 
-    code, _, err = await cli(["run", *RANGE, "--out", "data"], env, tmp_path)
+    code, out_text, err = await cli(["run", *RANGE, "--out", "data"], env, tmp_path)
 
     assert code == 0, err
+    token = emulator.state.token.code if emulator.state.token else None
+    assert_no_secrets([out_text, err, state_text(out)], token)
     keys = days_ago(6, 3)
     assert downloaded_md5s(out) == source_md5s(emulator, keys, TYPES)
     assert not list(out.rglob("*.partial"))
@@ -155,8 +157,11 @@ def small_disk(tmp_path: Path) -> Any:
 async def test_a_full_disk_stops_with_one_line_and_keeps_nothing_corrupt(
         emulator: RunningEmulator, small_disk: Path, tmp_path: Path) -> None:
     env = env_for(emulator.url)
-    code, _, err = await cli(["run", *RANGE, "--out", str(small_disk / "data")], env, tmp_path)
+    code, out_text, err = await cli(["run", *RANGE, "--out", str(small_disk / "data")], env,
+                                    tmp_path)
     assert code == 2
+    token = emulator.state.token.code if emulator.state.token else None
+    assert_no_secrets([out_text, err, state_text(small_disk)], token)
     errors = [line for line in err.splitlines() if line.startswith("backfill: error:")]
     assert len(errors) == 1
     assert "disk full while writing" in errors[0]
@@ -169,3 +174,21 @@ async def test_a_full_disk_stops_with_one_line_and_keeps_nothing_corrupt(
     assert code == 0, err
     assert downloaded_md5s(small_disk) == source_md5s(emulator, days_ago(6, 3), TYPES)
     assert not list(small_disk.rglob("*.partial"))
+
+
+async def test_a_read_only_output_is_refused(emulator: RunningEmulator, tmp_path: Path) -> None:
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    result = await anyio.run_process(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs",
+                                      str(mount)], check=False)
+    if result.returncode:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {result.stderr.decode().strip()}")
+    try:
+        code, _, err = await cli(["run", *RANGE, "--out", str(mount / "data")],
+                                 env_for(emulator.url), tmp_path)
+    finally:
+        await anyio.run_process(["umount", "-l", str(mount)], check=False)
+    assert code == 2
+    assert err.strip() == f"backfill: error: cannot use output folder {mount / 'data'}: " \
+        "read-only file system"
+    assert emulator.state.stats()["calls"]["token"] == 0
