@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from enum import StrEnum
 
 from backfill.errors import UsageError
@@ -168,7 +168,3 @@ def _parse_moment(text: str, now: datetime) -> tuple[datetime, Granularity]:
         if len(text) == len(parsed.strftime(fmt)):  # strptime accepts "2026-1-5"; we do not
             return parsed.replace(tzinfo=BEIJING), given
     raise UsageError(f"invalid date {text!r}: use {DATE_FORMS} (Beijing time)")
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)

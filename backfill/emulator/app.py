@@ -31,7 +31,7 @@ from aiohttp import web
 from backfill import auth
 from backfill.emulator.clock import Clock
 from backfill.emulator.config import FAULT_KINDS, V1_TYPES, V2_TYPES, EmulatorConfig
-from backfill.emulator.data import DataSettings, DataStore, PartFile, default_data_dir
+from backfill.emulator.data import DataSettings, DataStore, default_data_dir
 from backfill.emulator.jobs import Answer, JobBook, Status
 from backfill.emulator.links import BUCKET, LinkCheck, LinkSigner, StoredObject, s3_error
 from backfill.emulator.ratelimit import SlidingWindowLimiter, retry_after_header
@@ -473,4 +473,4 @@ async def _set_clock(request: web.Request) -> web.Response:
     return web.json_response(_clock_body(st))
 
 
-__all__ = ["STATE", "EmulatorState", "PartFile", "create_app"]
+__all__ = ["STATE", "EmulatorState", "create_app"]
