@@ -73,8 +73,8 @@ async def _backfill(settings: Settings, keys: list[Key], reporter: Reporter, for
     started = time.monotonic()
     store = await anyio.to_thread.run_sync(open_store, settings)
     try:
-        plan = plan_keys(store, settings, keys, force=force, now=datetime.now(UTC))
-        _record_skipped(store, settings, plan, summary)
+        plan = await anyio.to_thread.run_sync(_plan_and_record, store, settings, keys, force,
+                                              summary)
         reporter.begin(len(plan.tasks), len(plan.done))
         try:
             if plan.tasks:
@@ -87,14 +87,23 @@ async def _backfill(settings: Settings, keys: list[Key], reporter: Reporter, for
     summary.seconds = time.monotonic() - started
 
 
+def _plan_and_record(store: Store, settings: Settings, keys: list[Key], force: bool,
+                     summary: Summary) -> Plan:
+    """Plan against the state and record the keys that need no call (SQLite: a thread)."""
+    plan = plan_keys(store, settings, keys, force=force, now=datetime.now(UTC))
+    _record_skipped(store, settings, plan, summary)
+    return plan
+
+
 def _record_skipped(store: Store, settings: Settings, plan: Plan, summary: Summary) -> None:
     for key in plan.done:
         summary.add(key.name, Status.DONE)
     reasons = ((plan.gone, Status.GONE, f"beyond the {settings.retention_days}-day retention"),
                (plan.not_due, Status.NOT_READY, "not exportable before --max-wait runs out"))
     for keys, status, reason in reasons:
+        store.set_statuses(settings.api, [(k.name, settings.wanted_types) for k in keys],
+                           status, reason)
         for key in keys:
-            store.set_status(settings.api, key.name, settings.wanted_types, status, reason)
             summary.add(key.name, status, reason)
 
 
@@ -103,7 +112,7 @@ async def _fetch(settings: Settings, store: Store, plan: Plan, reporter: Reporte
     connector = aiohttp.TCPConnector(limit=settings.downloads + settings.polls + 2)
     async with aiohttp.ClientSession(connector=connector) as session:
         limiter = RateLimiter(settings.rate)
-        limiter.remember(_load_recent_calls(settings))
+        limiter.remember(await anyio.to_thread.run_sync(_load_recent_calls, settings))
         client = GrowingIO(session, settings, limiter, random.Random())
         downloader = Downloader(session, chunk_size=settings.chunk_size,
                                 checkpoint_bytes=settings.checkpoint_bytes,
@@ -115,7 +124,8 @@ async def _fetch(settings: Settings, store: Store, plan: Plan, reporter: Reporte
         finally:
             summary.api_calls += client.stats.calls
             summary.retries += client.stats.retries
-            _save_recent_calls(settings, limiter.recent())
+            with anyio.CancelScope(shield=True):  # also when the run is being cancelled
+                await anyio.to_thread.run_sync(_save_recent_calls, settings, limiter.recent())
 
 
 # Back-to-back runs (run, then retry, then catchup) share the server's window: the

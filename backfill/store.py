@@ -178,6 +178,12 @@ class Store:
     def set_status(self, api: str, key: str, types: Iterable[str], status: Status,
                    error: str | None = None, *, attempt: bool = False) -> None:
         """Set the status of units (creating them), in one transaction."""
+        self.set_statuses(api, [(key, tuple(types))], status, error, attempt=attempt)
+
+    def set_statuses(self, api: str, keys: Iterable[tuple[str, tuple[str, ...]]],
+                     status: Status, error: str | None = None, *,
+                     attempt: bool = False) -> None:
+        """Set one status on many keys' units (creating them), in one transaction."""
         now = _now()
         self._write(
             ("INSERT INTO units (api, key, data_type, status, attempts, last_error, started_at,"
@@ -186,7 +192,7 @@ class Store:
              " attempts = attempts + ?, updated_at = excluded.updated_at,"
              " started_at = COALESCE(started_at, excluded.started_at)",
              (api, key, t, status.value, int(attempt), error, now, now, int(attempt)))
-            for t in types)
+            for key, types in keys for t in types)
 
     def finish_unit(self, api: str, key: str, data_type: str) -> None:
         """Mark a unit done once all its parts are recorded."""
