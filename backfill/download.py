@@ -78,29 +78,36 @@ class Downloader:
         were wrong and are discarded) or :class:`PermanentError`.
         """
         temp = dest.with_name(partial_name(dest.name))
-        await anyio.to_thread.run_sync(_prepare, temp, progress)
-        expected = await self._stream(link, temp, progress, checkpoint, watch)
+        checker = Checker(redact(link))
         try:
-            verified = await anyio.to_thread.run_sync(_verify_and_place, temp, dest, expected)
+            # Bytes kept from an earlier attempt are checked again on the way in: the MD5
+            # and the gzip stream cover the whole part, not just the rest.
+            await anyio.to_thread.run_sync(_prepare, temp, progress, checker)
+            expected = await self._stream(link, temp, progress, checkpoint, watch, checker)
+            return await anyio.to_thread.run_sync(_place, temp, dest, expected, checker)
         except IntegrityError:
             progress.offset, progress.etag = 0, None
             await anyio.to_thread.run_sync(lambda: temp.unlink(missing_ok=True))
             raise
-        return verified
 
     async def _stream(self, link: str, temp: Path, progress: Progress, checkpoint: Checkpoint,
-                      watch: Watch) -> _Expected:
+                      watch: Watch, checker: Checker) -> _Expected:
         headers = {"Range": f"bytes={progress.offset}-"} if progress.offset else {}
         shown = redact(link)
         try:
             async with self._session.get(link, headers=headers, timeout=self._timeout) as resp:
                 expected = self._check_answer(resp, progress, shown)
+                if progress.offset == 0:
+                    checker.reset()  # from the first byte, whatever was kept before
                 watch.started(expected.size - progress.offset if expected.size >= 0 else None)
                 async with aiofiles.open(temp, "r+b") as f:
                     await f.seek(progress.offset)
+                    await f.truncate()
                     since_checkpoint = 0
                     async for chunk in resp.content.iter_chunked(self._chunk):
                         await f.write(chunk)
+                        # Checked as it arrives, so a part is never read back to verify it.
+                        await anyio.to_thread.run_sync(checker.feed, chunk)
                         progress.offset += len(chunk)
                         since_checkpoint += len(chunk)
                         watch.advanced(len(chunk))
@@ -167,12 +174,15 @@ def _expected_md5(headers: Mapping[str, str]) -> str | None:
     return None
 
 
-def _prepare(temp: Path, progress: Progress) -> None:
-    """Make the temporary file hold exactly ``progress.offset`` trusted bytes."""
+def _prepare(temp: Path, progress: Progress, checker: Checker) -> None:
+    """Make the temporary file hold exactly ``progress.offset`` trusted bytes, checked."""
     try:
         if progress.offset and temp.exists() and temp.stat().st_size >= progress.offset:
             with temp.open("r+b") as f:
                 f.truncate(progress.offset)  # bytes past the last checkpoint are not trusted
+                f.seek(0)
+                while block := f.read(min(1 << 20, progress.offset - checker.size)):
+                    checker.feed(block)
             return
         progress.offset, progress.etag = 0, None
         temp.parent.mkdir(parents=True, exist_ok=True)
@@ -182,33 +192,51 @@ def _prepare(temp: Path, progress: Progress) -> None:
         raise _disk_error(exc, temp) from None
 
 
+class Checker:
+    """Length, MD5 and gzip stream of one part, fed block by block. Methods block."""
+
+    def __init__(self, shown: str) -> None:
+        self.shown = shown
+        self.reset()
+
+    def reset(self) -> None:
+        self.size = 0
+        self._digest = hashlib.md5()
+        self._inflater = zlib.decompressobj(wbits=31)
+
+    def feed(self, block: bytes) -> None:
+        self.size += len(block)
+        self._digest.update(block)
+        self._inflater = _inflate(self._inflater, block, self.shown)
+
+    def verdict(self, size: int, md5: str | None) -> Verified:
+        """Raise :class:`IntegrityError` unless the part was whole, else its size and MD5."""
+        if size >= 0 and self.size != size:
+            raise IntegrityError(f"{self.shown}: {self.size} bytes, {size} expected")
+        found = self._digest.hexdigest()
+        if md5 and found != md5:
+            raise IntegrityError(f"{self.shown}: MD5 {found} differs from the expected {md5}")
+        if not self._inflater.eof:
+            raise IntegrityError(f"{self.shown}: the gzip stream ends early")
+        return Verified(self.size, found)
+
+
 def check_part(path: Path, size: int, md5: str | None, shown: str) -> Verified:
     """Read ``path`` once: its length (if ``size`` ≥ 0), MD5 (if given) and gzip stream.
 
     Raises :class:`IntegrityError` naming ``shown`` for the first check that fails.
     """
-    digest = hashlib.md5()
-    inflater = zlib.decompressobj(wbits=31)
-    actual = 0
+    checker = Checker(shown)
     with path.open("rb") as f:
         while block := f.read(1 << 20):
-            actual += len(block)
-            digest.update(block)
-            inflater = _inflate(inflater, block, shown)
-    if size >= 0 and actual != size:
-        raise IntegrityError(f"{shown}: {actual} bytes, {size} expected")
-    found = digest.hexdigest()
-    if md5 and found != md5:
-        raise IntegrityError(f"{shown}: MD5 {found} differs from the expected {md5}")
-    if not inflater.eof:
-        raise IntegrityError(f"{shown}: the gzip stream ends early")
-    return Verified(actual, found)
+            checker.feed(block)
+    return checker.verdict(size, md5)
 
 
-def _verify_and_place(temp: Path, dest: Path, expected: _Expected) -> Verified:
-    """Check the temporary file; then fsync it and rename it into place."""
+def _place(temp: Path, dest: Path, expected: _Expected, checker: Checker) -> Verified:
+    """Take the verdict on what was streamed; then fsync the file and rename it into place."""
+    verified = checker.verdict(expected.size, expected.md5)
     try:
-        verified = check_part(temp, expected.size, expected.md5, expected.shown)
         fd = os.open(temp, os.O_RDONLY)
         try:
             os.fsync(fd)
