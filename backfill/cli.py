@@ -30,6 +30,7 @@ from backfill.report import (
     make_reporter,
     print_summary,
 )
+from backfill.store import has_state
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -127,6 +128,8 @@ DryRun_ = Annotated[bool, typer.Option(
 Quiet_ = Annotated[bool, typer.Option("--quiet", help="Plain log lines instead of bars.")]
 Json_ = Annotated[bool, typer.Option(
     "--json", help="One JSON report on stdout at the end; human output goes to stderr.")]
+OptionalFrom_ = Annotated[str | None, typer.Option("--from", help="Only keys from here.")]
+OptionalTo_ = Annotated[str | None, typer.Option("--to", help="Only keys up to here.")]
 LogFormat_ = Annotated[str, typer.Option(
     "--log-format", help="text or json (one JSON object per log line).")]
 
@@ -165,8 +168,7 @@ def run(
 @app.command(epilog=EXIT_CODES)
 @guarded
 def retry(
-    from_: Annotated[str | None, typer.Option("--from", help="Only keys from here.")] = None,
-    to: Annotated[str | None, typer.Option("--to", help="Only keys up to here.")] = None,
+    from_: OptionalFrom_ = None, to: OptionalTo_ = None,
     granularity: Granularity_ = None, api: Api_ = None, out: Out_ = None,
     config: Config_ = None, downloads: Downloads_ = None, max_wait: MaxWait_ = None,
     dry_run: DryRun_ = False, quiet: Quiet_ = False, json: Json_ = False,
@@ -297,8 +299,7 @@ def _run_async(function: Callable[..., Awaitable[R]], *args: object) -> R:
 @app.command()
 @guarded
 def status(
-    from_: Annotated[str | None, typer.Option("--from", help="Only keys from here.")] = None,
-    to: Annotated[str | None, typer.Option("--to", help="Only keys up to here.")] = None,
+    from_: OptionalFrom_ = None, to: OptionalTo_ = None,
     granularity: Granularity_ = None, api: Api_ = None, out: Out_ = None,
     config: Config_ = None, json: Json_ = False,
 ) -> None:
@@ -311,7 +312,7 @@ def status(
 
     settings = load_settings(config, out=out, granularity=granularity, api=api)
     within = _optional_range(from_, to, settings)
-    if not (settings.out / ".backfill" / "state.sqlite").exists():
+    if not has_state(settings.out):
         raise UsageError(f"no backfill state in {settings.out}: run `backfill run` first")
     store = Store(settings.out)
     try:
@@ -359,19 +360,17 @@ def check(config: Config_ = None) -> None:
 async def _check_token(settings: Settings) -> None:
     import aiohttp
 
-    from backfill.auth import TokenHolder
+    from backfill.api import GrowingIO
+    from backfill.throttle import RateLimiter
 
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout,
-                                    sock_read=settings.read_timeout)
     async with aiohttp.ClientSession() as session:
-        await TokenHolder(session, settings.credentials, timeout, attempts=2).current()
+        await GrowingIO(session, settings, RateLimiter(settings.rate)).tokens.current()
 
 
 @app.command(epilog=EXIT_CODES)
 @guarded
 def verify(
-    from_: Annotated[str | None, typer.Option("--from", help="First key to check.")] = None,
-    to: Annotated[str | None, typer.Option("--to", help="Last key to check.")] = None,
+    from_: OptionalFrom_ = None, to: OptionalTo_ = None,
     granularity: Granularity_ = None, api: Api_ = None, out: Out_ = None,
     config: Config_ = None,
 ) -> None:
@@ -381,7 +380,7 @@ def verify(
 
     settings = load_settings(config, out=out, granularity=granularity, api=api)
     keys = _optional_range(from_, to, settings)
-    if not (settings.out / ".backfill" / "state.sqlite").exists():
+    if not has_state(settings.out):
         raise UsageError(f"no backfill state in {settings.out}: nothing to verify")
     store = open_store(settings)
     try:

@@ -27,7 +27,7 @@ from backfill.plan import Plan, make_plan
 from backfill.policy import beyond_retention, expected_ready
 from backfill.report import Reporter, Summary
 from backfill.scheduler import Scheduler, first_error
-from backfill.store import Status, Store, UnitRecord
+from backfill.store import Status, Store, UnitRecord, has_state
 from backfill.throttle import RateLimiter
 
 
@@ -83,7 +83,8 @@ async def _backfill(settings: Settings, keys: list[Key], reporter: Reporter, for
         finally:
             reporter.end()
     finally:
-        store.close()
+        with anyio.CancelScope(shield=True):  # closing checkpoints the WAL: disk I/O
+            await anyio.to_thread.run_sync(store.close)
     summary.seconds = time.monotonic() - started
 
 
@@ -155,7 +156,7 @@ async def _stop_on_signal(scope: anyio.CancelScope, received: list[str]) -> None
 
 def _known_units(settings: Settings) -> list[UnitRecord]:
     """The units in the state, or none when there is no state yet (nothing is created)."""
-    if not (settings.out / STATE_DIR / "state.sqlite").exists():
+    if not has_state(settings.out):
         return []
     store = Store(settings.out)
     try:

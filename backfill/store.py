@@ -79,6 +79,14 @@ _MIGRATIONS = (
 )
 
 
+STATE_FILE = "state.sqlite"
+
+
+def has_state(out: Path) -> bool:
+    """Whether a run ever wrote state into ``out`` (without creating anything)."""
+    return (out / STATE_DIR / STATE_FILE).exists()
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -90,7 +98,7 @@ class Store:
         self.folder = out / STATE_DIR
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.folder / "state.sqlite", check_same_thread=False,
+            self._db = sqlite3.connect(self.folder / STATE_FILE, check_same_thread=False,
                                        isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             # WAL + NORMAL: a crash never corrupts the state; a power cut may lose the last
