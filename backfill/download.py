@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import aiofiles
+import aiofiles.os
 import aiohttp
 import anyio
 
@@ -80,18 +81,18 @@ class Downloader:
         temp = dest.with_name(partial_name(dest.name))
         checker = Checker(redact(link))
         try:
-            # Bytes kept from an earlier attempt are checked again on the way in: the MD5
-            # and the gzip stream cover the whole part, not just the rest.
-            await anyio.to_thread.run_sync(_prepare, temp, progress, checker)
-            expected = await self._stream(link, temp, progress, checkpoint, watch, checker)
-            return await anyio.to_thread.run_sync(_place, temp, dest, expected, checker)
+            if progress.offset:
+                # Bytes kept from an earlier attempt are checked again on the way in: the
+                # MD5 and the gzip stream cover the whole part, not just the rest.
+                await anyio.to_thread.run_sync(_prepare, temp, progress, checker)
+            return await self._stream(link, temp, dest, progress, checkpoint, watch, checker)
         except IntegrityError:
             progress.offset, progress.etag = 0, None
             await anyio.to_thread.run_sync(lambda: temp.unlink(missing_ok=True))
             raise
 
-    async def _stream(self, link: str, temp: Path, progress: Progress, checkpoint: Checkpoint,
-                      watch: Watch, checker: Checker) -> _Expected:
+    async def _stream(self, link: str, temp: Path, dest: Path, progress: Progress,
+                      checkpoint: Checkpoint, watch: Watch, checker: Checker) -> Verified:
         headers = {"Range": f"bytes={progress.offset}-"} if progress.offset else {}
         shown = redact(link)
         try:
@@ -99,30 +100,43 @@ class Downloader:
                 expected = self._check_answer(resp, progress, shown)
                 if progress.offset == 0:
                     checker.reset()  # from the first byte, whatever was kept before
-                watch.started(expected.size - progress.offset if expected.size >= 0 else None)
-                async with aiofiles.open(temp, "r+b") as f:
-                    await f.seek(progress.offset)
-                    await f.truncate()
-                    since_checkpoint = 0
-                    async for chunk in resp.content.iter_chunked(self._chunk):
-                        await f.write(chunk)
-                        # Checked as it arrives, so a part is never read back to verify it.
-                        await anyio.to_thread.run_sync(checker.feed, chunk)
-                        progress.offset += len(chunk)
-                        since_checkpoint += len(chunk)
-                        watch.advanced(len(chunk))
-                        if since_checkpoint >= self._checkpoint_bytes:
-                            await f.flush()
-                            await anyio.to_thread.run_sync(os.fsync, f.fileno())
-                            await checkpoint(progress)
-                            since_checkpoint = 0
-                    await f.flush()
+                rest = expected.size - progress.offset if expected.size >= 0 else None
+                watch.started(rest)
+                if rest is not None and rest <= self._chunk:
+                    # A small part: one trip to a worker thread writes, checks, syncs and
+                    # places it, because a trip costs more than the bytes.
+                    body = await resp.read()
+                    watch.advanced(len(body))
+                    return await anyio.to_thread.run_sync(_place_whole, temp, dest, progress,
+                                                          body, expected, checker)
+                await self._write_stream(resp, temp, progress, checkpoint, watch, checker)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise RetryableError(f"download of {shown} broke off after {progress.offset} "
                                  f"bytes ({type(exc).__name__})") from exc
         except OSError as exc:
             raise _disk_error(exc, temp) from None
-        return expected
+        return await anyio.to_thread.run_sync(_place, temp, dest, expected, checker)
+
+    async def _write_stream(self, resp: aiohttp.ClientResponse, temp: Path, progress: Progress,
+                            checkpoint: Checkpoint, watch: Watch, checker: Checker) -> None:
+        """Append the body to ``temp`` in blocks of at least ``chunk_size``, checking each."""
+        if progress.offset == 0:
+            await aiofiles.os.makedirs(temp.parent, exist_ok=True)
+        # After _prepare the file holds exactly the trusted bytes: append to them.
+        async with aiofiles.open(temp, "ab" if progress.offset else "wb") as f:
+            since_checkpoint = 0
+            while block := await _read_block(resp.content, self._chunk):
+                await f.write(block)
+                # Checked as it arrives, so a part is never read back to verify it.
+                await anyio.to_thread.run_sync(checker.feed, block)
+                progress.offset += len(block)
+                since_checkpoint += len(block)
+                watch.advanced(len(block))
+                if since_checkpoint >= self._checkpoint_bytes:
+                    await f.flush()
+                    await anyio.to_thread.run_sync(os.fsync, f.fileno())
+                    await checkpoint(progress)
+                    since_checkpoint = 0
 
     def _check_answer(self, resp: aiohttp.ClientResponse, progress: Progress,
                       shown: str) -> _Expected:
@@ -172,6 +186,18 @@ def _expected_md5(headers: Mapping[str, str]) -> str | None:
     if (etag := get("ETag")) and (match := _PLAIN_MD5.match(etag.strip())):
         return match[1].lower()  # a multipart ETag ("…-3") is not an MD5 and is skipped
     return None
+
+
+async def _read_block(content: aiohttp.StreamReader, size: int) -> bytes:
+    """At least ``size`` bytes of the body (fewer only at its end; empty at the end)."""
+    first = await content.read(size)
+    if len(first) >= size or not first:
+        return first
+    pieces, count = [first], len(first)
+    while count < size and (piece := await content.read(size - count)):
+        pieces.append(piece)
+        count += len(piece)
+    return b"".join(pieces)
 
 
 def _prepare(temp: Path, progress: Progress, checker: Checker) -> None:
@@ -247,6 +273,26 @@ def _place(temp: Path, dest: Path, expected: _Expected, checker: Checker) -> Ver
         # every rename in it durable before the key is recorded done.
     except OSError as exc:
         raise _disk_error(exc, dest) from None
+    return verified
+
+
+def _place_whole(temp: Path, dest: Path, progress: Progress, body: bytes, expected: _Expected,
+                 checker: Checker) -> Verified:
+    """Check the rest of a part held in memory, then write, fsync and rename it."""
+    checker.feed(body)
+    verified = checker.verdict(expected.size, expected.md5)  # nothing bad reaches the disk
+    try:
+        if not progress.offset:
+            temp.parent.mkdir(parents=True, exist_ok=True)
+        # After _prepare the file holds exactly the trusted bytes: append to them.
+        with temp.open("ab" if progress.offset else "wb") as f:
+            f.write(body)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, dest)
+    except OSError as exc:
+        raise _disk_error(exc, dest) from None
+    progress.offset = verified.size
     return verified
 
 
