@@ -94,11 +94,11 @@ class Downloader:
     async def _stream(self, link: str, temp: Path, dest: Path, progress: Progress,
                       checkpoint: Checkpoint, watch: Watch, checker: Checker) -> Verified:
         headers = {"Range": f"bytes={progress.offset}-"} if progress.offset else {}
-        shown = redact(link)
+        shown = checker.shown
         try:
             async with self._session.get(link, headers=headers, timeout=self._timeout) as resp:
                 expected = self._check_answer(resp, progress, shown)
-                if progress.offset == 0:
+                if progress.offset == 0 and checker.size:
                     checker.reset()  # from the first byte, whatever was kept before
                 rest = expected.size - progress.offset if expected.size >= 0 else None
                 watch.started(rest)

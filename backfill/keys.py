@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from enum import StrEnum
+from functools import cached_property
 
 from backfill.errors import UsageError
 
@@ -49,7 +50,7 @@ class Key:
         start = datetime(int(name[:4]), int(name[4:6]), int(name[6:8]), hour, tzinfo=BEIJING)
         return cls(start, granularity)
 
-    @property
+    @cached_property  # asked for at every state write and progress line
     def name(self) -> str:
         """``YYYYMMDD`` or ``YYYYMMDDHH``: the v1 date and the state-store name."""
         fmt = "%Y%m%d" if self.granularity is Granularity.DAY else "%Y%m%d%H"

@@ -12,8 +12,9 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import Generic, ParamSpec, TypeVar
 
 import anyio
 
@@ -34,7 +35,12 @@ from backfill.manifest import ManifestPart, publish, unpublish
 from backfill.plan import KeyTask
 from backfill.policy import Next, backoff, decide, expected_ready, typical
 from backfill.report import Reporter, Summary
-from backfill.store import PartRecord, Status, Store
+from backfill.store import DonePart, PartRecord, Status, Store
+
+KEYS_IN_FLIGHT = 1024
+"""Keys started and not yet ended, at most. Sleeping keys (jobs RUNNING, data not ready)
+hold a place, so the window must exceed what the API budget serves while a job runs:
+2 calls/s x a 5-minute job = 600 keys."""
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -83,6 +89,7 @@ class Scheduler:
         self._key_slots = anyio.CapacityLimiter(settings.downloads)
         self._part_slots = anyio.CapacityLimiter(settings.downloads)
         self._poll_slots = anyio.CapacityLimiter(settings.polls)
+        self._done_parts = GroupWrite[DonePart](partial(store.parts_done, settings.api))
         self._deadline = 0.0
         self._job_seconds: list[float] = []
         """How long export jobs took in this run, first RUNNING to FINISHED."""
@@ -94,10 +101,21 @@ class Scheduler:
         :class:`OutputError` (disk full) ends the whole run.
         """
         self._deadline = anyio.current_time() + self._s.max_wait
+        # A bounded window of key tasks keeps memory flat however long the range: keys
+        # start in order as earlier ones end, so old keys go first, new ones wait.
+        window = anyio.Semaphore(KEYS_IN_FLIGHT)
+
+        async def key_in_window(task: KeyTask) -> None:
+            try:
+                await self._key(task)
+            finally:
+                window.release()
+
         try:
             async with anyio.create_task_group() as group:
                 for task in tasks:
-                    group.start_soon(self._key, task)
+                    await window.acquire()
+                    group.start_soon(key_in_window, task)
         except BaseExceptionGroup as group_error:
             raise first_error(group_error) from None
 
@@ -239,8 +257,8 @@ class Scheduler:
                         self._summary.retries += 1
                         await anyio.sleep(backoff(attempt, self._s.backoff,
                                                   self._s.max_backoff, self._rng))
-            await self._db(self._store.part_done, api, key.name, job.data_type, job.index,
-                           verified.size, verified.md5)
+            await self._done_parts.add(DonePart(key.name, job.data_type, job.index,
+                                                verified.size, verified.md5))
             self._summary.parts += 1
             self._summary.bytes += verified.size
         except (RemoteError, IntegrityError) as exc:
@@ -264,6 +282,43 @@ class Scheduler:
     async def _db(self, method: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """SQLite off the event loop."""
         return await anyio.to_thread.run_sync(lambda: method(*args, **kwargs))
+
+
+class GroupWrite(Generic[T]):
+    """Records written together: what arrives while a write is under way joins the next.
+
+    ``add`` returns once its record is committed. Many small parts finish at nearly the
+    same time; one transaction (and one worker-thread trip) for all of them costs far
+    less than one each. A failed write fails every record that waited for it and every
+    later one: the state can no longer be trusted to take more.
+    """
+
+    def __init__(self, write: Callable[[list[T]], None]) -> None:
+        self._write = write
+        self._pending: list[T] = []
+        self._added = 0
+        self._written = 0
+        self._error: Exception | None = None
+        self._lock = anyio.Lock()
+
+    async def add(self, record: T) -> None:
+        number = self._added
+        self._added += 1
+        self._pending.append(record)
+        async with self._lock:
+            if self._error is not None:
+                raise self._error
+            if number < self._written:
+                return  # an earlier writer took it along
+            batch, self._pending = self._pending, []
+            taken = self._added
+            with anyio.CancelScope(shield=True):  # short; a half-known batch helps nobody
+                try:
+                    await anyio.to_thread.run_sync(self._write, batch)
+                except Exception as exc:
+                    self._error = exc
+                    raise
+            self._written = taken
 
 
 def _worst(failures: list[BaseException]) -> BaseException:

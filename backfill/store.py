@@ -48,6 +48,15 @@ class PartRecord:
 
 
 @dataclass(frozen=True)
+class DonePart:
+    key: str
+    data_type: str
+    index: int
+    size: int
+    md5: str
+
+
+@dataclass(frozen=True)
 class UnitRecord:
     api: str
     key: str
@@ -248,11 +257,11 @@ class Store:
         self._write([("UPDATE parts SET offset = ?, etag = ? WHERE api = ? AND key = ? AND"
                       " data_type = ? AND idx = ?", (offset, etag, api, key, data_type, index))])
 
-    def part_done(self, api: str, key: str, data_type: str, index: int, size: int,
-                  md5: str) -> None:
-        self._write([("UPDATE parts SET done = 1, size = ?, md5 = ?, offset = ? WHERE api = ?"
-                      " AND key = ? AND data_type = ? AND idx = ?",
-                      (size, md5, size, api, key, data_type, index))])
+    def parts_done(self, api: str, parts: list[DonePart]) -> None:
+        """Parts verified and renamed into place, in one transaction."""
+        self._write(("UPDATE parts SET done = 1, size = ?, md5 = ?, offset = ? WHERE api = ?"
+                     " AND key = ? AND data_type = ? AND idx = ?",
+                     (p.size, p.md5, p.size, api, p.key, p.data_type, p.index)) for p in parts)
 
 
 def _reason(exc: BaseException) -> str:

@@ -258,3 +258,38 @@ async def test_keys_beyond_retention_are_gone_without_a_call(emulator: RunningEm
     assert summary.statuses[Status.DONE] == 2
     assert all("retention" in p for p in summary.problems.values())
     assert emulator.state.stats()["export_calls"] == 2  # none for the gone keys
+
+
+class _OrderReporter(PlainReporter):
+    """Records which key each part and each ending belongs to, in order."""
+
+    def __init__(self) -> None:
+        super().__init__(interval=3600)
+        self.events: list[tuple[str, str]] = []
+
+    def key_done(self, key: str, status: Status, detail: str | None) -> None:
+        self.events.append(("done", key))
+        super().key_done(key, status, detail)
+
+    def part(self, label: str) -> Any:
+        self.events.append(("part", label.split()[0]))
+        return super().part(label)
+
+
+async def test_keys_start_within_a_bounded_window(emulator: RunningEmulator, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # Memory stays flat over a year of keys because only a window of key tasks exists
+    # at a time. With a window of one, a key starts only after the one before it ended.
+    monkeypatch.setattr("backfill.scheduler.KEYS_IN_FLIGHT", 1)
+    emulator.state.config.job_seconds = 0
+    # Slow bodies, so that without the window the next keys' parts would start meanwhile.
+    emulator.state.config.faults.update(slow_first_byte=1.0, slow_seconds=0.05)
+    keys = days_ago(6, 3)
+    reporter = _OrderReporter()
+    # A fast budget, so that without the window all keys would ask at once.
+    settings = settings_for(emulator, tmp_path, types=("visit",), rate=100.0)
+    summary = await backfill(settings, keys, reporter)
+    assert summary.exit_code == 0
+    order = [key for _, key in reporter.events]
+    assert order == sorted(order), "parts of one key mixed with another's"
+    assert [key for event, key in reporter.events if event == "done"] == [k.name for k in keys]
