@@ -71,15 +71,17 @@ class Downloader:
                                               sock_read=read_timeout)
 
     async def fetch(self, link: str, dest: Path, progress: Progress, checkpoint: Checkpoint,
-                    watch: Watch) -> Verified:
+                    watch: Watch, *, shown: str | None = None) -> Verified:
         """Download ``link`` into ``dest`` (atomically), continuing from ``progress``.
+
+        ``shown`` is the link as messages may name it (redacted here if not given).
 
         Raises :class:`LinkExpiredError` (ask the API again), :class:`RetryableError`
         (try again; ``progress`` says what is kept), :class:`IntegrityError` (the bytes
         were wrong and are discarded) or :class:`PermanentError`.
         """
         temp = dest.with_name(partial_name(dest.name))
-        checker = Checker(redact(link))
+        checker = Checker(shown or redact(link))
         try:
             if progress.offset:
                 # Bytes kept from an earlier attempt are checked again on the way in: the

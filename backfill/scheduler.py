@@ -57,6 +57,8 @@ class _PartJob:
     data_type: str
     index: int
     link: str
+    source: str
+    """The link without its query, as the state and messages show it."""
     dest: Path
     progress: Progress
 
@@ -187,15 +189,16 @@ class Scheduler:
     async def _download(self, state: _KeyState, answer: ExportAnswer) -> None:
         jobs: list[_PartJob] = []
         for data_type in state.task.types:
-            records = await self._plan_unit(state, data_type, answer.links.get(data_type, []))
+            # Links are known by their redacted form: that is what the state keeps.
             links = {redact(link): link for link in answer.links.get(data_type, [])}
+            records = await self._plan_unit(state, data_type, sorted(links))
             for record in records:
                 if not record.done:
                     progress = state.progress.setdefault(
                         (data_type, record.index, record.source),
                         Progress(record.offset, record.etag))
                     jobs.append(_PartJob(data_type, record.index, links[record.source],
-                                         self._s.out / record.path, progress))
+                                         record.source, self._s.out / record.path, progress))
         failures: list[BaseException] = []
         async with anyio.create_task_group() as group:
             for job in jobs:
@@ -206,11 +209,10 @@ class Scheduler:
             await self._publish(state.task.key, data_type)
 
     async def _plan_unit(self, state: _KeyState, data_type: str,
-                         links: list[str]) -> list[PartRecord]:
-        """Parts of one unit, numbered by their link's path; reuse what is already done."""
+                         sources: list[str]) -> list[PartRecord]:
+        """Parts of one unit, numbered by their (sorted, redacted) link; reuse what is done."""
         api, key = self._s.api, state.task.key
         folder = key_folder(self._s.layout, key, data_type)
-        sources = sorted({redact(link) for link in links})
         planned = [(i, str(folder / part_name(i)), src) for i, src in enumerate(sources)]
         records = await self._db(self._store.parts, api, key.name, data_type)
         fresh = state.task.force and data_type not in state.replanned
@@ -221,15 +223,7 @@ class Scheduler:
             records = await self._db(self._store.parts, api, key.name, data_type)
             state.replanned.add(data_type)
         # A part recorded done but missing or changed on disk is fetched again.
-        return [r if not r.done or await self._intact(r) else replace(r, done=False, offset=0)
-                for r in records]
-
-    async def _intact(self, record: PartRecord) -> bool:
-        path = self._s.out / record.path
-        try:
-            return (await anyio.Path(path).stat()).st_size == record.size
-        except FileNotFoundError:
-            return False
+        return await anyio.to_thread.run_sync(_recheck_done, self._s.out, records)
 
     async def _part(self, key: Key, job: _PartJob, failures: list[BaseException]) -> None:
         api = self._s.api
@@ -245,7 +239,8 @@ class Scheduler:
                 while True:
                     try:
                         verified = await self._downloader.fetch(job.link, job.dest,
-                                                                job.progress, checkpoint, watch)
+                                                                job.progress, checkpoint, watch,
+                                                                shown=job.source)
                         watch.finished()
                         break
                     except (LinkExpiredError, IntegrityError):
@@ -319,6 +314,18 @@ class GroupWrite(Generic[T]):
                     self._error = exc
                     raise
             self._written = taken
+
+
+def _recheck_done(out: Path, records: list[PartRecord]) -> list[PartRecord]:
+    """``records``, with parts recorded done but missing or of another size undone."""
+    def intact(record: PartRecord) -> bool:
+        try:
+            return (out / record.path).stat().st_size == record.size
+        except FileNotFoundError:
+            return False
+
+    return [r if not r.done or intact(r) else replace(r, done=False, offset=0)
+            for r in records]
 
 
 def _worst(failures: list[BaseException]) -> BaseException:

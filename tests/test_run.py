@@ -19,7 +19,7 @@ from backfill.emulator import DEMO_CREDENTIALS, EmulatorConfig, Faults, RunningE
 from backfill.keys import Granularity, Key, expand, key_at
 from backfill.report import PlainReporter, Summary
 from backfill.runner import backfill
-from backfill.store import Status
+from backfill.store import Status, Store
 from tests.helpers import Api
 
 pytestmark = pytest.mark.anyio
@@ -293,3 +293,24 @@ async def test_keys_start_within_a_bounded_window(emulator: RunningEmulator, tmp
     order = [key for _, key in reporter.events]
     assert order == sorted(order), "parts of one key mixed with another's"
     assert [key for event, key in reporter.events if event == "done"] == [k.name for k in keys]
+
+
+async def test_an_unfinished_key_fetches_only_its_missing_parts(emulator: RunningEmulator,
+                                                                tmp_path: Path) -> None:
+    # A key interrupted after some parts: those are recorded done. One of them is then
+    # lost on disk; the rerun fetches that one again and trusts the others.
+    emulator.state.config.job_seconds = 0
+    keys = days_ago(3, 3)
+    settings = settings_for(emulator, tmp_path, types=("visit",))
+    assert (await run(settings, keys)).exit_code == 0
+    store = Store(tmp_path)  # as if the run had stopped before the key's end
+    store.set_status("v2", keys[0].name, ("visit",), Status.ACTIVE)
+    store.close()
+    parts = sorted(tmp_path.rglob("part-*.csv.gz"))
+    lost = parts[len(parts) // 2]
+    lost_size = lost.stat().st_size
+    lost.unlink()
+    served = emulator.state.stats()["bytes_served"]
+    assert (await run(settings, keys)).exit_code == 0
+    assert emulator.state.stats()["bytes_served"] - served == lost_size
+    assert downloaded_md5s(tmp_path) == source_md5s(emulator, keys, ("visit",))
