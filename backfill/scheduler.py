@@ -140,13 +140,20 @@ class Scheduler:
         wait = (expected_ready(key, self._s) - self._now()).total_seconds()
         polls = errors = refreshes = 0
         running_since: float | None = None
+        # Waiting ends --max-wait after the run's start. A key already due then, whose
+        # first answer came later (a long range spends hours on the call budget alone),
+        # waits --max-wait from that answer: its job deserves what an early one gets.
+        deadline, late_start = self._deadline, wait <= 0
         while True:
             if wait > 0:
-                if anyio.current_time() + wait > self._deadline:
+                if anyio.current_time() + wait > deadline:
                     return KeyResult(Status.NOT_READY, self._not_ready_reason(polls))
                 await anyio.sleep(wait)
             async with self._key_slots:
                 answer = await self._ask(key, types)
+                if late_start:
+                    late_start = False
+                    deadline = max(deadline, anyio.current_time() + self._s.max_wait)
                 errors += answer.status == "ERROR"
                 if answer.status == "RUNNING" and running_since is None:
                     running_since = anyio.current_time()

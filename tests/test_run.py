@@ -192,6 +192,17 @@ async def test_keys_not_ready_by_the_deadline_exit_4(emulator: RunningEmulator,
     assert "export job still running" in next(iter(summary.problems.values()))
 
 
+async def test_a_key_asked_late_in_a_long_run_still_gets_its_wait(
+        emulator: RunningEmulator, tmp_path: Path) -> None:
+    # A long range spends hours on the call budget alone; --max-wait bounds how long a
+    # key waits for its job, counted from its own first answer, not from the run's start.
+    # Here the last keys' jobs start after --max-wait has passed since the run began.
+    settings = settings_for(emulator, tmp_path, types=("visit",), max_wait=1.0)
+    summary = await run(settings, days_ago(6, 3))
+    assert summary.exit_code == 0, summary.problems
+    assert emulator.state.stats()["answers"]["RUNNING"] >= 4  # every job did run a while
+
+
 async def test_future_keys_cost_no_call(emulator: RunningEmulator, tmp_path: Path) -> None:
     now = datetime.now(UTC)
     keys = [key_at(now, Granularity.HOUR)]
