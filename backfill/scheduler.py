@@ -207,9 +207,14 @@ class Scheduler:
                     jobs.append(_PartJob(data_type, record.index, links[record.source],
                                          record.source, self._s.out / record.path, progress))
         failures: list[BaseException] = []
+        # A few part tasks at a time (twice the part slots, so that recording one part
+        # never idles a slot): a key of thousands of parts costs no more memory than one
+        # of ten.
+        spawned = anyio.Semaphore(2 * self._s.downloads)
         async with anyio.create_task_group() as group:
             for job in jobs:
-                group.start_soon(self._part, state.task.key, job, failures)
+                await spawned.acquire()
+                group.start_soon(self._part, state.task.key, job, failures, spawned)
         if failures:
             raise _worst(failures)
         for data_type in state.task.types:
@@ -232,7 +237,8 @@ class Scheduler:
         # A part recorded done but missing or changed on disk is fetched again.
         return await anyio.to_thread.run_sync(_recheck_done, self._s.out, records)
 
-    async def _part(self, key: Key, job: _PartJob, failures: list[BaseException]) -> None:
+    async def _part(self, key: Key, job: _PartJob, failures: list[BaseException],
+                    spawned: anyio.Semaphore) -> None:
         api = self._s.api
         watch = self._reporter.part(f"{key.name} {job.data_type} {part_name(job.index)}")
 
@@ -267,6 +273,7 @@ class Scheduler:
             failures.append(exc)  # siblings go on: their parts are good and are kept
         finally:
             watch.finished()
+            spawned.release()
 
     async def _publish(self, key: Key, data_type: str) -> None:
         api = self._s.api

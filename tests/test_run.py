@@ -325,3 +325,45 @@ async def test_an_unfinished_key_fetches_only_its_missing_parts(emulator: Runnin
     assert (await run(settings, keys)).exit_code == 0
     assert emulator.state.stats()["bytes_served"] - served == lost_size
     assert downloaded_md5s(tmp_path) == source_md5s(emulator, keys, ("visit",))
+
+
+class _LiveParts(PlainReporter):
+    """Counts the part tasks alive at once (a watch lives from start to finish)."""
+
+    def __init__(self) -> None:
+        super().__init__(interval=3600)
+        self.live = self.peak = self.total = 0
+
+    def part(self, label: str) -> Any:
+        reporter = self
+        self.live += 1
+        self.total += 1
+        self.peak = max(self.peak, self.live)
+
+        class _Watch:
+            ended = False
+
+            def started(self, total: int | None) -> None:
+                pass
+
+            def advanced(self, count: int) -> None:
+                pass
+
+            def finished(self) -> None:
+                if not self.ended:
+                    self.ended = True
+                    reporter.live -= 1
+
+        return _Watch()
+
+
+async def test_a_key_of_many_parts_keeps_few_part_tasks(emulator: RunningEmulator,
+                                                        tmp_path: Path) -> None:
+    # Memory must not grow with the parts of one key either: a day of tiny parts here.
+    emulator.state.config.job_seconds = 0
+    reporter = _LiveParts()
+    settings = settings_for(emulator, tmp_path, types=("visit",), downloads=2)
+    summary = await backfill(settings, days_ago(3, 3), reporter)
+    assert summary.exit_code == 0
+    assert reporter.total >= 24  # one part per hour at least
+    assert reporter.peak <= 2 * settings.downloads
