@@ -315,10 +315,10 @@ class GroupWrite(Generic[T]):
         self._added += 1
         self._pending.append(record)
         async with self._lock:
-            if self._error is not None:
-                raise self._error
             if number < self._written:
                 return  # an earlier writer took it along
+            if self._error is not None:
+                raise self._error
             batch, self._pending = self._pending, []
             taken = self._added
             with anyio.CancelScope(shield=True):  # short; a half-known batch helps nobody
