@@ -1,6 +1,6 @@
 """Benchmark: where backfill sits against its two bounds, the API budget and the bytes.
 
-    python tests/bench/bench.py            # about 3½ minutes on 2 cores
+    python tests/bench/bench.py            # about 4 minutes on 2 cores
     python tests/bench/bench.py --full     # adds a month of hourly keys (about 13 minutes)
 
 Every figure is measured in one run against the bundled emulator (faults off) on
