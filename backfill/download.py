@@ -57,10 +57,8 @@ class Verified:
 Checkpoint = Callable[[Progress], Awaitable[None]]
 
 
-
-
 class Downloader:
-    """Fetches parts over one shared session; ``on_bytes`` hears every chunk written."""
+    """Fetches parts over one shared session; a part's ``watch`` hears every block written."""
 
     def __init__(self, session: aiohttp.ClientSession, *, chunk_size: int,
                  checkpoint_bytes: int, connect_timeout: float, read_timeout: float) -> None:
