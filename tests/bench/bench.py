@@ -27,13 +27,13 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 MiB = 1024 * 1024
 CONCURRENCY = 8  # backfill's default `downloads`
@@ -137,70 +137,67 @@ def links(url: str, data_type: str, export_date: str) -> list[str]:
 
 # --- references: plain downloads of the same links ---------------------------------------
 
-def _aiohttp_reference(conn: Connection, urls: list[str], folder: str) -> None:
-    """Same concurrency, chunks written as they come, nothing checked or synced."""
+async def _download_all(urls: list[str], one: Callable[[Any, int, str], Awaitable[None]]
+                        ) -> float:
+    """Seconds to run ``one(session, i, link)`` for every link, CONCURRENCY at a time."""
     import aiohttp
     import anyio
 
-    async def main() -> float:
-        async with aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=CONCURRENCY)) as session:
-            limit = anyio.Semaphore(CONCURRENCY)
-            started = time.perf_counter()
+    async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=CONCURRENCY)) as session:
+        limit = anyio.Semaphore(CONCURRENCY)
+        started = time.perf_counter()
 
-            async def one(i: int, link: str) -> None:
-                async with limit, session.get(link) as resp:
-                    with open(f"{folder}/{i}.gz", "wb") as f:
-                        async for chunk in resp.content.iter_chunked(MiB):
-                            f.write(chunk)
+        async def limited(i: int, link: str) -> None:
+            async with limit:
+                await one(session, i, link)
 
-            async with anyio.create_task_group() as group:
-                for i, link in enumerate(urls):
-                    group.start_soon(one, i, link)
-            return time.perf_counter() - started
+        async with anyio.create_task_group() as group:
+            for i, link in enumerate(urls):
+                group.start_soon(limited, i, link)
+        return time.perf_counter() - started
 
-    conn.send(anyio.run(main))
+
+def _aiohttp_reference(conn: Connection, urls: list[str], folder: str) -> None:
+    """Same concurrency, chunks written as they come, nothing checked or synced."""
+    import anyio
+
+    async def one(session: Any, i: int, link: str) -> None:
+        async with session.get(link) as resp:
+            with open(f"{folder}/{i}.gz", "wb") as f:
+                async for chunk in resp.content.iter_chunked(MiB):
+                    f.write(chunk)
+
+    conn.send(anyio.run(_download_all, urls, one))
 
 
 def _checked_reference(conn: Connection, urls: list[str], folder: str) -> None:
     """The plain loop plus what backfill must do per part and nothing else: MD5 and gzip
     checks and the write in a worker thread, then fsync and rename. No state, no resume."""
-    import aiohttp
     import anyio
 
     from backfill.download import Checker
 
-    def write(path: str, block: bytes, checker: Checker) -> None:
-        with open(path, "ab") as f:
-            f.write(block)
+    def write(f: BinaryIO, block: bytes, checker: Checker) -> None:
+        f.write(block)
         checker.feed(block)
 
-    def place(temp: str, dest: str) -> None:
-        fd = os.open(temp, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
+    def place(f: BinaryIO, temp: str, dest: str) -> None:
+        f.flush()
+        os.fsync(f.fileno())
+        f.close()
         os.replace(temp, dest)
 
-    async def main() -> float:
-        async with aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=CONCURRENCY)) as session:
-            limit = anyio.Semaphore(CONCURRENCY)
-            started = time.perf_counter()
+    async def one(session: Any, i: int, link: str) -> None:
+        temp, checker = f"{folder}/{i}.partial", Checker(str(i))
+        f = await anyio.to_thread.run_sync(open, temp, "wb")
+        async with session.get(link) as resp:
+            while block := await resp.content.read(MiB):
+                await anyio.to_thread.run_sync(write, f, block, checker)
+        checker.verdict(-1, None)
+        await anyio.to_thread.run_sync(place, f, temp, f"{folder}/{i}.gz")
 
-            async def one(i: int, link: str) -> None:
-                temp, checker = f"{folder}/{i}.partial", Checker(str(i))
-                async with limit, session.get(link) as resp:
-                    while block := await resp.content.read(MiB):
-                        await anyio.to_thread.run_sync(write, temp, block, checker)
-                checker.verdict(-1, None)
-                await anyio.to_thread.run_sync(place, temp, f"{folder}/{i}.gz")
-
-            async with anyio.create_task_group() as group:
-                for i, link in enumerate(urls):
-                    group.start_soon(one, i, link)
-            return time.perf_counter() - started
-
-    conn.send(anyio.run(main))
+    conn.send(anyio.run(_download_all, urls, one))
 
 
 def aiohttp_reference(urls: list[str], folder: Path, *, checked: bool = False) -> float:
