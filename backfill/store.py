@@ -105,18 +105,25 @@ class Store:
 
     def __init__(self, out: Path) -> None:
         self.folder = out / STATE_DIR
+        self._mutex = threading.Lock()
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.folder / STATE_FILE, check_same_thread=False,
                                        isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise OutputError(f"cannot use output folder {out}: {_reason(exc)}") from None
+        try:
             self._db.execute("PRAGMA journal_mode=WAL")
             # WAL + NORMAL: a crash never corrupts the state; a power cut may lose the last
             # commits, which only means fetching those parts again (files are checked).
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._mutex = threading.Lock()
             self._migrate()
         except (OSError, sqlite3.Error) as exc:
+            self._db.close()  # never left for the garbage collector (Python 3.13 warns)
             raise OutputError(f"cannot use output folder {out}: {_reason(exc)}") from None
+        except BaseException:
+            self._db.close()
+            raise
         self._lock_file: int | None = None
 
     def close(self) -> None:

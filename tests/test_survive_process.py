@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import subprocess
 from collections.abc import AsyncIterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,9 @@ async def emulator(data_dir: Path) -> AsyncIterator[RunningEmulator]:
 
 
 def done_keys(out: Path) -> set[str]:
-    with sqlite3.connect(out / ".backfill" / "state.sqlite") as db:
+    # closing() as well: `with connect()` only commits, and Python 3.13 warns about the
+    # connection left open.
+    with closing(sqlite3.connect(out / ".backfill" / "state.sqlite")) as db:
         rows = db.execute("SELECT key FROM units GROUP BY key HAVING "
                           "min(status = 'done') = 1").fetchall()
     return {key for (key,) in rows}

@@ -28,7 +28,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from multiprocessing.connection import Connection
@@ -410,7 +410,7 @@ def noop_year(work: Path) -> Measured:
     Store(out).close()  # the schema
     last = key_at(datetime.now(UTC) - timedelta(days=2), Granularity.HOUR)
     keys = expand(key_at(last.start - timedelta(hours=8759), Granularity.HOUR), last)
-    with sqlite3.connect(out / ".backfill" / "state.sqlite") as db:
+    with closing(sqlite3.connect(out / ".backfill" / "state.sqlite")) as db, db:
         db.executemany("INSERT INTO units (api, key, data_type, status, updated_at) VALUES "
                        "('v2', ?, 'visit', 'done', '')", [(k.name,) for k in keys])
     args = ["run", "--from", keys[0].name, "--to", keys[-1].name, "--granularity", "hour",
