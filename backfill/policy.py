@@ -110,3 +110,18 @@ def decide(status: str, key: Key, now: datetime, *, polls: int, errors: int,
         wait = max((ready - now).total_seconds(), settings.not_ready_interval)
         return Decision(Next.WAIT, wait, "not exportable yet")
     return Decision(Next.FAIL, reason=f"unknown export status {status!r}")
+
+
+def fit_wait(wait: float, remaining: float, *, asked: bool, last_look: bool
+             ) -> tuple[float, bool, bool]:
+    """Fit the next wait into what is left of ``--max-wait``: (wait, last look, give up).
+
+    A poll planned past the deadline becomes one last look at the deadline, so a job that
+    finishes inside the allowed wait is never abandoned for want of a question. A key
+    never asked (its data is not due by then) and a key that had its last look give up.
+    """
+    if wait <= remaining:
+        return wait, last_look, False
+    if not asked or last_look or remaining <= 0:
+        return wait, last_look, True
+    return remaining, True, False

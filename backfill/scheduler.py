@@ -33,7 +33,7 @@ from backfill.keys import Key
 from backfill.layout import key_folder, part_name, redact
 from backfill.manifest import ManifestPart, publish, unpublish
 from backfill.plan import KeyTask
-from backfill.policy import Next, backoff, decide, expected_ready, typical
+from backfill.policy import Next, backoff, decide, expected_ready, fit_wait, typical
 from backfill.report import Reporter, Summary
 from backfill.store import DonePart, PartRecord, Status, Store
 
@@ -144,13 +144,21 @@ class Scheduler:
         # first answer came later (a long range spends hours on the call budget alone),
         # waits --max-wait from that answer: its job deserves what an early one gets.
         deadline, late_start = self._deadline, wait <= 0
+        asked = last_look = False
+        pause = 0.0  # before asking for fresh links; it holds no download slot
         while True:
+            if pause > 0:
+                await anyio.sleep(pause)
+                pause = 0.0
             if wait > 0:
-                if anyio.current_time() + wait > deadline:
+                wait, last_look, give_up = fit_wait(wait, deadline - anyio.current_time(),
+                                                    asked=asked, last_look=last_look)
+                if give_up:
                     return KeyResult(Status.NOT_READY, self._not_ready_reason(polls))
                 await anyio.sleep(wait)
             async with self._key_slots:
                 answer = await self._ask(key, types)
+                asked = True
                 if late_start:
                     late_start = False
                     deadline = max(deadline, anyio.current_time() + self._s.max_wait)
@@ -172,9 +180,12 @@ class Scheduler:
                             return KeyResult(Status.FAILED, str(exc))
                         self._summary.retries += 1
                         # Expired links: ask again at once. Bad bytes or a broken line:
-                        # back off a little, then ask again for fresh links.
-                        wait = 0.0 if isinstance(exc, LinkExpiredError) else backoff(
-                            refreshes, self._s.backoff, self._s.max_backoff, self._rng)
+                        # back off a little, then ask again for fresh links. The data is
+                        # ready, so --max-wait (a wait for readiness) does not cut this.
+                        wait = 0.0
+                        if not isinstance(exc, LinkExpiredError):
+                            pause = backoff(refreshes, self._s.backoff, self._s.max_backoff,
+                                            self._rng)
                         continue
             if decision.action is Next.FAIL:
                 return KeyResult(Status.FAILED, decision.reason)

@@ -17,6 +17,7 @@ from backfill.policy import (
     backoff,
     decide,
     expected_ready,
+    fit_wait,
     poll_interval,
     retry_after,
     typical,
@@ -64,6 +65,14 @@ def test_error_is_retried_then_fails_with_its_message() -> None:
                    error_message="boom", settings=S)
     assert final.action is Next.FAIL
     assert "boom" in final.reason
+
+
+def test_a_poll_past_the_deadline_becomes_one_last_look_at_it() -> None:
+    assert fit_wait(3.0, 10.0, asked=True, last_look=False) == (3.0, False, False)
+    assert fit_wait(30.0, 4.0, asked=True, last_look=False) == (4.0, True, False)
+    assert fit_wait(45.0, 0.0, asked=True, last_look=True)[2]  # looked already: give up
+    assert fit_wait(30.0, 4.0, asked=False, last_look=False)[2]  # never due: no call
+    assert fit_wait(30.0, -1.0, asked=True, last_look=False)[2]  # no time left at all
 
 
 def test_late_hours_are_expected_later() -> None:
