@@ -17,7 +17,9 @@ from backfill.auth import TokenHolder
 from backfill.config import Settings
 from backfill.errors import AuthError, PermanentError, RetryableError
 from backfill.keys import Key
+from backfill.outage import ServiceHealth
 from backfill.policy import backoff, retry_after
+from backfill.proxy import proxy_refusal, transport_problem
 from backfill.throttle import RateLimiter
 
 
@@ -49,14 +51,16 @@ class GrowingIO:
     """The real export API (or the emulator): v1 or v2, rate-limited, retried."""
 
     def __init__(self, session: aiohttp.ClientSession, settings: Settings,
-                 limiter: RateLimiter, rng: random.Random | None = None) -> None:
+                 limiter: RateLimiter, health: ServiceHealth,
+                 rng: random.Random | None = None) -> None:
         self._session = session
         self._settings = settings
         self._limiter = limiter
+        self._health = health
         self._rng = rng or random.Random()
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout,
                                               sock_read=settings.read_timeout)
-        self.tokens = TokenHolder(session, settings.credentials, self._timeout)
+        self.tokens = TokenHolder(session, settings, self._timeout, health)
         self.stats = CallStats()
 
     async def export(self, key: Key, types: tuple[str, ...]) -> ExportAnswer:
@@ -85,6 +89,9 @@ class GrowingIO:
             except _TokenReplaced:
                 self.stats.reauthentications += 1
             except RetryableError as exc:
+                self.stats.retries += 1
+                if exc.outage:
+                    continue  # the run holds every call and judges the outage as a whole
                 if attempt >= self._settings.retries:
                     raise
                 delay = exc.retry_after
@@ -94,48 +101,60 @@ class GrowingIO:
                     delay = backoff(attempt, self._settings.backoff, self._settings.max_backoff,
                                     self._rng)
                 attempt += 1
-                self.stats.retries += 1
                 await anyio.sleep(delay)
 
     async def _call(self, url: str) -> Any:
         token, generation = await self.tokens.current()
         headers = {"X-Client-Id": self._settings.credentials.client_id,
                    "Authorization": f"Token {token}"}
-        await self._limiter.acquire()
-        self.stats.calls += 1
+        proxy = self._settings.proxies.for_url(url)
         try:
-            async with self._session.get(url, params={"expire": str(self._settings.expire)},
-                                         headers=headers, timeout=self._timeout) as resp:
-                if resp.status == 401:
-                    await self.tokens.rejected(generation)
-                    raise _TokenReplaced
-                if resp.status == 403:
-                    raise AuthError("GrowingIO denied access to project "
-                                    f"{self._settings.credentials.ai} (HTTP 403): check GIO_AI")
-                if resp.status == 429:
-                    wait = retry_after(resp.headers.get("Retry-After"), datetime.now(UTC))
-                    raise RetryableError("rate limited by the export API (429)", retry_after=wait)
-                if resp.status >= 500:
-                    raise RetryableError(f"export API error (HTTP {resp.status})")
-                if resp.status != 200:
-                    raise PermanentError(f"export API refused the request (HTTP {resp.status})")
-                body = await resp.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise RetryableError(f"export API unreachable: {_describe(exc)}") from exc
-        except ValueError as exc:
-            raise RetryableError("export API answered something that is not JSON") from exc
+            async with self._health.attempt():
+                await self._limiter.acquire()
+                self.stats.calls += 1
+                try:
+                    async with self._session.get(url, headers=headers, proxy=proxy,
+                                                 params={"expire": str(self._settings.expire)},
+                                                 timeout=self._timeout) as resp:
+                        body = await self._read(resp, proxy)
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    problem = transport_problem(exc, proxy)
+                    raise RetryableError(f"export API unreachable: {problem}",
+                                         outage=self._health.missed(problem)) from exc
+                except ValueError as exc:
+                    raise RetryableError("export API answered something that is not JSON"
+                                         ) from exc
+        except _TokenRejected:
+            await self.tokens.rejected(generation)  # outside the attempt: it calls too
+            raise _TokenReplaced from None
         self.tokens.accepted(generation)
         return body
+
+    async def _read(self, resp: aiohttp.ClientResponse, proxy: str | None) -> Any:
+        if resp.status >= 500:
+            raise RetryableError(f"export API error (HTTP {resp.status})",
+                                 outage=self._health.missed(f"HTTP {resp.status}"))
+        proxy_refusal(resp.status, proxy)
+        self._health.answered()
+        if resp.status == 401:
+            raise _TokenRejected
+        if resp.status == 403:
+            raise AuthError("GrowingIO denied access to project "
+                            f"{self._settings.credentials.ai} (HTTP 403): check GIO_AI")
+        if resp.status == 429:
+            wait = retry_after(resp.headers.get("Retry-After"), datetime.now(UTC))
+            raise RetryableError("rate limited by the export API (429)", retry_after=wait)
+        if resp.status != 200:
+            raise PermanentError(f"export API refused the request (HTTP {resp.status})")
+        return await resp.json(content_type=None)
+
+
+class _TokenRejected(Exception):
+    """The API answered 401 to the token sent."""
 
 
 class _TokenReplaced(Exception):
     """A 401 led to a new token: send the same call again, at once."""
-
-
-def _describe(exc: BaseException) -> str:
-    # aiohttp messages can carry the URL; the type and errno say enough and leak nothing.
-    errno = getattr(exc, "errno", None)
-    return f"{type(exc).__name__}" + (f" (errno {errno})" if errno else "")
 
 
 def parse_answer(body: Any, shape: str, types: tuple[str, ...]) -> ExportAnswer:

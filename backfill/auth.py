@@ -15,8 +15,10 @@ import time
 import aiohttp
 import anyio
 
-from backfill.config import Credentials
+from backfill.config import Settings
 from backfill.errors import AuthError, RetryableError
+from backfill.outage import ServiceHealth
+from backfill.proxy import proxy_refusal, transport_problem
 
 TOKEN_PATH = "/auth/token"
 MAX_FRESH_REJECTIONS = 3
@@ -47,13 +49,16 @@ class TokenHolder:
     rejection is handled once per token no matter how many tasks saw it.
     """
 
-    def __init__(self, session: aiohttp.ClientSession, creds: Credentials,
-                 timeout: aiohttp.ClientTimeout, *, attempts: int = 4) -> None:
+    def __init__(self, session: aiohttp.ClientSession, settings: Settings,
+                 timeout: aiohttp.ClientTimeout, health: ServiceHealth, *,
+                 attempts: int = 4) -> None:
         self._session = session
-        self._creds = creds
+        self._creds = settings.credentials
+        self._proxies = settings.proxies
         self._timeout = timeout
+        self._health = health
         self._attempts = attempts
-        self._token: str | None = creds.token or None
+        self._token: str | None = self._creds.token or None
         self._generation = 0
         self._proven = False
         self._fresh_rejections = 0
@@ -98,26 +103,50 @@ class TokenHolder:
             await self._fetch()
 
     async def _fetch(self) -> None:
+        """Get a new token. Misses during an outage are the run's to judge (one loop for the
+        whole run, since callers hold the lock); other failures count ``attempts``."""
+        attempt = 0
+        while True:
+            try:
+                async with self._health.attempt():
+                    await self._ask()
+                    return
+            except RetryableError as exc:
+                if exc.outage:
+                    continue
+                attempt += 1
+                if attempt >= self._attempts:
+                    raise
+            await anyio.sleep(min(30.0, 0.5 * 2**attempt))
+
+    async def _ask(self) -> None:
+        """One token request; raises :class:`RetryableError` when no token came of it."""
         c = self._creds
         url = c.base_url.rstrip("/") + TOKEN_PATH
-        for attempt in range(self._attempts):
-            body = token_request_body(c.secret, c.project_uid, c.ai, int(time.time() * 1000))
-            try:
-                async with self._session.post(url, data=body.encode(), timeout=self._timeout,
-                                              headers={"X-Client-Id": c.client_id}) as resp:
-                    if resp.status < 500:
-                        answer = await resp.json(content_type=None) if resp.status == 200 else {}
-                        code = answer.get("code") if isinstance(answer, dict) else None
-                        if resp.status != 200 or not isinstance(code, str) or not code:
-                            raise AuthError(f"GrowingIO refused the token request (HTTP "
-                                            f"{resp.status}): check GIO_CLIENT_ID, GIO_SECRET, "
-                                            "GIO_PROJECT_UID and GIO_AI")
-                        self._token, self._proven = code, False
-                        self._generation += 1
-                        self.fetched += 1
-                        return
+        proxy = self._proxies.for_url(url)
+        body = token_request_body(c.secret, c.project_uid, c.ai, int(time.time() * 1000))
+        failed = f"cannot get a token from {c.base_url}"
+        try:
+            async with self._session.post(url, data=body.encode(), timeout=self._timeout,
+                                          headers={"X-Client-Id": c.client_id},
+                                          proxy=proxy) as resp:
+                if resp.status >= 500:
                     problem = f"HTTP {resp.status}"
-            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                problem = type(exc).__name__
-            await anyio.sleep(min(30.0, 0.5 * 2**attempt))
-        raise RetryableError(f"cannot get a token from {c.base_url}: {problem}")
+                    raise RetryableError(f"{failed}: {problem}",
+                                         outage=self._health.missed(problem))
+                proxy_refusal(resp.status, proxy)
+                self._health.answered()
+                answer = await resp.json(content_type=None) if resp.status == 200 else {}
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            problem = transport_problem(exc, proxy)
+            raise RetryableError(f"{failed}: {problem}",
+                                 outage=self._health.missed(problem)) from None
+        except ValueError:
+            raise RetryableError(f"{failed}: the answer is not JSON") from None
+        code = answer.get("code") if isinstance(answer, dict) else None
+        if resp.status != 200 or not isinstance(code, str) or not code:
+            raise AuthError(f"GrowingIO refused the token request (HTTP {resp.status}): check "
+                            "GIO_CLIENT_ID, GIO_SECRET, GIO_PROJECT_UID and GIO_AI")
+        self._token, self._proven = code, False
+        self._generation += 1
+        self.fetched += 1

@@ -235,6 +235,8 @@ def _execute(settings: Settings, keys: list[Key], output: Output, *, force: bool
         typer.echo(json_module.dumps(summary.to_json()))
     else:
         print_summary(summary)
+    if summary.outage:
+        typer.echo(f"backfill: error: {summary.outage}", err=True)
     raise typer.Exit(summary.exit_code)
 
 
@@ -348,23 +350,30 @@ def check(config: Config_ = None) -> None:
     """
     settings = load_settings(config)
     creds = settings.credentials.require()
+    route = f"{creds.base_url} is reached {settings.proxies.describe(creds.base_url)}"
     if not creds.secret:
         typer.echo(f"configuration ok; GIO_TOKEN is used as is (it can only be checked by an "
-                   f"export call) against {creds.base_url}")
+                   f"export call); {route}")
         return
     _run_async(_check_token, settings)
     typer.echo(f"configuration ok; {creds.base_url} issued a token for project {creds.ai} "
-               f"(client {creds.client_id})")
+               f"(client {creds.client_id}); it was reached "
+               f"{settings.proxies.describe(creds.base_url)}")
 
 
 async def _check_token(settings: Settings) -> None:
     import aiohttp
 
     from backfill.api import GrowingIO
+    from backfill.runner import service_health
     from backfill.throttle import RateLimiter
 
+    # A check answers within half a minute, whatever the outage budget of a run.
+    settings = replace(settings, outage_budget=min(settings.outage_budget, 30.0))
     async with aiohttp.ClientSession() as session:
-        await GrowingIO(session, settings, RateLimiter(settings.rate)).tokens.current()
+        client = GrowingIO(session, settings, RateLimiter(settings.rate),
+                           service_health(settings)[0])
+        await client.tokens.current()
 
 
 @app.command(epilog=EXIT_CODES)

@@ -15,6 +15,7 @@ from typing import Any
 
 from backfill.errors import UsageError
 from backfill.keys import Granularity
+from backfill.proxy import Proxies
 
 V2_TYPES = (
     "visit", "page", "action", "action_tag", "custom_event", "ads_track_activation",
@@ -88,9 +89,15 @@ class Settings:
     layout: str = DEFAULT_LAYOUT
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
+    outage_budget: float = 180.0
+    """How long a service may fail every call (refused, reset, timeouts, 5xx) before the
+    run stops with exit 1. Three read timeouts: long enough to tell a hung server from a
+    slow one and to ride out a deploy or a failover, short enough for an hourly job."""
     chunk_size: int = 1024 * 1024
     checkpoint_bytes: int = 16 * 1024 * 1024
     credentials: Credentials = Credentials()
+    proxies: Proxies = field(default_factory=Proxies)
+    """From HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY (see :mod:`backfill.proxy`)."""
 
     @property
     def wanted_types(self) -> tuple[str, ...]:
@@ -128,6 +135,7 @@ _FILE_KEYS: dict[str, tuple[str, Any]] = {
                lambda v: check_layout(_str(v))),
     "connect_timeout": ("a duration such as 10s", _duration),
     "read_timeout": ("a duration such as 60s", _duration),
+    "outage_budget": ("a duration such as 3m", _duration),
 }
 _API_KEYS = ("base_url", "client_id", "project_uid", "ai")
 
@@ -151,7 +159,8 @@ def load(path: Path | None, flags: dict[str, Any], env: dict[str, str] | None = 
     for name, value in flags.items():
         if value is not None:
             values[name] = _parse_flag(name, value)
-    settings = replace(Settings(), **values, credentials=Credentials(**api))
+    settings = replace(Settings(), **values, credentials=Credentials(**api),
+                       proxies=Proxies.from_env(env))
     hourly_ok = "{hour}" in settings.layout or "{key}" in settings.layout
     if settings.granularity is Granularity.HOUR and not hourly_ok:
         raise UsageError(f"layout {settings.layout!r} needs {{hour}} (or {{key}}) for hourly keys")
@@ -221,6 +230,15 @@ def parse_duration(value: Any) -> float:
     if not 0 <= seconds <= 366 * 86400:
         raise UsageError(f"invalid duration {value!r}")
     return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """``"3m"``, ``"90s"``, ``"2h"``: the shortest exact form :func:`parse_duration` reads."""
+    whole = round(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if whole >= size and whole % size == 0:
+            return f"{whole // size}{unit}"
+    return f"{seconds:g}s"
 
 
 def parse_types(value: Any) -> tuple[str, ...]:

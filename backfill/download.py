@@ -31,6 +31,8 @@ from backfill.errors import (
     RetryableError,
 )
 from backfill.layout import partial_name, redact
+from backfill.outage import ServiceHealth
+from backfill.proxy import Proxies, proxy_refusal, transport_problem
 
 if TYPE_CHECKING:
     from backfill.report import Watch
@@ -61,8 +63,11 @@ class Downloader:
     """Fetches parts over one shared session; a part's ``watch`` hears every block written."""
 
     def __init__(self, session: aiohttp.ClientSession, *, chunk_size: int,
-                 checkpoint_bytes: int, connect_timeout: float, read_timeout: float) -> None:
+                 checkpoint_bytes: int, connect_timeout: float, read_timeout: float,
+                 health: ServiceHealth, proxies: Proxies | None = None) -> None:
         self._session = session
+        self._health = health
+        self._proxies = proxies or Proxies()
         self._chunk = chunk_size
         self._checkpoint_bytes = checkpoint_bytes
         # No total: a 64 MB part on a slow line legitimately takes long; a silent socket not.
@@ -96,9 +101,11 @@ class Downloader:
                       checkpoint: Checkpoint, watch: Watch, checker: Checker) -> Verified:
         headers = {"Range": f"bytes={progress.offset}-"} if progress.offset else {}
         shown = checker.shown
+        proxy = self._proxies.for_url(link)
         try:
-            async with self._session.get(link, headers=headers, timeout=self._timeout) as resp:
-                expected = self._check_answer(resp, progress, shown)
+            async with self._health.attempt(), self._session.get(
+                    link, headers=headers, timeout=self._timeout, proxy=proxy) as resp:
+                expected = self._check_answer(resp, progress, shown, proxy)
                 if progress.offset == 0 and checker.size:
                     checker.reset()  # from the first byte, whatever was kept before
                 rest = expected.size - progress.offset if expected.size >= 0 else None
@@ -112,8 +119,10 @@ class Downloader:
                                                           body, expected, checker)
                 await self._write_stream(resp, temp, progress, checkpoint, watch, checker)
         except (aiohttp.ClientError, TimeoutError) as exc:
+            problem = transport_problem(exc, proxy)
             raise RetryableError(f"download of {shown} broke off after {progress.offset} "
-                                 f"bytes ({type(exc).__name__})") from exc
+                                 f"bytes ({problem})", outage=self._health.missed(problem)
+                                 ) from exc
         except OSError as exc:
             raise _disk_error(exc, temp) from None
         return await anyio.to_thread.run_sync(_place, temp, dest, expected, checker)
@@ -142,14 +151,19 @@ class Downloader:
                     since_checkpoint = 0
 
     def _check_answer(self, resp: aiohttp.ClientResponse, progress: Progress,
-                      shown: str) -> _Expected:
+                      shown: str, proxy: str | None) -> _Expected:
         status = resp.status
+        if status >= 500:
+            raise RetryableError(f"object store error (HTTP {status}) for {shown}",
+                                 outage=self._health.missed(f"HTTP {status}"))
+        proxy_refusal(status, proxy)
+        self._health.answered()
         if status in (401, 403, 404, 410):
             # Object stores answer an expired signature with 403 (S3) or 410; a new job
             # version can make an old object vanish (404). Fresh links fix all of these.
             raise LinkExpiredError(f"link refused (HTTP {status}): {shown}")
-        if status == 429 or status >= 500:
-            raise RetryableError(f"object store error (HTTP {status}) for {shown}")
+        if status == 429:
+            raise RetryableError(f"object store busy (HTTP {status}) for {shown}")
         etag = resp.headers.get("ETag")
         if status == 206 and progress.offset:
             match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))

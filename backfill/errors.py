@@ -12,6 +12,7 @@ only that root, prints ``str(error)`` as one line and exits with ``exit_code``::
     │   │   └── LinkExpiredError          a signed link expired: ask the API again
     │   └── PermanentError                other 4xx: this key cannot be fetched
     ├── IntegrityError            exit 1  a download failed verification
+    ├── OutageError               exit 1  a service stayed unreachable past the outage budget
     └── Interrupted               exit 130 SIGINT or SIGTERM; the state is consistent
 
 Messages never contain secrets: callers pass redacted URLs and never a token.
@@ -20,6 +21,7 @@ Messages never contain secrets: callers pass redacted URLs and never a token.
 from __future__ import annotations
 
 import errno
+from datetime import datetime
 
 
 class BackfillError(Exception):
@@ -57,11 +59,17 @@ class RemoteError(BackfillError):
 
 
 class RetryableError(RemoteError):
-    """A transient failure (429, 5xx, a dropped connection); ``retry_after`` in seconds."""
+    """A transient failure (429, 5xx, a dropped connection); ``retry_after`` in seconds.
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    ``outage`` says the failure was part of a service-wide outage: the run judges it (see
+    :mod:`backfill.outage`), and it does not count against the key's own retries.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None,
+                 outage: bool = False) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.outage = outage
 
 
 class LinkExpiredError(RetryableError):
@@ -74,6 +82,23 @@ class PermanentError(RemoteError):
 
 class IntegrityError(BackfillError):
     """A downloaded part failed its length, checksum or gzip check."""
+
+
+class OutageError(BackfillError):
+    """A service did not answer any call for longer than the outage budget: stop the run.
+
+    Not a :class:`RemoteError`: it ends the run, not one key.
+    """
+
+    def __init__(self, service: str, since: datetime, seconds: float, problem: str) -> None:
+        self.service, self.since, self.seconds, self.problem = service, since, seconds, problem
+        super().__init__(f"{service} has not answered since {since:%Y-%m-%d %H:%M:%S} UTC "
+                         f"({_minutes(seconds)}; last: {problem})")
+
+
+def _minutes(seconds: float) -> str:
+    whole = round(seconds)
+    return f"{whole // 60} min {whole % 60} s" if whole >= 60 else f"{whole} s"
 
 
 class Interrupted(BackfillError):

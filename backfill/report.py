@@ -47,6 +47,8 @@ class Summary:
     api_calls: int = 0
     retries: int = 0
     seconds: float = 0.0
+    outage: str | None = None
+    """Set when an outage outlived its budget and stopped the run: the one line to show."""
 
     def add(self, key: str, status: Status, detail: str | None = None) -> None:
         self.statuses[status] += 1
@@ -63,12 +65,13 @@ class Summary:
             "retries": self.retries,
             "duration_seconds": round(self.seconds, 3),
             "exit_code": self.exit_code,
+            "outage": self.outage,
             "problems": self.problems,
         }
 
     @property
     def exit_code(self) -> int:
-        if self.statuses[Status.FAILED] or self.statuses[Status.GONE]:
+        if self.outage or self.statuses[Status.FAILED] or self.statuses[Status.GONE]:
             return EXIT_FAILED
         if self.statuses[Status.NOT_READY]:
             return EXIT_NOT_READY

@@ -23,6 +23,7 @@ from backfill.download import Downloader
 from backfill.errors import Interrupted, UsageError
 from backfill.keys import Granularity, Key, expand, key_at
 from backfill.layout import STATE_DIR
+from backfill.outage import ServiceHealth
 from backfill.plan import Plan, make_plan
 from backfill.policy import beyond_retention, expected_ready
 from backfill.report import Reporter, Summary
@@ -114,12 +115,15 @@ async def _fetch(settings: Settings, store: Store, plan: Plan, reporter: Reporte
     async with aiohttp.ClientSession(connector=connector) as session:
         limiter = RateLimiter(settings.rate)
         limiter.remember(await anyio.to_thread.run_sync(_load_recent_calls, settings))
-        client = GrowingIO(session, settings, limiter, random.Random())
+        api_health, link_health = service_health(settings)
+        client = GrowingIO(session, settings, limiter, api_health, random.Random())
         downloader = Downloader(session, chunk_size=settings.chunk_size,
                                 checkpoint_bytes=settings.checkpoint_bytes,
                                 connect_timeout=settings.connect_timeout,
-                                read_timeout=settings.read_timeout)
-        scheduler = Scheduler(settings, store, api or client, downloader, reporter, summary)
+                                read_timeout=settings.read_timeout, health=link_health,
+                                proxies=settings.proxies)
+        scheduler = Scheduler(settings, store, api or client, downloader, reporter, summary,
+                              services=(api_health, link_health))
         try:
             await scheduler.run(plan.tasks)
         finally:
@@ -127,6 +131,17 @@ async def _fetch(settings: Settings, store: Store, plan: Plan, reporter: Reporte
             summary.retries += client.stats.retries
             with anyio.CancelScope(shield=True):  # also when the run is being cancelled
                 await anyio.to_thread.run_sync(_save_recent_calls, settings, limiter.recent())
+
+
+def service_health(settings: Settings) -> tuple[ServiceHealth, ServiceHealth]:
+    """The run's judgement of the export API (with its token endpoint) and of the hosts
+    that serve the download links: each can go away without the other."""
+    def health(name: str) -> ServiceHealth:
+        return ServiceHealth(name, budget=settings.outage_budget,
+                             probe_interval=settings.backoff)
+
+    return (health(f"the export API at {settings.credentials.base_url}"),
+            health("the download links' host"))
 
 
 # Back-to-back runs (run, then retry, then catchup) share the server's window: the

@@ -9,7 +9,7 @@ fresh when its parts start; a link that fails anyway is refreshed by asking agai
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
@@ -19,12 +19,13 @@ from typing import Generic, ParamSpec, TypeVar
 import anyio
 
 from backfill.api import ExportAnswer, ExportApi
-from backfill.config import Settings
+from backfill.config import Settings, format_duration
 from backfill.download import Downloader, Progress
 from backfill.errors import (
     BackfillError,
     IntegrityError,
     LinkExpiredError,
+    OutageError,
     OutputError,
     RemoteError,
     RetryableError,
@@ -32,6 +33,7 @@ from backfill.errors import (
 from backfill.keys import Key
 from backfill.layout import key_folder, part_name, redact
 from backfill.manifest import ManifestPart, publish, unpublish
+from backfill.outage import ServiceHealth
 from backfill.plan import KeyTask
 from backfill.policy import Next, backoff, decide, expected_ready, fit_wait, typical
 from backfill.report import Reporter, Summary
@@ -79,8 +81,12 @@ class Scheduler:
     def __init__(self, settings: Settings, store: Store, api: ExportApi,
                  downloader: Downloader, reporter: Reporter, summary: Summary, *,
                  now: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 services: Sequence[ServiceHealth] = ()) -> None:
         self._s = settings
+        self._services = services
+        """The services whose outages end the run (see :mod:`backfill.outage`)."""
+        self._ended: set[str] = set()
         self._store = store
         self._api = api
         self._downloader = downloader
@@ -100,9 +106,32 @@ class Scheduler:
         """Process every task; returns when all reached an end.
 
         Per-key problems end that key only; an :class:`AuthError` or an
-        :class:`OutputError` (disk full) ends the whole run.
+        :class:`OutputError` (disk full) ends the whole run. An outage that outlives its
+        budget ends it too, but as a result, not an error: every key not finished is
+        recorded failed (so ``retry`` takes it) and ``summary.outage`` says why.
         """
         self._deadline = anyio.current_time() + self._s.max_wait
+        outages: list[OutageError] = []
+
+        async def watch(service: ServiceHealth, scope: anyio.CancelScope) -> None:
+            outages.append(await service.watch())
+            scope.cancel()
+
+        try:
+            async with anyio.create_task_group() as group:
+                for service in self._services:
+                    group.start_soon(watch, service, group.cancel_scope)
+                await self._run_keys(tasks)
+                group.cancel_scope.cancel()  # every key ended: stop watching
+        except BaseExceptionGroup as group_error:
+            error = first_error(group_error)
+            if not isinstance(error, OutageError):
+                raise error from None
+            outages.append(error)
+        if outages:
+            await self._stop_for_outage(tasks, outages[0])
+
+    async def _run_keys(self, tasks: list[KeyTask]) -> None:
         # A bounded window of key tasks keeps memory flat however long the range: keys
         # start in order as earlier ones end, so old keys go first, new ones wait.
         window = anyio.Semaphore(KEYS_IN_FLIGHT)
@@ -121,6 +150,21 @@ class Scheduler:
         except BaseExceptionGroup as group_error:
             raise first_error(group_error) from None
 
+    async def _stop_for_outage(self, tasks: list[KeyTask], outage: OutageError) -> None:
+        """Record every key without an end as failed by the outage, in one transaction."""
+        left = [task for task in tasks if task.key.name not in self._ended]
+        reason = f"not finished: {outage}"
+        with anyio.CancelScope(shield=True):
+            await self._db(self._store.set_statuses, self._s.api,
+                           [(t.key.name, t.types) for t in left], Status.FAILED, reason)
+        for task in left:
+            self._summary.add(task.key.name, Status.FAILED, reason)
+        budget = format_duration(self._s.outage_budget)
+        self._summary.outage = (
+            f"{outage}; stopped at the end of the outage budget ({budget}): {len(left)} "
+            "keys not finished are kept for `backfill retry` (or the same command) once it "
+            "is back")
+
     async def _key(self, task: KeyTask) -> None:
         api, name = self._s.api, task.key.name
         await self._db(self._store.set_status, api, name, task.types, Status.ACTIVE, None,
@@ -132,6 +176,7 @@ class Scheduler:
         if result.status is not Status.DONE:  # done units were recorded one by one
             await self._db(self._store.set_status, api, name, task.types, result.status,
                            result.detail)
+        self._ended.add(name)
         self._summary.add(name, result.status, result.detail)
         self._reporter.key_done(name, result.status, result.detail)
 
@@ -269,11 +314,14 @@ class Scheduler:
                         break
                     except (LinkExpiredError, IntegrityError):
                         raise
-                    except RetryableError:
-                        attempt += 1
-                        if attempt > self._s.retries:
-                            raise
+                    except RetryableError as exc:
+                        if not exc.outage:  # a miss in an outage is the run's to judge
+                            attempt += 1
+                            if attempt > self._s.retries:
+                                raise
                         self._summary.retries += 1
+                        if exc.outage:
+                            continue  # the next attempt waits while the outage lasts
                         await anyio.sleep(backoff(attempt, self._s.backoff,
                                                   self._s.max_backoff, self._rng))
             await self._done_parts.add(DonePart(key.name, job.data_type, job.index,

@@ -11,6 +11,7 @@ import pytest
 from backfill.download import Downloader, Progress
 from backfill.emulator import EmulatorConfig, serve
 from backfill.errors import RetryableError
+from backfill.outage import ServiceHealth
 from tests.helpers import Api
 
 pytestmark = pytest.mark.anyio
@@ -42,7 +43,7 @@ async def test_a_new_process_resumes_from_the_recorded_checkpoint(data_dir: Path
             recorded.append((progress.offset, progress.etag))
 
         first = Downloader(session, chunk_size=16 << 10, checkpoint_bytes=64 << 10,
-                           connect_timeout=5, read_timeout=0.5)
+                           connect_timeout=5, read_timeout=0.5, health=_health())
         with pytest.raises(RetryableError, match="broke off"):
             await first.fetch(link, dest, Progress(), checkpoint, _Quiet())
         assert recorded, "the stalled download wrote checkpoints before it stopped"
@@ -51,7 +52,7 @@ async def test_a_new_process_resumes_from_the_recorded_checkpoint(data_dir: Path
 
         # A new process knows only what the state recorded: the offset and the ETag.
         second = Downloader(session, chunk_size=16 << 10, checkpoint_bytes=64 << 10,
-                            connect_timeout=5, read_timeout=5)
+                            connect_timeout=5, read_timeout=5, health=_health())
         verified = await second.fetch(link, dest, Progress(offset, etag), checkpoint, _Quiet())
         stats = emulator.state.stats()
     assert dest.read_bytes() == source
@@ -59,6 +60,10 @@ async def test_a_new_process_resumes_from_the_recorded_checkpoint(data_dir: Path
     assert stats["range_requests"] == 1
     # The object was served whole once for comparison, and only the rest after the stall.
     assert stats["bytes_served"] <= 2 * len(source) + (len(source) - offset)
+
+
+def _health() -> ServiceHealth:
+    return ServiceHealth("the test's links", budget=60.0, probe_interval=0.1)
 
 
 def _ready_hour() -> str:

@@ -274,7 +274,7 @@ async def _links(request: web.Request, key: Key, types: tuple[str, ...], answer:
     job_uuid = uuid.uuid5(uuid.NAMESPACE_URL, f"{st.config.seed}/{ai}/{key.name}/"
                                               f"{','.join(types)}/{answer.version}")
     issued = st.clock.now()
-    origin = str(request.url.origin())
+    origin = st.config.link_origin or str(request.url.origin())
     links: dict[str, list[str]] = {}
     for data_type in types:
         group = []

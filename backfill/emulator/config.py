@@ -149,4 +149,7 @@ class EmulatorConfig:
     trap_links: bool = True
     """RUNNING answers carry links to unfinished parts that a client must not download."""
     max_expire_minutes: int = 7 * 24 * 60
+    link_origin: str | None = None
+    """Where download links point (``scheme://host:port``), as the real links live on an
+    object store apart from the API; ``None``: the host the API was asked on."""
     faults: Faults = field(default_factory=Faults)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -12,10 +11,34 @@ from backfill.emulator.app import STATE, EmulatorState, create_app
 from backfill.emulator.config import EmulatorConfig
 
 
-@dataclass(frozen=True)
 class RunningEmulator:
-    url: str
-    state: EmulatorState
+    """A served emulator: its URL, its state, and a switch to take it off the network."""
+
+    def __init__(self, runner: web.AppRunner, site: web.TCPSite, host: str, port: int,
+                 state: EmulatorState) -> None:
+        self._runner = runner
+        self._site: web.TCPSite | None = site
+        self._host, self._port = host, port
+        display = f"[{host}]" if ":" in host else host
+        self.url = f"http://{display}:{port}"
+        self.state = state
+
+    async def go_down(self) -> None:
+        """Stop listening and drop every open connection, as a dead host does: new
+        connections are refused, downloads under way break off."""
+        if self._site is not None:
+            await self._site.stop()
+            self._site = None
+        server = self._runner.server
+        for handler in list(server.connections if server is not None else []):
+            handler.force_close()
+
+    async def come_back(self) -> None:
+        """Listen again on the same address and port."""
+        if self._site is None:
+            site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True)
+            await site.start()
+            self._site = site
 
 
 @asynccontextmanager
@@ -32,7 +55,6 @@ async def serve(config: EmulatorConfig | None = None, host: str = "127.0.0.1",
         site = web.TCPSite(runner, host, port)
         await site.start()
         bound_host, bound_port = runner.addresses[0][:2]
-        display = f"[{bound_host}]" if ":" in bound_host else bound_host
-        yield RunningEmulator(f"http://{display}:{bound_port}", app[STATE])
+        yield RunningEmulator(runner, site, bound_host, bound_port, app[STATE])
     finally:
         await runner.cleanup()
