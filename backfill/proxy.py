@@ -16,6 +16,7 @@ The conventions curl, pip, requests and httpx share:
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -93,7 +94,9 @@ def transport_problem(exc: BaseException, proxy: str | None) -> str:
     if isinstance(exc, aiohttp.ClientHttpProxyError):
         proxy_refusal(exc.status, proxy)
     errno = getattr(exc, "errno", None)
-    text = type(exc).__name__ + (f" (errno {errno})" if errno else "")
+    text = type(exc).__name__
+    if isinstance(errno, int) and errno > 0:
+        text += f": {os.strerror(errno).lower()}"  # never the URL, unlike str(exc)
     return f"{text} via the proxy {redact_proxy(proxy)}" if proxy else text
 
 
