@@ -9,6 +9,9 @@ The conventions curl, pip, requests and httpx share:
   means every host; ``example.com`` and ``.example.com`` match it and its subdomains;
   ``host:port`` only that port; IP addresses and CIDR ranges (``10.0.0.0/8``) match
   literal addresses.
+- Loopback targets (``localhost``, ``127.0.0.0/8``, ``::1``) are always reached directly,
+  as Go's standard library does: a remote proxy's loopback is not ours, and the bundled
+  emulator must work behind a company proxy without a ``NO_PROXY`` of its own.
 - A proxy URL may carry credentials (``http://user:pass@proxy:3128``, percent-encoded);
   they are sent to the proxy and never shown: :func:`redact_proxy` hides them.
 """
@@ -55,6 +58,8 @@ class Proxies:
         if proxy is None or not parts.hostname:
             return None
         port = parts.port or DEFAULT_PORTS.get(parts.scheme, 0)
+        if _loopback(parts.hostname.lower()):
+            return None
         if any(_bypasses(entry, parts.hostname.lower(), port) for entry in self.no_proxy):
             return None
         return proxy
@@ -66,7 +71,9 @@ class Proxies:
             return f"through the proxy {redact_proxy(proxy)}"
         scheme = "https" if url.startswith("https:") else "http"
         if getattr(self, scheme) is not None:
-            return "directly (NO_PROXY matches it)"
+            host = urlsplit(url).hostname or ""
+            why = "a loopback address" if _loopback(host) else "NO_PROXY matches it"
+            return f"directly ({why})"
         return "directly (no proxy set)"
 
 
@@ -151,6 +158,11 @@ def _split_port(entry: str) -> tuple[str, int | None]:
         host, _, port = entry.partition(":")
         return host, int(port) if port.isdigit() else None
     return entry, None
+
+
+def _loopback(host: str) -> bool:
+    address = _address(host)
+    return host == "localhost" or (address is not None and address.is_loopback)
 
 
 def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

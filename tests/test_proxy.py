@@ -48,7 +48,7 @@ async def test_a_run_goes_through_the_proxy_for_token_calls_and_links(
     assert SECRET_PASSWORD not in out + err and "backfill:" not in out
 
 
-async def test_lowercase_wins_and_no_proxy_goes_direct(emulator: RunningEmulator,
+async def test_lowercase_wins_and_loopback_goes_direct(emulator: RunningEmulator,
                                                        tmp_path: Path) -> None:
     # HTTP_PROXY names a dead port, http_proxy the real proxy: the lowercase one is used.
     async with forward_proxy({API: "127.0.0.1", LINKS: "127.0.0.1"}) as proxy:
@@ -58,9 +58,9 @@ async def test_lowercase_wins_and_no_proxy_goes_direct(emulator: RunningEmulator
                                   "--out", "data"], env, tmp_path)
         assert code == 0, err
         assert proxy.seen[API] > 0
-    # The emulator's own address in NO_PROXY: straight there, the dead proxy never asked.
-    env = env_for(emulator.url, HTTPS_PROXY="http://127.0.0.1:9", HTTP_PROXY="127.0.0.1:9",
-                  NO_PROXY="example.com, 127.0.0.0/8")
+    # A loopback target goes straight there, whatever the proxy variables say (the
+    # dead proxy on port 9 would refuse every call).
+    env = env_for(emulator.url, HTTPS_PROXY="http://127.0.0.1:9", HTTP_PROXY="127.0.0.1:9")
     emulator.state.config.link_origin = None
     code, _, err = await cli(["run", "--from", "-5d", "--to", "-5d", "--types", "visit",
                               "--out", "data"], env, tmp_path)
@@ -114,7 +114,9 @@ def test_the_scheme_picks_the_variable_lowercase_first_then_all_proxy() -> None:
     ("10.0.0.0/8", "http://10.1.2.3:9000/b", True),
     ("10.0.0.0/8", "http://11.1.2.3/b", False),
     ("::1", "http://[::1]:8080/", True),
-    ("127.0.0.1", "http://localhost/", False),
+    ("10.0.0.1", "http://10.0.0.10/", False),
+    ("", "http://localhost:8931/", True),  # loopback: always direct
+    ("", "http://127.0.0.2/", True),
     ("", "https://www.growingio.com/", False),
 ])
 def test_no_proxy_matching(no_proxy: str, url: str, direct: bool) -> None:
