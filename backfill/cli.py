@@ -468,11 +468,15 @@ def emulator(
     rate_limit: Annotated[int, typer.Option(help="Export calls allowed per second.")] = 2,
     md5_header: Annotated[bool, typer.Option(
         help="Send x-amz-meta-md5-hash on downloads.")] = True,
+    content_md5: Annotated[bool, typer.Option(
+        help="Send Content-MD5 on downloads.")] = False,
+    etag_md5: Annotated[bool, typer.Option(
+        help="Make the ETag the object's MD5 (else a multipart-style ETag).")] = True,
     trap_links: Annotated[bool, typer.Option(
         help="Put links to unfinished parts in RUNNING answers.")] = True,
     fault: Annotated[list[str] | None, typer.Option(
         help="KIND=RATE, repeatable. Kinds: api_5xx, revoke_token, job_error, "
-        "slow_first_byte, reset, truncate, corrupt, stall.")] = None,
+        "slow_first_byte, reset, truncate, corrupt, stall, wrong_object.")] = None,
     slow_seconds: Annotated[float, typer.Option(help="Delay of slow_first_byte.")] = 2.0,
     stall_seconds: Annotated[float, typer.Option(help="Pause of a stalled body.")] = 30.0,
     fault_limit: Annotated[int, typer.Option(
@@ -492,6 +496,7 @@ def emulator(
         seed=seed, data_dir=data_dir, now=_parse_moment(now) if now else None, speed=speed,
         bytes_per_hour=bytes_per_hour, part_size=part_size, job_seconds=job_seconds,
         retention_days=retention_days, rate_limit=rate_limit, md5_header=md5_header,
+        content_md5=content_md5, etag_md5=etag_md5,
         trap_links=trap_links, faults=faults,
     )
     try:

@@ -77,3 +77,42 @@ async def test_no_corrupt_part_is_ever_kept(data_dir: Path, tmp_path: Path) -> N
     assert "MD5" in problem or "not a valid gzip stream" in problem
     assert not list(tmp_path.rglob("part-*.csv.gz"))
     assert not list(tmp_path.rglob("_SUCCESS"))
+
+
+# Where the store states the object's MD5; the other headers are left without one.
+MD5_SOURCES: dict[str, dict[str, bool]] = {
+    "x-amz-meta-md5-hash": {"md5_header": True, "etag_md5": False},
+    "Content-MD5": {"md5_header": False, "content_md5": True, "etag_md5": False},
+    "ETag": {"md5_header": False, "etag_md5": True},
+}
+
+
+@pytest.mark.parametrize("source", list(MD5_SOURCES))
+async def test_a_valid_gzip_that_is_not_the_object_is_refused_by_its_md5(
+        source: str, data_dir: Path, tmp_path: Path) -> None:
+    # The first two downloads serve a valid gzip of the right length that is not the stored
+    # object: only the MD5 tells. They are never kept, and fresh links bring the real ones.
+    config = EmulatorConfig(data_dir=data_dir, job_seconds=0.0, bytes_per_hour=4096,
+                            faults=Faults(wrong_object=1.0, limit=2), **MD5_SOURCES[source])
+    async with serve(config) as emulator:
+        keys = days_ago(3, 3)
+        summary = await run(settings_for(emulator, tmp_path, types=("visit",)), keys)
+        stats = emulator.state.stats()
+    assert stats["faults"] == {"wrong_object": 2}
+    assert summary.exit_code == 0, summary.problems
+    assert summary.retries >= 1
+    assert downloaded_md5s(tmp_path) == source_md5s(emulator, keys, ("visit",))
+
+
+@pytest.mark.parametrize("source", list(MD5_SOURCES))
+async def test_a_store_that_always_serves_other_bytes_fails_the_key_and_keeps_nothing(
+        source: str, data_dir: Path, tmp_path: Path) -> None:
+    config = EmulatorConfig(data_dir=data_dir, job_seconds=0.0, bytes_per_hour=4096,
+                            faults=Faults(wrong_object=1.0), **MD5_SOURCES[source])
+    async with serve(config) as emulator:
+        summary = await run(settings_for(emulator, tmp_path, types=("visit",), retries=1),
+                            days_ago(3, 3))
+    assert summary.exit_code == 1
+    assert "MD5" in next(iter(summary.problems.values()))
+    assert not list(tmp_path.rglob("part-*.csv.gz"))
+    assert not list(tmp_path.rglob("_SUCCESS"))

@@ -13,6 +13,7 @@ Routes::
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import random
 import secrets
@@ -345,14 +346,17 @@ async def _serve(request: web.Request, stored: StoredObject) -> web.StreamRespon
     except ValueError:
         return _s3_denied("InvalidArgument", "Invalid Range header", status=400)
     start, stop, _ = span.indices(size)
+    etag = stored.md5 if st.config.etag_md5 else f"{stored.md5[::-1]}-2"  # multipart-like
     headers = {
         "Content-Type": "application/octet-stream",
-        "ETag": f'"{stored.md5}"',
+        "ETag": f'"{etag}"',
         "Accept-Ranges": "bytes",
         "Last-Modified": _LAST_MODIFIED,
     }
     if st.config.md5_header:
         headers["x-amz-meta-md5-hash"] = stored.md5
+    if st.config.content_md5:
+        headers["Content-MD5"] = base64.b64encode(bytes.fromhex(stored.md5)).decode()
     status = 200
     if span.start is not None or span.stop is not None:
         st.counts["range_requests"] += 1
@@ -415,6 +419,8 @@ async def _faulty_body(request: web.Request, response: web.StreamResponse, f: An
         if fault == "corrupt" and sent <= half < sent + len(chunk):
             i = half - sent
             chunk = chunk[:i] + bytes([chunk[i] ^ 0xFF]) + chunk[i + 1:]
+        if fault == "wrong_object":
+            chunk = _restamped(chunk, offset + sent)
         if fault in ("reset", "stall") and sent + len(chunk) > half >= sent:
             st.counts["bytes_served"] += half - sent
             await response.write(chunk[: half - sent])
@@ -428,6 +434,19 @@ async def _faulty_body(request: web.Request, response: web.StreamResponse, f: An
         st.counts["bytes_served"] += len(chunk)
         await response.write(chunk)
         sent += len(chunk)
+
+
+def _restamped(chunk: bytes, position: int) -> bytes:
+    """``chunk`` (at ``position`` in the object) with the gzip header's MTIME changed.
+
+    The MTIME (bytes 4–7) is covered by no checksum: the result is still a valid gzip of
+    the same length and content, but not the stored object, and its MD5 differs.
+    """
+    start, stop = max(4 - position, 0), min(8 - position, len(chunk))
+    if start >= stop:
+        return chunk
+    changed = bytes(b ^ 0x5A for b in chunk[start:stop])
+    return chunk[:start] + changed + chunk[stop:]
 
 
 # --- controls -----------------------------------------------------------------------------

@@ -49,8 +49,12 @@ FAULT_KINDS = (
     "truncate",
     "corrupt",
     "stall",
+    "wrong_object",
 )
-"""Fault names, each a rate in [0, 1]. API faults first, then download faults."""
+"""Fault names, each a rate in [0, 1]. API faults first, then download faults.
+
+``wrong_object`` serves a valid gzip of the right length that is not the stored object
+(its header's timestamp differs, so its MD5 does): only an MD5 comparison catches it."""
 
 
 @dataclass
@@ -70,6 +74,7 @@ class Faults:
     truncate: float = 0.0
     corrupt: float = 0.0
     stall: float = 0.0
+    wrong_object: float = 0.0
     slow_seconds: float = 2.0
     stall_seconds: float = 30.0
     limit: int = 0
@@ -146,6 +151,10 @@ class EmulatorConfig:
     rate_window: float = 1.0
     md5_header: bool = True
     """Send ``x-amz-meta-md5-hash`` on downloads (some real answers lack it)."""
+    content_md5: bool = False
+    """Send ``Content-MD5`` (base64) on downloads, as some object stores do."""
+    etag_md5: bool = True
+    """The ``ETag`` is the object's MD5; otherwise a multipart-style ``"<md5>-2"``."""
     trap_links: bool = True
     """RUNNING answers carry links to unfinished parts that a client must not download."""
     max_expire_minutes: int = 7 * 24 * 60
