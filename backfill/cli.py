@@ -123,6 +123,9 @@ Downloads_ = Annotated[int | None, typer.Option(
 MaxWait_ = Annotated[str | None, typer.Option(
     "--max-wait", help="How long to wait for keys not ready yet, e.g. 30m \\[default: 30m].")]
 Force_ = Annotated[bool, typer.Option("--force", help="Fetch keys again even if done.")]
+Verify_ = Annotated[str | None, typer.Option(
+    "--verify", help="auto: inflate a part only when no MD5 proves its bytes; full: inflate "
+    "every part \\[default: auto].")]
 DryRun_ = Annotated[bool, typer.Option(
     "--dry-run", help="Print the plan and make no API call.")]
 Quiet_ = Annotated[bool, typer.Option("--quiet", help="Plain log lines instead of bars.")]
@@ -156,11 +159,11 @@ def run(
     granularity: Granularity_ = None, api: Api_ = None, types: Types_ = None, out: Out_ = None,
     config: Config_ = None, downloads: Downloads_ = None, max_wait: MaxWait_ = None,
     force: Force_ = False, dry_run: DryRun_ = False, quiet: Quiet_ = False, json: Json_ = False,
-    log_format: LogFormat_ = "text",
+    log_format: LogFormat_ = "text", verify: Verify_ = None,
 ) -> None:
     """Backfill a range of days or hours into the output folder."""
     settings = load_settings(config, out=out, granularity=granularity, api=api, types=types,
-                             downloads=downloads, max_wait=max_wait)
+                             downloads=downloads, max_wait=max_wait, verify=verify)
     keys = expand_range(from_, to, settings)
     _execute(settings, keys, Output(quiet, json, log_format), force=force, dry_run=dry_run)
 
@@ -172,13 +175,13 @@ def retry(
     granularity: Granularity_ = None, api: Api_ = None, out: Out_ = None,
     config: Config_ = None, downloads: Downloads_ = None, max_wait: MaxWait_ = None,
     dry_run: DryRun_ = False, quiet: Quiet_ = False, json: Json_ = False,
-    log_format: LogFormat_ = "text",
+    log_format: LogFormat_ = "text", verify: Verify_ = None,
 ) -> None:
     """Fetch again only the keys that failed, were interrupted or were not ready."""
     from backfill.runner import retryable
 
     settings = load_settings(config, out=out, granularity=granularity, api=api,
-                             downloads=downloads, max_wait=max_wait)
+                             downloads=downloads, max_wait=max_wait, verify=verify)
     within = _optional_range(from_, to, settings)
     keys, types = retryable(settings, within, datetime.now(UTC))
     if settings.api == "v2":
@@ -197,14 +200,14 @@ def catchup(
     granularity: Granularity_ = None, api: Api_ = None, types: Types_ = None, out: Out_ = None,
     config: Config_ = None, downloads: Downloads_ = None, max_wait: MaxWait_ = None,
     dry_run: DryRun_ = False, quiet: Quiet_ = False, json: Json_ = False,
-    log_format: LogFormat_ = "text",
+    log_format: LogFormat_ = "text", verify: Verify_ = None,
 ) -> None:
     """For cron and CI: fetch everything that should be ready now and is not done yet."""
     from backfill.config import parse_duration
     from backfill.runner import catchup_keys
 
     settings = load_settings(config, out=out, granularity=granularity, api=api, types=types,
-                             downloads=downloads, max_wait=max_wait)
+                             downloads=downloads, max_wait=max_wait, verify=verify)
     now = datetime.now(UTC)
     first = parse_bound(start, settings.granularity, now=now, end=False) if start else None
     keys, gone = catchup_keys(settings, first, parse_duration(lag) if lag else None, now)
@@ -382,6 +385,8 @@ def verify(
     from_: OptionalFrom_ = None, to: OptionalTo_ = None,
     granularity: Granularity_ = None, api: Api_ = None, out: Out_ = None,
     config: Config_ = None,
+    deep: Annotated[bool, typer.Option(
+        "--deep", help="Inflate every part's gzip stream too, not only its framing.")] = False,
 ) -> None:
     """Re-check finished keys on disk against their manifests; mark damaged ones for run."""
     from backfill.runner import open_store
@@ -393,7 +398,7 @@ def verify(
         raise UsageError(f"no backfill state in {settings.out}: nothing to verify")
     store = open_store(settings)
     try:
-        report = verify_keys(store, settings, keys)
+        report = verify_keys(store, settings, keys, deep=deep)
     finally:
         store.close()
     for unit, problem in report.damaged.items():

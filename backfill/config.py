@@ -89,6 +89,9 @@ class Settings:
     layout: str = DEFAULT_LAYOUT
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
+    verify: str = "auto"
+    """``auto``: inflate a part's gzip stream only when no MD5 proves its bytes (else check
+    its framing); ``full``: inflate every part."""
     outage_budget: float = 180.0
     """How long a service may fail every call (refused, reset, timeouts, 5xx) before the
     run stops with exit 1. Three read timeouts: long enough to tell a hung server from a
@@ -136,6 +139,7 @@ _FILE_KEYS: dict[str, tuple[str, Any]] = {
     "connect_timeout": ("a duration such as 10s", _duration),
     "read_timeout": ("a duration such as 60s", _duration),
     "outage_budget": ("a duration such as 3m", _duration),
+    "verify": ("auto or full", lambda v: _choice(v, ("auto", "full"))),
 }
 _API_KEYS = ("base_url", "client_id", "project_uid", "ai")
 

@@ -121,7 +121,7 @@ async def _fetch(settings: Settings, store: Store, plan: Plan, reporter: Reporte
                                 checkpoint_bytes=settings.checkpoint_bytes,
                                 connect_timeout=settings.connect_timeout,
                                 read_timeout=settings.read_timeout, health=link_health,
-                                proxies=settings.proxies)
+                                proxies=settings.proxies, deep=settings.verify == "full")
         scheduler = Scheduler(settings, store, api or client, downloader, reporter, summary,
                               services=(api_health, link_health))
         try:

@@ -26,8 +26,13 @@ class VerifyReport:
     """``"key type"`` → what is wrong."""
 
 
-def verify(store: Store, settings: Settings, keys: list[Key] | None) -> VerifyReport:
-    """Check every done unit of ``settings.api`` (within ``keys`` when given). Blocks."""
+def verify(store: Store, settings: Settings, keys: list[Key] | None, *,
+           deep: bool = False) -> VerifyReport:
+    """Check every done unit of ``settings.api`` (within ``keys`` when given). Blocks.
+
+    Each part's length and MD5 against its manifest, and its gzip framing; ``deep``
+    inflates every gzip stream to its end as well.
+    """
     wanted = {k.name for k in keys} if keys is not None else None
     report = VerifyReport()
     for unit in store.units(settings.api):
@@ -36,14 +41,14 @@ def verify(store: Store, settings: Settings, keys: list[Key] | None) -> VerifyRe
         report.checked += 1
         key = Key.parse(unit.key)
         folder = settings.out / key_folder(settings.layout, key, unit.data_type)
-        problem = _check_folder(folder, report)
+        problem = _check_folder(folder, report, deep)
         if problem:
             report.damaged[f"{unit.key} {unit.data_type}"] = problem
             store.mark_damaged(settings.api, unit.key, unit.data_type, problem)
     return report
 
 
-def _check_folder(folder: Path, report: VerifyReport) -> str | None:
+def _check_folder(folder: Path, report: VerifyReport, deep: bool) -> str | None:
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
         parts = manifest["parts"]
@@ -54,7 +59,7 @@ def _check_folder(folder: Path, report: VerifyReport) -> str | None:
     for part in parts:
         path = folder / part["file"]
         try:
-            check_part(path, part["size"], part["md5"], str(path))
+            check_part(path, part["size"], part["md5"], str(path), deep=deep)
         except FileNotFoundError:
             return f"{path} is missing"
         except (IntegrityError, OSError) as exc:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from backfill.download import Downloader, Progress
+from backfill.download import Downloader, Progress, check_part
 from backfill.emulator import EmulatorConfig, serve
-from backfill.errors import RetryableError
+from backfill.errors import IntegrityError, RetryableError
 from backfill.outage import ServiceHealth
 from tests.helpers import Api
 
@@ -72,3 +74,60 @@ def _ready_hour() -> str:
     from backfill.keys import Granularity, key_at
 
     return key_at(datetime.now(UTC) - timedelta(hours=30), Granularity.HOUR).export_date
+
+
+def _broken_inside(source: bytes) -> bytes:
+    """``source`` with one byte in the middle of its deflate stream flipped: the framing
+    (magic bytes, method, trailer) still looks right, inflating it does not."""
+    broken = bytearray(source)
+    broken[len(broken) // 2] ^= 0xFF
+    return bytes(broken)
+
+
+@pytest.mark.parametrize("deep", [False, True])
+async def test_an_md5_proves_the_bytes_and_full_verify_inflates_them_anyway(
+        data_dir: Path, tmp_path: Path, deep: bool) -> None:
+    # A stored object that was never a good gzip, served with its own (matching) MD5:
+    # by default the MD5 and the framing accept it; --verify full inflates and refuses it.
+    config = EmulatorConfig(data_dir=data_dir, job_seconds=0.0, bytes_per_hour=64 << 10)
+    async with serve(config) as emulator, aiohttp.ClientSession() as session:
+        api = Api(session, emulator.url)
+        await api.login()
+        link = (await api.v2(_ready_hour())).json()["downloadLinks"][0]
+        name = link.split("/gio-raw-export/", 1)[1].split("?", 1)[0]
+        stored = emulator.state.objects[name]
+        bad = tmp_path / "stored-broken.csv.gz"
+        bad.write_bytes(_broken_inside(stored.file.read_bytes()))
+        emulator.state.objects[name] = replace(
+            stored, file=bad, md5=hashlib.md5(bad.read_bytes()).hexdigest())
+        downloader = Downloader(session, chunk_size=16 << 10, checkpoint_bytes=1 << 20,
+                                connect_timeout=5, read_timeout=5, health=_health(),
+                                deep=deep)
+        dest = tmp_path / "part-00000.csv.gz"
+
+        async def checkpoint(progress: Progress) -> None:
+            pass
+
+        if deep:
+            with pytest.raises(IntegrityError, match="gzip"):
+                await downloader.fetch(link, dest, Progress(), checkpoint, _Quiet())
+            assert not dest.exists()
+        else:
+            await downloader.fetch(link, dest, Progress(), checkpoint, _Quiet())
+            assert dest.read_bytes() == bad.read_bytes()
+
+
+def test_the_framing_check_refuses_what_is_not_gzip(tmp_path: Path) -> None:
+    page = tmp_path / "error.html"
+    page.write_bytes(b"<html><body>503 Service Unavailable</body></html>" * 4)
+    md5 = hashlib.md5(page.read_bytes()).hexdigest()
+    with pytest.raises(IntegrityError, match="not a gzip file"):
+        check_part(page, page.stat().st_size, md5, "error.html")
+    good = tmp_path / "good.csv.gz"
+    good.write_bytes(gzip.compress(b"visitUserId,time\nu1,1\n" * 100))
+    trailer_lies = good.read_bytes()[:-4] + (2**32 - 1).to_bytes(4, "little")
+    good.with_name("lies.gz").write_bytes(trailer_lies)
+    with pytest.raises(IntegrityError, match="trailer claims"):
+        check_part(good.with_name("lies.gz"), len(trailer_lies),
+                   hashlib.md5(trailer_lies).hexdigest(), "lies.gz")
+    assert check_part(good, -1, None, "good").size == good.stat().st_size

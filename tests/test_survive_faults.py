@@ -116,3 +116,19 @@ async def test_a_store_that_always_serves_other_bytes_fails_the_key_and_keeps_no
     assert "MD5" in next(iter(summary.problems.values()))
     assert not list(tmp_path.rglob("part-*.csv.gz"))
     assert not list(tmp_path.rglob("_SUCCESS"))
+
+
+async def test_without_an_md5_the_whole_stream_is_inflated(data_dir: Path,
+                                                           tmp_path: Path) -> None:
+    # No MD5 anywhere (a multipart ETag), and a flipped byte mid-stream: the length and
+    # the framing look right, so only inflating the stream finds it.
+    config = EmulatorConfig(data_dir=data_dir, job_seconds=0.0, bytes_per_hour=4096,
+                            md5_header=False, etag_md5=False,
+                            faults=Faults(corrupt=1.0, limit=2))
+    async with serve(config) as emulator:
+        keys = days_ago(3, 3)
+        summary = await run(settings_for(emulator, tmp_path, types=("visit",)), keys)
+        stats = emulator.state.stats()
+    assert stats["faults"] == {"corrupt": 2}
+    assert summary.exit_code == 0, summary.problems
+    assert downloaded_md5s(tmp_path) == source_md5s(emulator, keys, ("visit",))

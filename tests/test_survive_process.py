@@ -52,6 +52,8 @@ def done_keys(out: Path) -> set[str]:
     # closing() as well: `with connect()` only commits, and Python 3.13 warns about the
     # connection left open.
     with closing(sqlite3.connect(out / ".backfill" / "state.sqlite")) as db:
+        if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'units'").fetchall():
+            return set()  # killed between creating the file and its first migration
         rows = db.execute("SELECT key FROM units GROUP BY key HAVING "
                           "min(status = 'done') = 1").fetchall()
     return {key for (key,) in rows}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -54,3 +56,27 @@ async def test_verify_without_state_says_so(tmp_path: Path) -> None:
     code, _, err = await cli(["verify", "--out", "nothing-here"], {}, tmp_path)
     assert code == 2
     assert err.strip() == "backfill: error: no backfill state in nothing-here: nothing to verify"
+
+
+async def test_verify_deep_inflates_what_the_manifest_md5_cannot_question(
+        emulator: RunningEmulator, tmp_path: Path) -> None:
+    # A part whose bytes match its manifest's MD5 but do not inflate (stored broken at the
+    # source): the default check (length, MD5, framing) passes it; --deep does not.
+    env = env_for(emulator.url)
+    assert (await cli(["run", *RANGE], env, tmp_path))[0] == 0
+    part = sorted((tmp_path / "data" / "visit").rglob("part-*.csv.gz"))[0]
+    broken = bytearray(part.read_bytes())
+    broken[len(broken) // 2] ^= 0xFF
+    part.write_bytes(bytes(broken))
+    manifest_path = part.parent / "_manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    for entry in manifest["parts"]:
+        if entry["file"] == part.name:
+            entry["md5"] = hashlib.md5(bytes(broken)).hexdigest()
+    manifest_path.write_text(json.dumps(manifest))
+
+    code, out, _ = await cli(["verify", "--out", "data"], env, tmp_path)
+    assert code == 0 and "all intact" in out
+    code, out, _ = await cli(["verify", "--deep", "--out", "data"], env, tmp_path)
+    assert code == 1
+    assert "gzip" in out and "1 damaged" in out
