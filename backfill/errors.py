@@ -109,3 +109,13 @@ class Interrupted(BackfillError):
     def __init__(self, signal_name: str) -> None:
         super().__init__(f"interrupted by {signal_name}: finished parts are kept; run the "
                          "same command again to resume")
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error to report from a task group: the first of ours, else the group itself."""
+    for error in group.exceptions:
+        if isinstance(error, BaseExceptionGroup):
+            error = first_error(error)
+        if isinstance(error, BackfillError | KeyboardInterrupt):
+            return error
+    return group

@@ -24,8 +24,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import aiohttp
-
 from backfill.errors import UsageError
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -98,6 +96,8 @@ def transport_problem(exc: BaseException, proxy: str | None) -> str:
     Raises :class:`UsageError` for a proxy that refused our credentials on a tunnel.
     aiohttp's own messages can carry the URL, so only the type and errno are kept.
     """
+    import aiohttp  # here, not at the top: `backfill --help` should not pay for it
+
     if isinstance(exc, aiohttp.ClientHttpProxyError):
         proxy_refusal(exc.status, proxy)
     errno = getattr(exc, "errno", None)

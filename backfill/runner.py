@@ -12,24 +12,23 @@ import random
 import signal
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import anyio
 
-from backfill.api import ExportApi, GrowingIO
 from backfill.config import Settings
-from backfill.download import Downloader
-from backfill.errors import Interrupted, UsageError
+from backfill.errors import Interrupted, UsageError, first_error
 from backfill.keys import Granularity, Key, expand, key_at
 from backfill.layout import STATE_DIR
 from backfill.outage import ServiceHealth
 from backfill.plan import Plan, make_plan
 from backfill.policy import beyond_retention, expected_ready
 from backfill.report import Reporter, Summary
-from backfill.scheduler import Scheduler, first_error
 from backfill.store import Status, Store, UnitRecord, has_state
 from backfill.throttle import RateLimiter
+
+if TYPE_CHECKING:
+    from backfill.api import ExportApi
 
 
 def open_store(settings: Settings) -> Store:
@@ -111,8 +110,15 @@ def _record_skipped(store: Store, settings: Settings, plan: Plan, summary: Summa
 
 async def _fetch(settings: Settings, store: Store, plan: Plan, reporter: Reporter,
                  summary: Summary, api: ExportApi | None) -> None:
+    # Imported here: a run that finds nothing to do (a no-op cron run) never needs them.
+    import aiohttp
+
+    from backfill.api import GrowingIO
+    from backfill.download import READ_BUFSIZE, Downloader
+    from backfill.scheduler import Scheduler
+
     connector = aiohttp.TCPConnector(limit=settings.downloads + settings.polls + 2)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    async with aiohttp.ClientSession(connector=connector, read_bufsize=READ_BUFSIZE) as session:
         limiter = RateLimiter(settings.rate)
         limiter.remember(await anyio.to_thread.run_sync(_load_recent_calls, settings))
         api_health, link_health = service_health(settings)

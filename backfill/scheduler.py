@@ -22,13 +22,13 @@ from backfill.api import ExportAnswer, ExportApi
 from backfill.config import Settings, format_duration
 from backfill.download import Downloader, Progress
 from backfill.errors import (
-    BackfillError,
     IntegrityError,
     LinkExpiredError,
     OutageError,
     OutputError,
     RemoteError,
     RetryableError,
+    first_error,
 )
 from backfill.keys import Key
 from backfill.layout import key_folder, part_name, redact
@@ -408,13 +408,3 @@ def _worst(failures: list[BaseException]) -> BaseException:
             if isinstance(failure, kind):
                 return failure
     return failures[0]
-
-
-def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The error to report from a task group: the first of ours, else the group itself."""
-    for error in group.exceptions:
-        if isinstance(error, BaseExceptionGroup):
-            error = first_error(error)
-        if isinstance(error, BackfillError | KeyboardInterrupt):
-            return error
-    return group
