@@ -38,9 +38,6 @@ from backfill.proxy import Proxies, proxy_refusal, transport_problem
 if TYPE_CHECKING:
     from backfill.report import Watch
 
-READ_BUFSIZE = 64 * 1024
-"""aiohttp's read buffer per connection (its default is 64 KiB): larger blocks mean fewer
-reads and worker-thread trips per MiB; a connection buffers at most twice this."""
 _INFLATE_ERROR = cast(type[Exception], isal_zlib.error)  # its stub types it as an instance
 _PLAIN_MD5 = re.compile(r'^"?([0-9a-fA-F]{32})"?$')
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")

@@ -114,11 +114,11 @@ async def _fetch(settings: Settings, store: Store, plan: Plan, reporter: Reporte
     import aiohttp
 
     from backfill.api import GrowingIO
-    from backfill.download import READ_BUFSIZE, Downloader
+    from backfill.download import Downloader
     from backfill.scheduler import Scheduler
 
     connector = aiohttp.TCPConnector(limit=settings.downloads + settings.polls + 2)
-    async with aiohttp.ClientSession(connector=connector, read_bufsize=READ_BUFSIZE) as session:
+    async with aiohttp.ClientSession(connector=connector) as session:
         limiter = RateLimiter(settings.rate)
         limiter.remember(await anyio.to_thread.run_sync(_load_recent_calls, settings))
         api_health, link_health = service_health(settings)
