@@ -115,7 +115,8 @@ Granularity_ = Annotated[str | None, typer.Option("--granularity",
 Api_ = Annotated[str | None, typer.Option("--api", help="v1 or v2 \\[default: v2].")]
 Types_ = Annotated[str | None, typer.Option(
     "--types", help="v2 data types, comma-separated \\[default: all].")]
-Out_ = Annotated[Path | None, typer.Option("--out", help="Output folder \\[default: ./data].")]
+Out_ = Annotated[str | None, typer.Option(
+    "--out", help="Output folder, or a file:// URL \\[default: ./data].")]
 Config_ = Annotated[Path | None, typer.Option(
     "--config", help="TOML config file \\[default: ./backfill.toml if present].")]
 Downloads_ = Annotated[int | None, typer.Option(
@@ -412,11 +413,17 @@ def verify(
 @app.command()
 @guarded
 def demo(
-    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("backfill-demo"),
+    out_: Annotated[str, typer.Option("--out", help="Output folder.")] = "backfill-demo",
     quiet: Annotated[bool, typer.Option(help="Plain log lines instead of bars.")] = False,
 ) -> None:
     """Back up a week of data from the bundled emulator: the whole flow, no account needed."""
+    from backfill.config import parse_out
     from backfill.demo import DEMO_TYPES, run_demo
+
+    try:
+        out = parse_out(out_)
+    except UsageError as exc:
+        raise UsageError(f"--out {out_}: {exc}") from None
 
     typer.echo(f"Starting the bundled GrowingIO emulator and backing up a week of "
                f"{', '.join(DEMO_TYPES)} into {out}/ ...", err=True)

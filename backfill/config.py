@@ -116,7 +116,7 @@ def _duration(value: Any) -> float:
 
 
 _FILE_KEYS: dict[str, tuple[str, Any]] = {
-    "out": ("a path", lambda v: Path(v if isinstance(v, Path) else _str(v))),
+    "out": ("a folder", lambda v: parse_out(v)),
     "granularity": ("day or hour", lambda v: _choice(v, ("day", "hour"))),
     "api": ("v1 or v2", lambda v: _choice(v, ("v1", "v2"))),
     "types": ("a list of data types", lambda v: parse_types(v)),
@@ -234,6 +234,28 @@ def parse_duration(value: Any) -> float:
     if not 0 <= seconds <= 366 * 86400:
         raise UsageError(f"invalid duration {value!r}")
     return seconds
+
+
+def parse_out(value: Any) -> Path:
+    """The output folder from a path or a ``file://`` URL.
+
+    Any other URL is refused rather than taken for a folder (``s3://b/x`` would otherwise
+    become a local folder named ``s3:``). Raises :class:`UsageError`.
+    """
+    if isinstance(value, Path):
+        return value
+    text = _str(value)
+    match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$", text)
+    if match is None:
+        return Path(text)
+    scheme, rest = match[1].lower(), match[2]
+    if scheme == "file":
+        host, _, path = rest.partition("/")
+        if host not in ("", "localhost"):
+            raise UsageError("a file:// URL must name a local folder")
+        return Path("/" + path)
+    raise UsageError(f"{scheme}:// outputs are not supported; give a local folder or a "
+                     "file:// URL")
 
 
 def format_duration(seconds: float) -> str:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backfill.config import load, parse_duration
+from backfill.config import load, parse_duration, parse_out
 from backfill.errors import UsageError
 from backfill.keys import Granularity
 
@@ -95,3 +95,12 @@ def test_any_config_text_is_loaded_or_refused_in_one_line(text: str) -> None:
             load(path, {}, env={})
         except UsageError as exc:
             assert "\n" not in str(exc).strip() or "TOML" in str(exc)
+
+
+def test_out_takes_a_folder_or_a_file_url() -> None:
+    assert parse_out("data") == Path("data")
+    assert parse_out("file:///srv/gio") == Path("/srv/gio")
+    assert parse_out("file://localhost/srv/gio") == Path("/srv/gio")
+    for url in ("s3://bucket/prefix", "gs://b/p", "az://c/p", "https://host/p"):
+        with pytest.raises(UsageError, match="outputs are not supported"):
+            parse_out(url)
