@@ -114,7 +114,7 @@ async def _fetch(settings: Settings, store: Store, plan: Plan, reporter: Reporte
     import aiohttp
 
     from backfill.api import GrowingIO
-    from backfill.download import Downloader
+    from backfill.download import Downloader, block_size
     from backfill.scheduler import Scheduler
 
     connector = aiohttp.TCPConnector(limit=settings.downloads + settings.polls + 2)
@@ -123,7 +123,8 @@ async def _fetch(settings: Settings, store: Store, plan: Plan, reporter: Reporte
         limiter.remember(await anyio.to_thread.run_sync(_load_recent_calls, settings))
         api_health, link_health = service_health(settings)
         client = GrowingIO(session, settings, limiter, api_health, random.Random())
-        downloader = Downloader(session, chunk_size=settings.chunk_size,
+        downloader = Downloader(session,
+                                chunk_size=block_size(settings.chunk_size, settings.downloads),
                                 checkpoint_bytes=settings.checkpoint_bytes,
                                 connect_timeout=settings.connect_timeout,
                                 read_timeout=settings.read_timeout, health=link_health,

@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from backfill.download import Downloader, Progress, check_part
+from backfill.download import Downloader, Progress, block_size, check_part
 from backfill.emulator import EmulatorConfig, serve
 from backfill.errors import IntegrityError, RetryableError
 from backfill.outage import ServiceHealth
@@ -131,3 +131,12 @@ def test_the_framing_check_refuses_what_is_not_gzip(tmp_path: Path) -> None:
         check_part(good.with_name("lies.gz"), len(trailer_lies),
                    hashlib.md5(trailer_lies).hexdigest(), "lies.gz")
     assert check_part(good, -1, None, "good").size == good.stat().st_size
+
+
+def test_blocks_shrink_when_many_downloads_run_so_memory_stays_flat() -> None:
+    mib = 1024 * 1024
+    assert [block_size(mib, n) for n in (1, 8, 16)] == [mib] * 3
+    assert block_size(mib, 32) == mib // 2
+    assert block_size(mib, 64) == block_size(mib, 1000) == mib // 4  # the floor
+    assert block_size(64 * 1024, 64) == 64 * 1024  # never larger than asked
+    assert max(n * block_size(mib, n) for n in range(1, 65)) == 16 * mib
