@@ -89,11 +89,11 @@ class GrowingIO:
             except _TokenReplaced:
                 self.stats.reauthentications += 1
             except RetryableError as exc:
+                if not exc.outage and attempt >= self._settings.retries:
+                    raise
                 self.stats.retries += 1
                 if exc.outage:
                     continue  # the run holds every call and judges the outage as a whole
-                if attempt >= self._settings.retries:
-                    raise
                 delay = exc.retry_after
                 if delay is not None:
                     self._limiter.pause(delay)  # the budget is spent for every task

@@ -364,8 +364,7 @@ def check(config: Config_ = None) -> None:
         return
     _run_async(_check_token, settings)
     typer.echo(f"configuration ok; {creds.base_url} issued a token for project {creds.ai} "
-               f"(client {creds.client_id}); it was reached "
-               f"{settings.proxies.describe(creds.base_url)}")
+               f"(client {creds.client_id}); {route}")
 
 
 async def _check_token(settings: Settings) -> None:

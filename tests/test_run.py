@@ -192,16 +192,19 @@ async def test_keys_not_ready_by_the_deadline_exit_4(emulator: RunningEmulator,
     assert "export job still running" in next(iter(summary.problems.values()))
 
 
+def slow_polls(emulator: RunningEmulator, out: Path, max_wait: float) -> Settings:
+    """Hourly visit keys whose first re-poll is planned 30 s out, far past ``max_wait``."""
+    return settings_for(emulator, out, granularity=Granularity.HOUR, types=("visit",),
+                        max_wait=max_wait, poll_interval=30.0, max_poll_interval=300.0)
+
+
 async def test_max_wait_is_used_to_its_end_with_one_last_look(emulator: RunningEmulator,
                                                               tmp_path: Path) -> None:
     # Jobs take 1.5 s; the first re-poll is planned 30 s out, far past --max-wait (5 s).
     # Each key gets one more look at the deadline, finds its job done and downloads it.
     emulator.state.config.job_seconds = 1.5
     keys = hours_ago(5, 3)
-    settings = settings_for(emulator, tmp_path, granularity=Granularity.HOUR,
-                            types=("visit",), max_wait=5.0, poll_interval=30.0,
-                            max_poll_interval=300.0)
-    summary = await run(settings, keys)
+    summary = await run(slow_polls(emulator, tmp_path, max_wait=5.0), keys)
     assert summary.exit_code == 0, summary.problems
     answers = emulator.state.stats()["answers"]
     assert answers == {"RUNNING": len(keys), "FINISHED": len(keys)}
@@ -211,10 +214,7 @@ async def test_a_job_still_running_at_the_last_look_is_not_ready(emulator: Runni
                                                                  tmp_path: Path) -> None:
     emulator.state.config.job_seconds = 3600
     keys = hours_ago(5, 5)
-    settings = settings_for(emulator, tmp_path, granularity=Granularity.HOUR,
-                            types=("visit",), max_wait=1.0, poll_interval=30.0,
-                            max_poll_interval=300.0)
-    summary = await run(settings, keys)
+    summary = await run(slow_polls(emulator, tmp_path, max_wait=1.0), keys)
     assert summary.exit_code == 4
     assert emulator.state.stats()["answers"] == {"RUNNING": 2}  # the first ask, the last look
 

@@ -87,14 +87,19 @@ MD5_SOURCES: dict[str, dict[str, bool]] = {
 }
 
 
+def md5_store(data_dir: Path, source: str, faults: Faults) -> EmulatorConfig:
+    """An emulator whose store states each object's MD5 only in ``source``."""
+    return EmulatorConfig(data_dir=data_dir, job_seconds=0.0, bytes_per_hour=4096,
+                          faults=faults, **MD5_SOURCES[source])
+
+
 @pytest.mark.parametrize("source", list(MD5_SOURCES))
 async def test_a_valid_gzip_that_is_not_the_object_is_refused_by_its_md5(
         source: str, data_dir: Path, tmp_path: Path) -> None:
     # The first two downloads serve a valid gzip of the right length that is not the stored
     # object: only the MD5 tells. They are never kept, and fresh links bring the real ones.
-    config = EmulatorConfig(data_dir=data_dir, job_seconds=0.0, bytes_per_hour=4096,
-                            faults=Faults(wrong_object=1.0, limit=2), **MD5_SOURCES[source])
-    async with serve(config) as emulator:
+    async with serve(md5_store(data_dir, source, Faults(wrong_object=1.0, limit=2))
+                     ) as emulator:
         keys = days_ago(3, 3)
         summary = await run(settings_for(emulator, tmp_path, types=("visit",)), keys)
         stats = emulator.state.stats()
@@ -107,9 +112,7 @@ async def test_a_valid_gzip_that_is_not_the_object_is_refused_by_its_md5(
 @pytest.mark.parametrize("source", list(MD5_SOURCES))
 async def test_a_store_that_always_serves_other_bytes_fails_the_key_and_keeps_nothing(
         source: str, data_dir: Path, tmp_path: Path) -> None:
-    config = EmulatorConfig(data_dir=data_dir, job_seconds=0.0, bytes_per_hour=4096,
-                            faults=Faults(wrong_object=1.0), **MD5_SOURCES[source])
-    async with serve(config) as emulator:
+    async with serve(md5_store(data_dir, source, Faults(wrong_object=1.0))) as emulator:
         summary = await run(settings_for(emulator, tmp_path, types=("visit",), retries=1),
                             days_ago(3, 3))
     assert summary.exit_code == 1
