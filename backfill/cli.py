@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -30,7 +30,10 @@ from backfill.report import (
     make_reporter,
     print_summary,
 )
-from backfill.store import has_state
+from backfill.store import UnitRecord, has_state
+
+if TYPE_CHECKING:
+    from backfill.verify import VerifyReport
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -119,7 +122,11 @@ Api_ = Annotated[str | None, typer.Option("--api", help="v1 or v2 [default: v2].
 Types_ = Annotated[str | None, typer.Option(
     "--types", help="v2 data types, comma-separated [default: all].")]
 Out_ = Annotated[str | None, typer.Option(
-    "--out", help="Output folder, or a file:// URL [default: ./data].")]
+    "--out", help="Output folder (or file:// URL), or an object store: s3://BUCKET/PREFIX, "
+    "gs://…, az://… [default: ./data].")]
+StateDir_ = Annotated[str | None, typer.Option(
+    "--state-dir", help="Folder of the local state, a cache of what is done [default: "
+    "OUT/.backfill; for a bucket, ~/.local/state/backfill/<its URL>].")]
 Config_ = Annotated[Path | None, typer.Option(
     "--config", help="TOML config file [default: ./backfill.toml if present].")]
 Downloads_ = Annotated[int | None, typer.Option(
@@ -163,11 +170,12 @@ def run(
     granularity: Granularity_ = None, api: Api_ = None, types: Types_ = None, out: Out_ = None,
     config: Config_ = None, downloads: Downloads_ = None, max_wait: MaxWait_ = None,
     force: Force_ = False, dry_run: DryRun_ = False, quiet: Quiet_ = False, json: Json_ = False,
-    log_format: LogFormat_ = "text", verify: Verify_ = None,
+    log_format: LogFormat_ = "text", verify: Verify_ = None, state_dir: StateDir_ = None,
 ) -> None:
-    """Backfill a range of days or hours into the output folder."""
+    """Backfill a range of days or hours into the output folder or bucket."""
     settings = load_settings(config, out=out, granularity=granularity, api=api, types=types,
-                             downloads=downloads, max_wait=max_wait, verify=verify)
+                             downloads=downloads, max_wait=max_wait, verify=verify,
+                             state_dir=state_dir)
     keys = expand_range(from_, to, settings)
     _execute(settings, keys, Output(quiet, json, log_format), force=force, dry_run=dry_run)
 
@@ -179,13 +187,14 @@ def retry(
     granularity: Granularity_ = None, api: Api_ = None, out: Out_ = None,
     config: Config_ = None, downloads: Downloads_ = None, max_wait: MaxWait_ = None,
     dry_run: DryRun_ = False, quiet: Quiet_ = False, json: Json_ = False,
-    log_format: LogFormat_ = "text", verify: Verify_ = None,
+    log_format: LogFormat_ = "text", verify: Verify_ = None, state_dir: StateDir_ = None,
 ) -> None:
     """Fetch again only the keys that failed, were interrupted or were not ready."""
     from backfill.runner import retryable
 
     settings = load_settings(config, out=out, granularity=granularity, api=api,
-                             downloads=downloads, max_wait=max_wait, verify=verify)
+                             downloads=downloads, max_wait=max_wait, verify=verify,
+                             state_dir=state_dir)
     within = _optional_range(from_, to, settings)
     keys, types = retryable(settings, within, datetime.now(UTC))
     if settings.api == "v2":
@@ -204,15 +213,20 @@ def catchup(
     granularity: Granularity_ = None, api: Api_ = None, types: Types_ = None, out: Out_ = None,
     config: Config_ = None, downloads: Downloads_ = None, max_wait: MaxWait_ = None,
     dry_run: DryRun_ = False, quiet: Quiet_ = False, json: Json_ = False,
-    log_format: LogFormat_ = "text", verify: Verify_ = None,
+    log_format: LogFormat_ = "text", verify: Verify_ = None, state_dir: StateDir_ = None,
 ) -> None:
     """For cron and CI: fetch everything that should be ready now and is not done yet."""
     from backfill.config import parse_duration
     from backfill.runner import catchup_keys
 
     settings = load_settings(config, out=out, granularity=granularity, api=api, types=types,
-                             downloads=downloads, max_wait=max_wait, verify=verify)
+                             downloads=downloads, max_wait=max_wait, verify=verify,
+                             state_dir=state_dir)
     now = datetime.now(UTC)
+    if start is None and not isinstance(settings.out, Path):
+        # A fresh runner knows nothing: what the bucket holds within the retention says
+        # where to start.
+        _run_async(_sync, settings, _retention_window(settings, now))
     first = parse_bound(start, settings.granularity, now=now, end=False) if start else None
     keys, gone = catchup_keys(settings, first, parse_duration(lag) if lag else None, now)
     if gone:
@@ -310,24 +324,20 @@ def _run_async(function: Callable[..., Awaitable[R]], *args: object) -> R:
 def status(
     from_: OptionalFrom_ = None, to: OptionalTo_ = None,
     granularity: Granularity_ = None, api: Api_ = None, out: Out_ = None,
-    config: Config_ = None, json: Json_ = False,
+    config: Config_ = None, json: Json_ = False, state_dir: StateDir_ = None,
 ) -> None:
-    """What the state holds, from the state alone (no API call): counts, calendar, problems."""
+    """What is done, failed or waiting (no API call): counts, calendar, problems.
+
+    For a bucket, what it holds is read from its markers first (a few LIST calls)."""
     import json as json_module
 
     from backfill.report import human_bytes
     from backfill.status import print_calendar, summarize
-    from backfill.store import Store
 
-    settings = load_settings(config, out=out, granularity=granularity, api=api)
+    settings = load_settings(config, out=out, granularity=granularity, api=api,
+                             state_dir=state_dir)
     within = _optional_range(from_, to, settings)
-    if not has_state(settings.out):
-        raise UsageError(f"no backfill state in {settings.out}: run `backfill run` first")
-    store = Store(settings.out)
-    try:
-        units = store.units(settings.api)
-    finally:
-        store.close()
+    units = _run_async(_units, settings, within)
     wanted = {k.name for k in within} if within is not None else None
     report = summarize(units, str(settings.out), settings.api, wanted)
     if json:
@@ -335,9 +345,10 @@ def status(
         return
     console = Console()
     counts = report.counts()
+    where = "on disk" if isinstance(settings.out, Path) else "stored"
     console.print(f"{len(report.keys)} keys in {settings.out} ({settings.api}): "
                   + ", ".join(f"{n} {s.value.replace('_', ' ')}" for s, n in counts.items())
-                  + f"; {human_bytes(report.bytes)} on disk", highlight=False)
+                  + f"; {human_bytes(report.bytes)} {where}", highlight=False)
     if report.keys:
         print_calendar(report, console)
     shown = 20
@@ -346,6 +357,40 @@ def status(
                       f"{unit.attempts} attempt(s): {unit.last_error or ''}", highlight=False)
     if len(report.problems) > shown:
         console.print(f"  … and {len(report.problems) - shown} more (backfill status --json)")
+
+
+def _retention_window(settings: Settings, now: datetime) -> list[Key]:
+    first = key_at(now - timedelta(days=settings.retention_days), settings.granularity)
+    return expand(first, key_at(now, settings.granularity))
+
+
+async def _sync(settings: Settings, keys: list[Key] | None) -> None:
+    """Bring the local cache of a bucket in line with what the bucket holds."""
+    import anyio
+
+    from backfill.destination import open_destination
+    from backfill.reconcile import reconcile
+    from backfill.store import Store
+
+    store = await anyio.to_thread.run_sync(Store, settings.state_folder)
+    try:
+        await reconcile(store, open_destination(settings), settings, keys)
+    finally:
+        await anyio.to_thread.run_sync(store.close)
+
+
+async def _units(settings: Settings, within: list[Key] | None) -> list[UnitRecord]:
+    from backfill.store import Store
+
+    if not isinstance(settings.out, Path):
+        await _sync(settings, within)
+    elif not has_state(settings.state_folder):
+        raise UsageError(f"no backfill state in {settings.out}: run `backfill run` first")
+    store = Store(settings.state_folder)
+    try:
+        return store.units(settings.api)
+    finally:
+        store.close()
 
 
 @app.command()
@@ -389,21 +434,19 @@ def verify(
     granularity: Granularity_ = None, api: Api_ = None, out: Out_ = None,
     config: Config_ = None,
     deep: Annotated[bool, typer.Option(
-        "--deep", help="Inflate every part's gzip stream too, not only its framing.")] = False,
+        "--deep", help="Read every part and inflate its gzip stream too.")] = False,
+    state_dir: StateDir_ = None,
 ) -> None:
-    """Re-check finished keys on disk against their manifests; mark damaged ones for run."""
-    from backfill.runner import open_store
-    from backfill.verify import verify as verify_keys
+    """Re-check finished keys against their manifests; mark damaged ones for `run`.
 
-    settings = load_settings(config, out=out, granularity=granularity, api=api)
+    On disk every part is read; in a bucket its size and ETag are looked up (--deep
+    downloads and re-checks it)."""
+    settings = load_settings(config, out=out, granularity=granularity, api=api,
+                             state_dir=state_dir)
     keys = _optional_range(from_, to, settings)
-    if not has_state(settings.out):
+    if isinstance(settings.out, Path) and not has_state(settings.state_folder):
         raise UsageError(f"no backfill state in {settings.out}: nothing to verify")
-    store = open_store(settings)
-    try:
-        report = verify_keys(store, settings, keys, deep=deep)
-    finally:
-        store.close()
+    report = _run_async(_verify, settings, keys, deep)
     for unit, problem in report.damaged.items():
         typer.echo(f"damaged {unit}: {problem}")
     verdict = (f"{len(report.damaged)} damaged, marked to be fetched again by `backfill run`"
@@ -415,7 +458,8 @@ def verify(
 @app.command()
 @guarded
 def demo(
-    out_: Annotated[str, typer.Option("--out", help="Output folder.")] = "backfill-demo",
+    out_: Annotated[str, typer.Option(
+        "--out", help="Output folder, or s3://BUCKET/PREFIX (gs://, az://).")] = "backfill-demo",
     quiet: Annotated[bool, typer.Option(help="Plain log lines instead of bars.")] = False,
 ) -> None:
     """Back up a week of data from the bundled emulator: the whole flow, no account needed."""
@@ -436,8 +480,29 @@ def demo(
         f"\nThe emulator saw {stats['export_calls']} export calls, "
         f"{stats['rate_limited']} over the 2 calls/s limit, {stats['downloads_trap']} downloads "
         f"of unfinished parts, and injected {faults} faults that the run recovered from.")
-    typer.echo(_demo_next_steps(out))
+    typer.echo(_demo_next_steps(out) if isinstance(out, Path) else f"""
+Try next:
+  backfill demo --out {out}     # again: everything is done, so no API call at all
+  backfill status --out {out}   # what the bucket holds, from its markers""")
     raise typer.Exit(summary.exit_code)
+
+
+async def _verify(settings: Settings, keys: list[Key] | None, deep: bool) -> VerifyReport:
+    import anyio
+
+    from backfill.destination import open_destination
+    from backfill.reconcile import reconcile
+    from backfill.runner import open_store
+    from backfill.verify import verify as verify_keys
+
+    store = await anyio.to_thread.run_sync(open_store, settings)
+    try:
+        destination = open_destination(settings)
+        if not isinstance(settings.out, Path):
+            await reconcile(store, destination, settings, keys)
+        return await verify_keys(store, destination, settings, keys, deep=deep)
+    finally:
+        await anyio.to_thread.run_sync(store.close)
 
 
 def _demo_next_steps(out: Path) -> str:

@@ -6,15 +6,18 @@ from the file, so a config file can be committed and shared.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from backfill.errors import UsageError
 from backfill.keys import Granularity
+from backfill.layout import STATE_DIR
 from backfill.proxy import Proxies
 
 V2_TYPES = (
@@ -25,6 +28,9 @@ MAX_RATE = 2.0
 DEFAULT_BASE_URL = "https://www.growingio.com"
 DEFAULT_CONFIG = Path("backfill.toml")
 DEFAULT_LAYOUT = "{type}/dt={date}/hour={hour}"
+REMOTE_SCHEMES = {"s3": "s3", "s3a": "s3", "gs": "gs", "gcs": "gs", "az": "az", "azure": "az",
+                  "abfs": "az", "abfss": "az"}
+"""URL schemes of object stores, and the kind each names."""
 ENV = {
     "base_url": "GIO_BASE_URL",
     "client_id": "GIO_CLIENT_ID",
@@ -58,10 +64,51 @@ class Credentials:
 
 
 @dataclass(frozen=True)
+class Remote:
+    """An object-store output: ``s3://bucket/prefix``, ``gs://…`` or ``az://…``."""
+
+    url: str
+    """As the user gave it, without a trailing slash."""
+    kind: str
+    """``s3``, ``gs`` or ``az``."""
+    bucket: str
+    prefix: str
+
+    def __str__(self) -> str:
+        return self.url
+
+    def slug(self) -> str:
+        """A folder name for this destination's local cache: readable, and unique by URL."""
+        readable = re.sub(r"[^A-Za-z0-9.-]+", "-", f"{self.kind}-{self.bucket}-{self.prefix}")
+        digest = hashlib.sha256(self.url.encode()).hexdigest()[:10]
+        return f"{readable.strip('-')[:80]}-{digest}"
+
+
+@dataclass(frozen=True)
+class Storage:
+    """The ``[storage]`` table: how to reach an S3-compatible store (OSS, COS, MinIO).
+
+    Credentials are not here: they come from the environment and the provider chains."""
+
+    endpoint: str = ""
+    region: str = ""
+    virtual_hosted_style: bool | None = None
+
+
+def user_state_home(env: Mapping[str, str] | None = None) -> Path:
+    """``$XDG_STATE_HOME`` or ``~/.local/state``: where caches of remote outputs live."""
+    env = os.environ if env is None else env
+    return Path(env.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything a run needs. Durations are seconds."""
 
-    out: Path = Path("data")
+    out: Path | Remote = Path("data")
+    """A local folder or an object-store URL."""
+    state_dir: Path | None = None
+    """Where the local state (a cache of what is done) lives; see :attr:`state_folder`."""
     granularity: Granularity = Granularity.DAY
     api: str = "v2"
     types: tuple[str, ...] = ()
@@ -98,9 +145,23 @@ class Settings:
     slow one and to ride out a deploy or a failover, short enough for an hourly job."""
     chunk_size: int = 1024 * 1024
     checkpoint_bytes: int = 16 * 1024 * 1024
+    lease_time: float = 300.0
+    """How long a remote output's lease lasts unless renewed: a run killed with -9 blocks
+    the destination at most this long."""
+    storage: Storage = Storage()
     credentials: Credentials = Credentials()
     proxies: Proxies = field(default_factory=Proxies)
     """From HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY (see :mod:`backfill.proxy`)."""
+
+    @property
+    def state_folder(self) -> Path:
+        """The local state: ``<out>/.backfill`` for a folder; for an object store, a folder
+        of the user's state directory named after its URL (or ``state_dir`` for both)."""
+        if self.state_dir is not None:
+            return self.state_dir
+        if isinstance(self.out, Path):
+            return self.out / STATE_DIR
+        return user_state_home() / "backfill" / self.out.slug()
 
     @property
     def wanted_types(self) -> tuple[str, ...]:
@@ -116,7 +177,9 @@ def _duration(value: Any) -> float:
 
 
 _FILE_KEYS: dict[str, tuple[str, Any]] = {
-    "out": ("a folder", lambda v: parse_out(v)),
+    "out": ("a folder or an s3://, gs:// or az:// URL", lambda v: parse_out(v)),
+    "state_dir": ("a folder", lambda v: Path(_str(v)).expanduser()),
+    "lease_time": ("a duration such as 5m", _duration),
     "granularity": ("day or hour", lambda v: _choice(v, ("day", "hour"))),
     "api": ("v1 or v2", lambda v: _choice(v, ("v1", "v2"))),
     "types": ("a list of data types", lambda v: parse_types(v)),
@@ -142,6 +205,7 @@ _FILE_KEYS: dict[str, tuple[str, Any]] = {
     "verify": ("auto or full", lambda v: _choice(v, ("auto", "full"))),
 }
 _API_KEYS = ("base_url", "client_id", "project_uid", "ai")
+_STORAGE_KEYS = ("endpoint", "region", "virtual_hosted_style")
 
 
 def load(path: Path | None, flags: dict[str, Any], env: dict[str, str] | None = None
@@ -154,9 +218,10 @@ def load(path: Path | None, flags: dict[str, Any], env: dict[str, str] | None = 
     env = dict(os.environ) if env is None else env
     values: dict[str, Any] = {}
     api: dict[str, str] = {}
+    storage = Storage()
     source = path if path is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
     if source is not None:
-        values, api = _read_file(source)
+        values, api, storage = _read_file(source)
     for name, variable in ENV.items():
         if env.get(variable):
             api[name] = env[variable]
@@ -164,7 +229,10 @@ def load(path: Path | None, flags: dict[str, Any], env: dict[str, str] | None = 
         if value is not None:
             values[name] = _parse_flag(name, value)
     settings = replace(Settings(), **values, credentials=Credentials(**api),
-                       proxies=Proxies.from_env(env))
+                       storage=storage, proxies=Proxies.from_env(env))
+    if isinstance(settings.out, Remote) and settings.state_dir is None:
+        settings = replace(settings, state_dir=user_state_home(env) / "backfill"
+                           / settings.out.slug())
     hourly_ok = "{hour}" in settings.layout or "{key}" in settings.layout
     if settings.granularity is Granularity.HOUR and not hourly_ok:
         raise UsageError(f"layout {settings.layout!r} needs {{hour}} (or {{key}}) for hourly keys")
@@ -185,7 +253,7 @@ def _parse_flag(name: str, value: Any) -> Any:
         raise UsageError(f"{flag} must be {expected}, got {value!r}{detail}") from None
 
 
-def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, str], Storage]:
     try:
         document = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -196,7 +264,11 @@ def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
         raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
     values: dict[str, Any] = {}
     api: dict[str, str] = {}
+    storage = Storage()
     for key, raw in document.items():
+        if key == "storage" and isinstance(raw, dict):
+            storage = _read_storage(path, raw)
+            continue
         if key == "growingio" and isinstance(raw, dict):
             for name, value in raw.items():
                 if name in ("secret", "token"):
@@ -210,14 +282,31 @@ def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
                 api[name] = value
             continue
         if key not in _FILE_KEYS:
-            raise UsageError(f"{path}: unknown key {key!r} (known: growingio, "
+            raise UsageError(f"{path}: unknown key {key!r} (known: growingio, storage, "
                              f"{', '.join(_FILE_KEYS)})")
         expected, parse = _FILE_KEYS[key]
         try:
             values[key] = parse(raw)
         except (UsageError, ValueError, TypeError):
             raise UsageError(f"{path}: {key} must be {expected}, got {raw!r}") from None
-    return values, api
+    return values, api, storage
+
+
+def _read_storage(path: Path, table: dict[str, Any]) -> Storage:
+    for name, value in table.items():
+        if name not in _STORAGE_KEYS:
+            secretish = any(w in name.lower() for w in ("key", "secret", "token", "password"))
+            hint = (": storage credentials come from the environment (AWS_ACCESS_KEY_ID, …)"
+                    if secretish else f" (known: {', '.join(_STORAGE_KEYS)})")
+            raise UsageError(f"{path}: unknown key storage.{name}{hint}")
+        wanted = bool if name == "virtual_hosted_style" else str
+        if not isinstance(value, wanted):
+            raise UsageError(f"{path}: storage.{name} must be a "
+                             f"{'boolean' if wanted is bool else 'string'}")
+    endpoint = table.get("endpoint", "")
+    if endpoint and not re.match(r"^https?://[^/?#\s]+", endpoint):
+        raise UsageError(f"{path}: storage.endpoint must be an http(s) URL, got {endpoint!r}")
+    return Storage(**table)
 
 
 def parse_duration(value: Any) -> float:
@@ -236,11 +325,11 @@ def parse_duration(value: Any) -> float:
     return seconds
 
 
-def parse_out(value: Any) -> Path:
-    """The output folder from a path or a ``file://`` URL.
+def parse_out(value: Any) -> Path | Remote:
+    """The output: a folder (a path or a ``file://`` URL), or an object store's URL.
 
-    Any other URL is refused rather than taken for a folder (``s3://b/x`` would otherwise
-    become a local folder named ``s3:``). Raises :class:`UsageError`.
+    Any other URL is refused rather than taken for a folder (``ftp://h/x`` would otherwise
+    become a local folder named ``ftp:``). Raises :class:`UsageError`.
     """
     if isinstance(value, Path):
         return value
@@ -254,8 +343,23 @@ def parse_out(value: Any) -> Path:
         if host not in ("", "localhost"):
             raise UsageError("a file:// URL must name a local folder")
         return Path("/" + path)
-    raise UsageError(f"{scheme}:// outputs are not supported; give a local folder or a "
-                     "file:// URL")
+    if scheme in REMOTE_SCHEMES:
+        return _remote(text.rstrip("/"), REMOTE_SCHEMES[scheme], rest)
+    raise UsageError(f"{scheme}:// outputs are not supported; give a local folder, a file:// "
+                     "URL or an s3://, gs:// or az:// URL")
+
+
+def _remote(url: str, kind: str, rest: str) -> Remote:
+    bucket, _, prefix = rest.partition("/")
+    if "@" in bucket and kind == "az":  # abfs://container@account.dfs.core.windows.net/…
+        bucket = bucket.split("@", 1)[0]
+    prefix = prefix.strip("/")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]", bucket):
+        raise UsageError(f"{url!r} does not name a bucket: use {kind}://BUCKET/PREFIX (bucket "
+                         "names have 3 to 63 lowercase letters, digits, dots and dashes)")
+    if any(s in (".", "..") for s in prefix.split("/")) or re.search(r"[?#\s]", prefix):
+        raise UsageError(f"{url!r}: the prefix must be a plain path")
+    return Remote(url, kind, bucket, prefix)
 
 
 def format_duration(seconds: float) -> str:

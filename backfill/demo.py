@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from backfill.config import Credentials, Settings
+from backfill.config import Credentials, Remote, Settings
 from backfill.emulator import DEMO_CREDENTIALS, EmulatorConfig, Faults, serve
 from backfill.keys import Granularity, expand, key_at
 from backfill.report import Reporter, Summary
@@ -33,7 +33,7 @@ def demo_keys(now: datetime) -> list[Any]:
     return expand(key_at(last.start - timedelta(days=DEMO_DAYS - 1), Granularity.DAY), last)
 
 
-async def run_demo(out: Path, reporter: Reporter) -> tuple[Summary, dict[str, Any]]:
+async def run_demo(out: Path | Remote, reporter: Reporter) -> tuple[Summary, dict[str, Any]]:
     """Serve the emulator on a free loopback port and back a week up from it.
 
     Returns the run's summary and the emulator's own counters.

@@ -1,9 +1,10 @@
-"""The downloader: stream one part to a temporary file, verify it, fsync, rename.
+"""The downloader: stream one part into its destination, checking every block on the way.
 
 A part lands under its final name only after its length, its MD5 (whichever header the
 object store sent it in) and its gzip stream were checked: inflated to its end when no
 MD5 proves the bytes (or with ``--verify full``), else its framing. An interrupted part
-continues from the bytes already on disk with ``Range`` when the object is the same.
+continues with ``Range`` from the bytes its destination kept (a local folder keeps them;
+an object store starts over), when the object is the same.
 """
 
 from __future__ import annotations
@@ -11,31 +12,23 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import os
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
-import aiofiles
-import aiofiles.os
 import aiohttp
 import anyio
 from isal import isal_zlib
 
-from backfill.errors import (
-    IntegrityError,
-    LinkExpiredError,
-    OutputError,
-    PermanentError,
-    RetryableError,
-)
-from backfill.layout import partial_name, redact
+from backfill.errors import IntegrityError, LinkExpiredError, PermanentError, RetryableError
+from backfill.layout import redact
 from backfill.outage import ServiceHealth
 from backfill.proxy import Proxies, proxy_refusal, transport_problem
 
 if TYPE_CHECKING:
+    from backfill.destination import PartSink
     from backfill.report import Watch
 
 BLOCKS_BUDGET = 16 * 1024 * 1024
@@ -71,6 +64,8 @@ class Progress:
 class Verified:
     size: int
     md5: str
+    etag: str | None = None
+    """The destination's ETag of the stored part, when it is an object store."""
 
 
 Checkpoint = Callable[[Progress], Awaitable[None]]
@@ -94,17 +89,20 @@ class Downloader:
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout,
                                               sock_read=read_timeout)
 
-    async def fetch(self, link: str, dest: Path, progress: Progress, checkpoint: Checkpoint,
+    async def fetch(self, link: str, sink: PartSink, progress: Progress, checkpoint: Checkpoint,
                     watch: Watch, *, shown: str | None = None) -> Verified:
-        """Download ``link`` into ``dest`` (atomically), continuing from ``progress``.
+        """Download ``link`` into ``sink`` (visible only once whole and checked), continuing
+        from ``progress`` when the sink kept bytes.
 
         ``shown`` is the link as messages may name it (redacted here if not given).
 
         Raises :class:`LinkExpiredError` (ask the API again), :class:`RetryableError`
         (try again; ``progress`` says what is kept), :class:`IntegrityError` (the bytes
-        were wrong and are discarded) or :class:`PermanentError`.
+        were wrong and are discarded), :class:`PermanentError` or the sink's
+        :class:`OutputError`.
         """
-        temp = dest.with_name(partial_name(dest.name))
+        if not sink.resumable:
+            progress.offset, progress.etag = 0, None
         # Kept bytes are checked as the last answer said: an MD5 then (the usual case)
         # means no inflating. _stream corrects it if this answer differs.
         checker = Checker(shown or redact(link), inflate=self._deep or not progress.etag)
@@ -112,18 +110,19 @@ class Downloader:
             if progress.offset:
                 # Bytes kept from an earlier attempt are checked again on the way in: the
                 # MD5 and the gzip stream cover the whole part, not just the rest.
-                await anyio.to_thread.run_sync(_prepare, temp, progress, checker)
-            return await self._stream(link, temp, dest, progress, checkpoint, watch, checker)
+                await sink.restore(progress, checker)
+            return await self._stream(link, sink, progress, checkpoint, watch, checker)
         except IntegrityError:
             progress.offset, progress.etag = 0, None
-            await anyio.to_thread.run_sync(lambda: temp.unlink(missing_ok=True))
+            await sink.discard()
             raise
 
-    async def _stream(self, link: str, temp: Path, dest: Path, progress: Progress,
+    async def _stream(self, link: str, sink: PartSink, progress: Progress,
                       checkpoint: Checkpoint, watch: Watch, checker: Checker) -> Verified:
         headers = {"Range": f"bytes={progress.offset}-"} if progress.offset else {}
         shown = checker.shown
         proxy = self._proxies.for_url(link)
+        verdict: list[Verified] = []
         try:
             async with self._health.attempt(), self._session.get(
                     link, headers=headers, timeout=self._timeout, proxy=proxy) as resp:
@@ -132,50 +131,46 @@ class Downloader:
                 if progress.offset == 0:
                     checker.reset(inflate=inflate)  # from the first byte, whatever was kept
                 elif inflate and not checker.inflating:
-                    await anyio.to_thread.run_sync(_refeed, temp, checker)
+                    await sink.refeed(checker)
                 elif not inflate and checker.inflating:
                     checker.stop_inflating()
                 rest = expected.size - progress.offset if expected.size >= 0 else None
                 watch.started(rest)
-                if rest is not None and rest <= self._chunk:
-                    # A small part: one trip to a worker thread writes, checks, syncs and
-                    # places it, because a trip costs more than the bytes.
+                if rest is not None and rest <= max(self._chunk, sink.whole_limit):
                     body = await resp.read()
                     watch.advanced(len(body))
-                    return await anyio.to_thread.run_sync(_place_whole, temp, dest, progress,
-                                                          body, expected, checker)
-                await self._write_stream(resp, temp, progress, checkpoint, watch, checker)
+
+                    def check() -> Verified:
+                        checker.feed(body)
+                        return checker.verdict(expected.size, expected.md5)
+
+                    verified = await sink.write_whole(body, progress, check)
+                    progress.offset = verified.size
+                    return verified
+                blocks = self._checked_blocks(resp, progress, watch, checker, expected, verdict)
+                await sink.write_stream(blocks, progress, checkpoint, self._checkpoint_bytes)
         except (aiohttp.ClientError, TimeoutError) as exc:
             problem = transport_problem(exc, proxy)
             raise RetryableError(f"download of {shown} broke off after {progress.offset} "
                                  f"bytes ({problem})", outage=self._health.missed(problem)
                                  ) from exc
-        except OSError as exc:
-            raise _disk_error(exc, temp) from None
-        return await anyio.to_thread.run_sync(_place, temp, dest, expected, checker)
+        return await sink.commit(verdict[0])
 
-    async def _write_stream(self, resp: aiohttp.ClientResponse, temp: Path, progress: Progress,
-                            checkpoint: Checkpoint, watch: Watch, checker: Checker) -> None:
-        """Append the body to ``temp`` in blocks of up to ``chunk_size``, checking each.
+    async def _checked_blocks(self, resp: aiohttp.ClientResponse, progress: Progress,
+                              watch: Watch, checker: Checker, expected: _Expected,
+                              verdict: list[Verified]) -> AsyncIterator[bytes]:
+        """The body in blocks of up to ``chunk_size``, each checked before it is handed on;
+        the verdict is taken before the last one ends, so a sink never commits bad bytes
+        (an object store's upload is aborted by the error raised here).
 
         Blocks are what the socket had (joining them into full chunks measured slower)."""
-        if progress.offset == 0:
-            await aiofiles.os.makedirs(temp.parent, exist_ok=True)
-        # After _prepare the file holds exactly the trusted bytes: append to them.
-        async with aiofiles.open(temp, "ab" if progress.offset else "wb") as f:
-            since_checkpoint = 0
-            while block := await resp.content.read(self._chunk):
-                await f.write(block)
-                # Checked as it arrives, so a part is never read back to verify it.
-                await anyio.to_thread.run_sync(checker.feed, block)
-                progress.offset += len(block)
-                since_checkpoint += len(block)
-                watch.advanced(len(block))
-                if since_checkpoint >= self._checkpoint_bytes:
-                    await f.flush()
-                    await anyio.to_thread.run_sync(os.fsync, f.fileno())
-                    await checkpoint(progress)
-                    since_checkpoint = 0
+        while block := await resp.content.read(self._chunk):
+            # Checked as it arrives, so a part is never read back to verify it.
+            await anyio.to_thread.run_sync(checker.feed, block)
+            progress.offset += len(block)
+            watch.advanced(len(block))
+            yield block
+        verdict.append(checker.verdict(expected.size, expected.md5))
 
     def _check_answer(self, resp: aiohttp.ClientResponse, progress: Progress,
                       shown: str, proxy: str | None) -> _Expected:
@@ -230,24 +225,6 @@ def _expected_md5(headers: Mapping[str, str]) -> str | None:
     if (etag := get("ETag")) and (match := _PLAIN_MD5.match(etag.strip())):
         return match[1].lower()  # a multipart ETag ("…-3") is not an MD5 and is skipped
     return None
-
-
-def _prepare(temp: Path, progress: Progress, checker: Checker) -> None:
-    """Make the temporary file hold exactly ``progress.offset`` trusted bytes, checked."""
-    try:
-        if progress.offset and temp.exists() and temp.stat().st_size >= progress.offset:
-            with temp.open("r+b") as f:
-                f.truncate(progress.offset)  # bytes past the last checkpoint are not trusted
-                f.seek(0)
-                while block := f.read(min(1 << 20, progress.offset - checker.size)):
-                    checker.feed(block)
-            return
-        progress.offset, progress.etag = 0, None
-        temp.parent.mkdir(parents=True, exist_ok=True)
-        with temp.open("wb"):
-            pass
-    except OSError as exc:
-        raise _disk_error(exc, temp) from None
 
 
 GZIP_MAGIC = b"\x1f\x8b\x08"  # the two magic bytes, then the method: deflate
@@ -335,52 +312,6 @@ def check_part(path: Path, size: int, md5: str | None, shown: str, *,
     return checker.verdict(size, md5)
 
 
-def _refeed(temp: Path, checker: Checker) -> None:
-    """Feed the bytes already kept in ``temp`` again, through a fresh checker state."""
-    kept = checker.size
-    checker.reset(inflate=True)
-    with temp.open("rb") as f:
-        while kept > checker.size and (block := f.read(min(1 << 20, kept - checker.size))):
-            checker.feed(block)
-
-
-def _place(temp: Path, dest: Path, expected: _Expected, checker: Checker) -> Verified:
-    """Take the verdict on what was streamed; then fsync the file and rename it into place."""
-    verified = checker.verdict(expected.size, expected.md5)
-    try:
-        fd = os.open(temp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temp, dest)
-        # The folder itself is fsynced once, when its manifest is published: that makes
-        # every rename in it durable before the key is recorded done.
-    except OSError as exc:
-        raise _disk_error(exc, dest) from None
-    return verified
-
-
-def _place_whole(temp: Path, dest: Path, progress: Progress, body: bytes, expected: _Expected,
-                 checker: Checker) -> Verified:
-    """Check the rest of a part held in memory, then write, fsync and rename it."""
-    checker.feed(body)
-    verified = checker.verdict(expected.size, expected.md5)  # nothing bad reaches the disk
-    try:
-        if not progress.offset:
-            temp.parent.mkdir(parents=True, exist_ok=True)
-        # After _prepare the file holds exactly the trusted bytes: append to them.
-        with temp.open("ab" if progress.offset else "wb") as f:
-            f.write(body)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, dest)
-    except OSError as exc:
-        raise _disk_error(exc, dest) from None
-    progress.offset = verified.size
-    return verified
-
-
 def _inflate(inflater: isal_zlib.Decompress, block: bytes,
              shown: str) -> isal_zlib.Decompress:
     """Feed ``block``, discarding output in bounded pieces; follow concatenated members.
@@ -398,7 +329,3 @@ def _inflate(inflater: isal_zlib.Decompress, block: bytes,
     except _INFLATE_ERROR as exc:
         raise IntegrityError(f"{shown}: not a valid gzip stream ({exc})") from None
     return inflater
-
-
-def _disk_error(exc: OSError, path: Path) -> OutputError:
-    return OutputError.from_os_error(exc, path.parent)

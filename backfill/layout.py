@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import PurePosixPath
 from urllib.parse import urlsplit
 
@@ -25,6 +26,51 @@ def key_folder(template: str, key: Key, data_type: str) -> PurePosixPath:
               "yyyymmdd": key.start.strftime("%Y%m%d"), "hour": key.start.strftime("%H"),
               "key": key.name}
     return PurePosixPath(*(s.format(**values) for s in segments if s))
+
+
+_FIELDS = {"date": r"\d{4}-\d{2}-\d{2}", "yyyymmdd": r"\d{8}", "hour": r"\d{2}",
+           "key": r"\d{10}|\d{8}"}
+
+
+def folder_pattern(template: str, data_type: str, *, hourly: bool) -> re.Pattern[str]:
+    """A pattern that matches the folders :func:`key_folder` makes for ``data_type``."""
+    segments = [s for s in template.split("/") if s and (hourly or "{hour}" not in s)]
+    seen: set[str] = set()
+
+    def field(match: re.Match[str]) -> str:
+        name = match[1]
+        if name == "type":
+            return re.escape(data_type)
+        if name in seen:
+            return f"(?P={name})"
+        seen.add(name)
+        return f"(?P<{name}>{_FIELDS[name]})"
+
+    parts = (re.sub(r"\\\{(\w+)\\\}", field, re.escape(s)) for s in segments)
+    return re.compile("/".join(parts))
+
+
+def folder_key(template: str, data_type: str, folder: str, granularity: Granularity
+               ) -> Key | None:
+    """The key whose ``data_type`` folder is ``folder``, or None: the inverse of
+    :func:`key_folder`."""
+    match = folder_pattern(template, data_type,
+                           hourly=granularity is Granularity.HOUR).fullmatch(folder)
+    if match is None:
+        return None
+    found = match.groupdict()
+    name = found.get("key") or (found.get("yyyymmdd") or (found.get("date") or "")
+                                .replace("-", "")) + (found.get("hour") or "")
+    try:
+        key = Key.parse(name)
+    except ValueError:
+        return None
+    return key if key.granularity is granularity else None
+
+
+def literal_prefix(template: str, data_type: str) -> str:
+    """The part of every ``data_type`` folder that does not depend on the key."""
+    return template.replace("{type}", data_type).split("{", 1)[0]
 
 
 def part_name(index: int) -> str:

@@ -1,7 +1,9 @@
-"""The per-key record on disk: ``_manifest.json`` (what the folder holds) and ``_SUCCESS``.
+"""The per-unit record: ``_manifest.json`` (what the folder holds) and ``_SUCCESS``.
 
 Both are written last, after every part is in place, so a reader that waits for
-``_SUCCESS`` (Spark, Hive, Airflow sensors) never sees a half-filled folder.
+``_SUCCESS`` (Spark, Hive, Airflow sensors) never sees a half-filled folder. This module
+builds the manifest and writes both into a local folder; object stores write the same
+bytes (:mod:`backfill.destination.object_store`).
 """
 
 from __future__ import annotations
@@ -23,25 +25,45 @@ class ManifestPart:
     md5: str
     source: str
     """The link the part came from, without its signed query."""
+    etag: str | None = None
+    """The object store's ETag of the stored part (none on local disk): ``verify`` compares
+    it without reading the part."""
 
 
-def publish(folder: Path, *, key: str, data_type: str, api: str,
-            parts: list[ManifestPart]) -> None:
-    """Write the manifest and the marker; drop leftovers that the manifest does not name."""
-    folder.mkdir(parents=True, exist_ok=True)
-    names = {p.file for p in parts}
-    for entry in folder.iterdir():
-        stale_part = entry.name.startswith("part-") and entry.name not in names
-        if stale_part or entry.name.endswith(PARTIAL_SUFFIX):
-            entry.unlink(missing_ok=True)
-    document = {
+def document(*, key: str, data_type: str, api: str, parts: list[ManifestPart]) -> bytes:
+    """The manifest's bytes."""
+    entries = [{k: v for k, v in asdict(p).items() if v is not None} for p in parts]
+    return json.dumps({
         "key": key,
         "data_type": data_type,
         "api": api,
         "completed_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "parts": [asdict(p) for p in parts],
-    }
-    _atomic_write(folder / MANIFEST, json.dumps(document, indent=2).encode() + b"\n")
+        "parts": entries,
+    }, indent=2).encode() + b"\n"
+
+
+def parse(data: bytes) -> list[ManifestPart]:
+    """The parts a manifest lists; raises ``ValueError`` if it is not one of ours."""
+    try:
+        entries = json.loads(data)["parts"]
+        return [ManifestPart(e["file"], int(e["size"]), e["md5"], e["source"], e.get("etag"))
+                for e in entries]
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"not a manifest: {exc}") from None
+
+
+def is_stale(name: str, names: set[str]) -> bool:
+    """A part the manifest does not name (an older job version had more), or a leftover."""
+    return (name.startswith("part-") and name not in names) or name.endswith(PARTIAL_SUFFIX)
+
+
+def publish(folder: Path, manifest: bytes, names: set[str]) -> None:
+    """Write the manifest and the marker; drop leftovers that the manifest does not name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for entry in folder.iterdir():
+        if is_stale(entry.name, names):
+            entry.unlink(missing_ok=True)
+    _atomic_write(folder / MANIFEST, manifest)
     _atomic_write(folder / MARKER, b"")
 
 

@@ -17,12 +17,13 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from backfill.config import Settings
+from backfill.destination import Destination, open_destination
 from backfill.errors import Interrupted, UsageError, first_error
 from backfill.keys import Granularity, Key, expand, key_at
-from backfill.layout import STATE_DIR
 from backfill.outage import ServiceHealth
 from backfill.plan import Plan, make_plan
 from backfill.policy import beyond_retention, expected_ready
+from backfill.reconcile import reconcile
 from backfill.report import Reporter, Summary
 from backfill.store import Status, Store, UnitRecord, has_state
 from backfill.throttle import RateLimiter
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
 def open_store(settings: Settings) -> Store:
     """The state of ``settings.out``, locked for this process."""
-    store = Store(settings.out)
+    store = Store(settings.state_folder, owner=settings.out)
     try:
         store.lock()
     except BaseException:
@@ -73,13 +74,18 @@ async def _backfill(settings: Settings, keys: list[Key], reporter: Reporter, for
     started = time.monotonic()
     store = await anyio.to_thread.run_sync(open_store, settings)
     try:
+        destination = open_destination(settings)
+        # Done units the cache does not know (a fresh CI runner, another machine) cost
+        # no export call: the destination's markers say they are done.
+        await reconcile(store, destination, settings, keys)
         plan = await anyio.to_thread.run_sync(_plan_and_record, store, settings, keys, force,
                                               summary)
         reporter.begin(len(plan.tasks), len(plan.done))
         try:
             if plan.tasks:
                 settings.credentials.require()
-                await _fetch(settings, store, plan, reporter, summary, api)
+                async with destination.hold(settings):
+                    await _fetch(settings, store, destination, plan, reporter, summary, api)
         finally:
             reporter.end()
     finally:
@@ -108,8 +114,8 @@ def _record_skipped(store: Store, settings: Settings, plan: Plan, summary: Summa
             summary.add(key.name, status, reason)
 
 
-async def _fetch(settings: Settings, store: Store, plan: Plan, reporter: Reporter,
-                 summary: Summary, api: ExportApi | None) -> None:
+async def _fetch(settings: Settings, store: Store, destination: Destination, plan: Plan,
+                 reporter: Reporter, summary: Summary, api: ExportApi | None) -> None:
     # Imported here: a run that finds nothing to do (a no-op cron run) never needs them.
     import aiohttp
 
@@ -129,8 +135,8 @@ async def _fetch(settings: Settings, store: Store, plan: Plan, reporter: Reporte
                                 connect_timeout=settings.connect_timeout,
                                 read_timeout=settings.read_timeout, health=link_health,
                                 proxies=settings.proxies, deep=settings.verify == "full")
-        scheduler = Scheduler(settings, store, api or client, downloader, reporter, summary,
-                              services=(api_health, link_health))
+        scheduler = Scheduler(settings, store, destination, api or client, downloader,
+                              reporter, summary, services=(api_health, link_health))
         try:
             await scheduler.run(plan.tasks)
         finally:
@@ -155,7 +161,7 @@ def service_health(settings: Settings) -> tuple[ServiceHealth, ServiceHealth]:
 # last calls of one run are handed to the next through the state folder.
 def _load_recent_calls(settings: Settings) -> list[float]:
     try:
-        times = json.loads((settings.out / STATE_DIR / RECENT_CALLS).read_text())
+        times = json.loads((settings.state_folder / RECENT_CALLS).read_text())
     except (OSError, ValueError):
         return []
     if not isinstance(times, list):
@@ -165,7 +171,7 @@ def _load_recent_calls(settings: Settings) -> list[float]:
 
 def _save_recent_calls(settings: Settings, times: list[float]) -> None:
     with contextlib.suppress(OSError):
-        (settings.out / STATE_DIR / RECENT_CALLS).write_text(json.dumps(times))
+        (settings.state_folder / RECENT_CALLS).write_text(json.dumps(times))
 
 
 async def _stop_on_signal(scope: anyio.CancelScope, received: list[str]) -> None:
@@ -178,9 +184,9 @@ async def _stop_on_signal(scope: anyio.CancelScope, received: list[str]) -> None
 
 def _known_units(settings: Settings) -> list[UnitRecord]:
     """The units in the state, or none when there is no state yet (nothing is created)."""
-    if not has_state(settings.out):
+    if not has_state(settings.state_folder):
         return []
-    store = Store(settings.out)
+    store = Store(settings.state_folder)
     try:
         return store.units(settings.api)
     finally:

@@ -13,26 +13,25 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
-from pathlib import Path
 from typing import Generic, ParamSpec, TypeVar
 
 import anyio
 
 from backfill.api import ExportAnswer, ExportApi
 from backfill.config import Settings, format_duration
+from backfill.destination import Destination, PartSink, Stored
 from backfill.download import Downloader, Progress
 from backfill.errors import (
     IntegrityError,
     LinkExpiredError,
     OutageError,
-    OutputError,
     RemoteError,
     RetryableError,
     first_error,
 )
 from backfill.keys import Key
 from backfill.layout import key_folder, part_name, redact
-from backfill.manifest import ManifestPart, publish, unpublish
+from backfill.manifest import ManifestPart, document
 from backfill.outage import ServiceHealth
 from backfill.plan import KeyTask
 from backfill.policy import Next, backoff, decide, expected_ready, fit_wait, typical
@@ -61,7 +60,7 @@ class _PartJob:
     link: str
     source: str
     """The link without its query, as the state and messages show it."""
-    dest: Path
+    sink: PartSink
     progress: Progress
 
 
@@ -78,8 +77,9 @@ class _KeyState:
 class Scheduler:
     """Runs key tasks to an end: done, failed, gone or not ready by the deadline."""
 
-    def __init__(self, settings: Settings, store: Store, api: ExportApi,
-                 downloader: Downloader, reporter: Reporter, summary: Summary, *,
+    def __init__(self, settings: Settings, store: Store, destination: Destination,
+                 api: ExportApi, downloader: Downloader, reporter: Reporter,
+                 summary: Summary, *,
                  now: Callable[[], datetime] = lambda: datetime.now(UTC),
                  rng: random.Random | None = None,
                  services: Sequence[ServiceHealth] = ()) -> None:
@@ -88,6 +88,7 @@ class Scheduler:
         """The services whose outages end the run (see :mod:`backfill.outage`)."""
         self._ended: set[str] = set()
         self._store = store
+        self._dest = destination
         self._api = api
         self._downloader = downloader
         self._reporter = reporter
@@ -261,7 +262,8 @@ class Scheduler:
                         (data_type, record.index, record.source),
                         Progress(record.offset, record.etag))
                     jobs.append(_PartJob(data_type, record.index, links[record.source],
-                                         record.source, self._s.out / record.path, progress))
+                                         record.source, self._dest.part(record.path),
+                                         progress))
         failures: list[BaseException] = []
         # A few part tasks at a time (twice the part slots, so that recording one part
         # never idles a slot): a key of thousands of parts costs no more memory than one
@@ -284,14 +286,20 @@ class Scheduler:
         planned = [(i, str(folder / part_name(i)), src) for i, src in enumerate(sources)]
         records = await self._db(self._store.parts, api, key.name, data_type)
         fresh = state.task.force and data_type not in state.replanned
-        if fresh or [(r.index, r.path, r.source) for r in records] != planned:
+        replan = fresh or [(r.index, r.path, r.source) for r in records] != planned
+        if replan or not all(r.done for r in records):
+            # The unit is about to be rewritten: readers must stop trusting it first.
+            await self._dest.unpublish(str(folder))
+        if replan:
             # A different set of objects (a new job version, a changed layout): start over.
-            await anyio.to_thread.run_sync(unpublish, self._s.out / folder)
             await self._db(self._store.plan_parts, api, key.name, data_type, planned)
             records = await self._db(self._store.parts, api, key.name, data_type)
             state.replanned.add(data_type)
-        # A part recorded done but missing or changed on disk is fetched again.
-        return await anyio.to_thread.run_sync(_recheck_done, self._s.out, records)
+        if not any(r.done for r in records):
+            return records
+        # A part recorded done but missing or changed in the destination is fetched again.
+        present = (await self._dest.listing(f"{folder}/")).get(str(folder), {})
+        return _recheck_done(present, records)
 
     async def _part(self, key: Key, job: _PartJob, failures: list[BaseException],
                     spawned: anyio.Semaphore) -> None:
@@ -307,7 +315,7 @@ class Scheduler:
             async with self._part_slots:
                 while True:
                     try:
-                        verified = await self._downloader.fetch(job.link, job.dest,
+                        verified = await self._downloader.fetch(job.link, job.sink,
                                                                 job.progress, checkpoint, watch,
                                                                 shown=job.source)
                         watch.finished()
@@ -325,7 +333,7 @@ class Scheduler:
                         await anyio.sleep(backoff(attempt, self._s.backoff,
                                                   self._s.max_backoff, self._rng))
             await self._done_parts.add(DonePart(key.name, job.data_type, job.index,
-                                                verified.size, verified.md5))
+                                                verified.size, verified.md5, verified.etag))
             self._summary.parts += 1
             self._summary.bytes += verified.size
         except (RemoteError, IntegrityError) as exc:
@@ -337,14 +345,11 @@ class Scheduler:
     async def _publish(self, key: Key, data_type: str) -> None:
         api = self._s.api
         records = await self._db(self._store.parts, api, key.name, data_type)
-        folder = self._s.out / key_folder(self._s.layout, key, data_type)
-        parts = [ManifestPart(Path(r.path).name, r.size or 0, r.md5 or "", r.source)
-                 for r in records]
-        try:
-            await anyio.to_thread.run_sync(
-                lambda: publish(folder, key=key.name, data_type=data_type, api=api, parts=parts))
-        except OSError as exc:
-            raise OutputError.from_os_error(exc, folder) from None
+        folder = key_folder(self._s.layout, key, data_type)
+        parts = [ManifestPart(r.path.rpartition("/")[2], r.size or 0, r.md5 or "", r.source,
+                              r.stored_etag) for r in records]
+        manifest = document(key=key.name, data_type=data_type, api=api, parts=parts)
+        await self._dest.publish(str(folder), manifest, {p.file for p in parts})
         await self._db(self._store.finish_unit, api, key.name, data_type)
 
     async def _db(self, method: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -389,13 +394,11 @@ class GroupWrite(Generic[T]):
             self._written = taken
 
 
-def _recheck_done(out: Path, records: list[PartRecord]) -> list[PartRecord]:
+def _recheck_done(present: dict[str, Stored], records: list[PartRecord]) -> list[PartRecord]:
     """``records``, with parts recorded done but missing or of another size undone."""
     def intact(record: PartRecord) -> bool:
-        try:
-            return (out / record.path).stat().st_size == record.size
-        except FileNotFoundError:
-            return False
+        stored = present.get(record.path.rpartition("/")[2])
+        return stored is not None and stored.size == record.size
 
     return [r if not r.done or intact(r) else replace(r, done=False, offset=0)
             for r in records]

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from backfill.errors import OutputError
-from backfill.layout import STATE_DIR
+from backfill.layout import MARKER, STATE_DIR
 
 
 class Status(StrEnum):
@@ -45,6 +45,9 @@ class PartRecord:
     done: bool
     offset: int
     etag: str | None
+    """The source object's ETag, to resume a download only from the same object."""
+    stored_etag: str | None = None
+    """The destination's ETag of the stored part (object stores)."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,7 @@ class DonePart:
     index: int
     size: int
     md5: str
+    stored_etag: str | None = None
 
 
 @dataclass(frozen=True)
@@ -85,15 +89,16 @@ _MIGRATIONS = (
         PRIMARY KEY (api, key, data_type, idx)
     );
     """,
+    "ALTER TABLE parts ADD COLUMN stored_etag TEXT",
 )
 
 
 STATE_FILE = "state.sqlite"
 
 
-def has_state(out: Path) -> bool:
-    """Whether a run ever wrote state into ``out`` (without creating anything)."""
-    return (out / STATE_DIR / STATE_FILE).exists()
+def has_state(folder: Path) -> bool:
+    """Whether a run ever wrote state into the state ``folder`` (creating nothing)."""
+    return (folder / STATE_FILE).exists()
 
 
 def _now() -> str:
@@ -101,17 +106,26 @@ def _now() -> str:
 
 
 class Store:
-    """SQLite state of one output folder, with an exclusive lock while a run holds it."""
+    """SQLite state of one output, with an exclusive lock while a run holds it.
 
-    def __init__(self, out: Path) -> None:
-        self.folder = out / STATE_DIR
+    ``folder`` is the state folder (``Settings.state_folder``): inside a local output, or
+    a cache of a remote one in the user's state directory.
+    """
+
+    def __init__(self, folder: Path, owner: object = None) -> None:
+        self.folder = folder
+        self.owner = owner if owner is not None else (
+            folder.parent if folder.name == STATE_DIR else folder)
+        """What a lock refusal names: the output the state belongs to."""
+        where = (f"output folder {self.owner}" if isinstance(self.owner, Path)
+                 and folder == self.owner / STATE_DIR else f"state folder {folder}")
         self._mutex = threading.Lock()
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.folder / STATE_FILE, check_same_thread=False,
                                        isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
-            raise OutputError(f"cannot use output folder {out}: {_reason(exc)}") from None
+            raise OutputError(f"cannot use {where}: {_reason(exc)}") from None
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             # WAL + NORMAL: a crash never corrupts the state; a power cut may lose the last
@@ -120,7 +134,7 @@ class Store:
             self._migrate()
         except (OSError, sqlite3.Error) as exc:
             self._db.close()  # never left for the garbage collector (Python 3.13 warns)
-            raise OutputError(f"cannot use output folder {out}: {_reason(exc)}") from None
+            raise OutputError(f"cannot use {where}: {_reason(exc)}") from None
         except BaseException:
             self._db.close()
             raise
@@ -141,7 +155,7 @@ class Store:
             holder = os.read(fd, 32).decode(errors="replace").strip() or "another process"
             os.close(fd)
             raise OutputError(f"another backfill (pid {holder}) is using "
-                             f"{self.folder.parent}; wait for it or stop it") from None
+                             f"{self.owner}; wait for it or stop it") from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._lock_file = fd
@@ -230,6 +244,32 @@ class Store:
             " WHERE api = ? AND key = ? AND data_type = ?",
             (Status.DONE.value, now, now, api, key, data_type))])
 
+    def adopt(self, api: str, done: list[tuple[str, str, int, int]],
+              undone: list[tuple[str, str]]) -> None:
+        """Bring the cache in line with the destination, in one transaction: units it
+        shows complete, as (key, data_type, parts, bytes), are done; ``undone`` units,
+        recorded done but without a marker there, are to be fetched again."""
+        now = _now()
+        statements: list[tuple[str, tuple[object, ...]]] = []
+        for key, data_type, parts, size in done:
+            statements += [
+                ("INSERT INTO units (api, key, data_type, status, parts, bytes, finished_at,"
+                 " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (api, key, data_type)"
+                 " DO UPDATE SET status = excluded.status, last_error = NULL, parts ="
+                 " excluded.parts, bytes = excluded.bytes, finished_at = excluded.finished_at,"
+                 " updated_at = excluded.updated_at",
+                 (api, key, data_type, Status.DONE.value, parts, size, now, now)),
+                # Whatever plan the cache had is not the one that finished.
+                ("DELETE FROM parts WHERE api = ? AND key = ? AND data_type = ?",
+                 (api, key, data_type)),
+            ]
+        statements += [
+            ("UPDATE units SET status = ?, last_error = ?, updated_at = ? WHERE api = ? AND"
+             " key = ? AND data_type = ?", (Status.PENDING.value, f"no {MARKER} in the "
+                                            "destination", now, api, key, data_type))
+            for key, data_type in undone]
+        self._write(statements)
+
     def mark_damaged(self, api: str, key: str, data_type: str, problem: str) -> None:
         """A done unit failed verification: fetch all its parts again on the next run."""
         self._write([
@@ -244,9 +284,10 @@ class Store:
 
     def parts(self, api: str, key: str, data_type: str) -> list[PartRecord]:
         rows = self._read(
-            "SELECT idx, path, source, size, md5, done, offset, etag FROM parts"
+            "SELECT idx, path, source, size, md5, done, offset, etag, stored_etag FROM parts"
             " WHERE api = ? AND key = ? AND data_type = ? ORDER BY idx", (api, key, data_type))
-        return [PartRecord(i, p, s, z, m, bool(d), o, e) for i, p, s, z, m, d, o, e in rows]
+        return [PartRecord(i, p, s, z, m, bool(d), o, e, t)
+                for i, p, s, z, m, d, o, e, t in rows]
 
     def plan_parts(self, api: str, key: str, data_type: str,
                    parts: list[tuple[int, str, str]]) -> None:
@@ -266,9 +307,10 @@ class Store:
 
     def parts_done(self, api: str, parts: list[DonePart]) -> None:
         """Parts verified and renamed into place, in one transaction."""
-        self._write(("UPDATE parts SET done = 1, size = ?, md5 = ?, offset = ? WHERE api = ?"
-                     " AND key = ? AND data_type = ? AND idx = ?",
-                     (p.size, p.md5, p.size, api, p.key, p.data_type, p.index)) for p in parts)
+        self._write(("UPDATE parts SET done = 1, size = ?, md5 = ?, offset = ?, stored_etag = ?"
+                     " WHERE api = ? AND key = ? AND data_type = ? AND idx = ?",
+                     (p.size, p.md5, p.size, p.stored_etag, api, p.key, p.data_type, p.index))
+                    for p in parts)
 
 
 def _reason(exc: BaseException) -> str:

@@ -1,21 +1,27 @@
-"""``backfill verify``: check finished keys on disk against their manifests.
+"""``backfill verify``: check finished units in the destination against their manifests.
 
-A damaged unit (a part missing, resized, altered, or not gzip to its end) is marked
-failed in the state, with what was wrong, so that the next ``run`` fetches it again.
+A damaged unit (no marker, a part missing, resized, altered, or not gzip to its end)
+loses its ``_SUCCESS`` and is marked failed in the state, with what was wrong, so that
+the next ``run`` fetches it again. On a local folder every part is read (length, MD5,
+gzip framing); on an object store its size and ETag are looked up without reading it.
+``deep`` reads every part and inflates its gzip stream, wherever it is.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
+
+import anyio
 
 from backfill.config import Settings
-from backfill.download import check_part
-from backfill.errors import IntegrityError
+from backfill.destination import Destination
+from backfill.errors import IntegrityError, first_error
 from backfill.keys import Key
 from backfill.layout import MANIFEST, MARKER, key_folder
+from backfill.manifest import parse
 from backfill.store import Status, Store
+
+UNITS_AT_ONCE = 8
 
 
 @dataclass
@@ -26,42 +32,51 @@ class VerifyReport:
     """``"key type"`` → what is wrong."""
 
 
-def verify(store: Store, settings: Settings, keys: list[Key] | None, *,
-           deep: bool = False) -> VerifyReport:
-    """Check every done unit of ``settings.api`` (within ``keys`` when given). Blocks.
-
-    Each part's length and MD5 against its manifest, and its gzip framing; ``deep``
-    inflates every gzip stream to its end as well.
-    """
+async def verify(store: Store, destination: Destination, settings: Settings,
+                 keys: list[Key] | None, *, deep: bool = False) -> VerifyReport:
+    """Check every done unit of ``settings.api`` (within ``keys`` when given)."""
     wanted = {k.name for k in keys} if keys is not None else None
     report = VerifyReport()
-    for unit in store.units(settings.api):
-        if unit.status is not Status.DONE or (wanted is not None and unit.key not in wanted):
-            continue
+    units = [u for u in await anyio.to_thread.run_sync(store.units, settings.api)
+             if u.status is Status.DONE and (wanted is None or u.key in wanted)]
+    slots = anyio.CapacityLimiter(UNITS_AT_ONCE)
+
+    async def one(key: str, data_type: str) -> None:
+        async with slots:
+            folder = str(key_folder(settings.layout, Key.parse(key), data_type))
+            problem = await _check_folder(destination, folder, report, deep)
         report.checked += 1
-        key = Key.parse(unit.key)
-        folder = settings.out / key_folder(settings.layout, key, unit.data_type)
-        problem = _check_folder(folder, report, deep)
         if problem:
-            report.damaged[f"{unit.key} {unit.data_type}"] = problem
-            store.mark_damaged(settings.api, unit.key, unit.data_type, problem)
+            report.damaged[f"{key} {data_type}"] = problem
+            # Readers must stop trusting it, and the destination (the truth) says so too.
+            await destination.unpublish(folder)
+            await anyio.to_thread.run_sync(store.mark_damaged, settings.api, key, data_type,
+                                           problem)
+
+    try:
+        async with anyio.create_task_group() as group:
+            for unit in units:
+                group.start_soon(one, unit.key, unit.data_type)
+    except BaseExceptionGroup as errors:
+        raise first_error(errors) from None
+    report.damaged = dict(sorted(report.damaged.items()))
     return report
 
 
-def _check_folder(folder: Path, report: VerifyReport, deep: bool) -> str | None:
+async def _check_folder(destination: Destination, folder: str, report: VerifyReport,
+                        deep: bool) -> str | None:
+    shown = f"{destination}/{folder}"
     try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-        parts = manifest["parts"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return f"no readable {MANIFEST} in {folder}"
-    if not (folder / MARKER).exists():
-        return f"no {MARKER} in {folder}"
+        parts = parse(await destination.read(f"{folder}/{MANIFEST}"))
+    except (OSError, ValueError):
+        return f"no readable {MANIFEST} in {shown}"
+    if MARKER not in (await destination.listing(f"{folder}/")).get(folder, {}):
+        return f"no {MARKER} in {shown}"
     for part in parts:
-        path = folder / part["file"]
         try:
-            check_part(path, part["size"], part["md5"], str(path), deep=deep)
+            await destination.check(f"{folder}/{part.file}", part, deep=deep)
         except FileNotFoundError:
-            return f"{path} is missing"
+            return f"{shown}/{part.file} is missing"
         except (IntegrityError, OSError) as exc:
             return str(exc)
         report.parts += 1

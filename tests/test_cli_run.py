@@ -42,8 +42,10 @@ async def test_run_exits_0_with_a_summary(emulator: RunningEmulator, tmp_path: P
         (["--from", "-2d", "--to", "-1d", "--max-wait", "soon"], "invalid duration 'soon'"),
         (["--from", "-2d", "--to", "-1d", "--config", "missing.toml"],
          "config file missing.toml does not exist"),
-        (["--from", "-2d", "--to", "-1d", "--out", "s3://bucket/x"],
-         "s3:// outputs are not supported"),
+        (["--from", "-2d", "--to", "-1d", "--out", "ftp://host/x"],
+         "ftp:// outputs are not supported"),
+        (["--from", "-2d", "--to", "-1d", "--out", "s3://B/x"],
+         "'s3://B/x' does not name a bucket"),
         (["--from", "-2d", "--to", "-1d", "--out", "file://elsewhere/x"],
          "a file:// URL must name a local folder"),
     ],
@@ -57,7 +59,7 @@ async def test_bad_input_is_one_line_exit_2_and_no_call(emulator: RunningEmulato
     assert message in err
     assert "Traceback" not in err + out
     assert emulator.state.stats()["calls"]["token"] == 0
-    assert not list(tmp_path.iterdir())  # nothing written: no folder named "s3:" either
+    assert not list(tmp_path.iterdir())  # nothing written: no folder named "ftp:" either
 
 
 async def test_a_missing_credential_is_named(emulator: RunningEmulator, tmp_path: Path) -> None:

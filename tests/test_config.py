@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backfill.config import load, parse_duration, parse_out
+from backfill.config import Remote, Storage, load, parse_duration, parse_out
 from backfill.errors import UsageError
 from backfill.keys import Granularity
 
@@ -97,10 +97,45 @@ def test_any_config_text_is_loaded_or_refused_in_one_line(text: str) -> None:
             assert "\n" not in str(exc).strip() or "TOML" in str(exc)
 
 
-def test_out_takes_a_folder_or_a_file_url() -> None:
+def test_out_takes_a_folder_a_file_url_or_a_bucket() -> None:
     assert parse_out("data") == Path("data")
     assert parse_out("file:///srv/gio") == Path("/srv/gio")
     assert parse_out("file://localhost/srv/gio") == Path("/srv/gio")
-    for url in ("s3://bucket/prefix", "gs://b/p", "az://c/p", "https://host/p"):
+    assert parse_out("s3://gio-raw/events/") == Remote("s3://gio-raw/events", "s3", "gio-raw",
+                                                       "events")
+    assert parse_out("gs://lake") == Remote("gs://lake", "gs", "lake", "")
+    abfs = parse_out("abfs://raw@acct.dfs.core.windows.net/gio")
+    assert isinstance(abfs, Remote) and (abfs.kind, abfs.bucket, abfs.prefix) == (
+        "az", "raw", "gio")
+    for url in ("https://host/p", "ftp://host/p"):
         with pytest.raises(UsageError, match="outputs are not supported"):
             parse_out(url)
+    for url in ("s3://", "s3://UPPER/x", "s3://b/x", "s3://bkt/a/../b", "s3://bkt/a?x=1"):
+        with pytest.raises(UsageError, match=r"bucket|plain path"):
+            parse_out(url)
+
+
+def test_a_remote_output_keeps_its_state_in_the_users_state_dir(tmp_path: Path) -> None:
+    env = {"XDG_STATE_HOME": str(tmp_path)}
+    settings = load(None, {"out": "s3://gio-raw/events"}, env=env)
+    other = load(None, {"out": "s3://gio-raw/other"}, env=env)
+    assert settings.state_folder.parent == tmp_path / "backfill"
+    assert settings.state_folder.name.startswith("s3-gio-raw-events-")
+    assert settings.state_folder != other.state_folder
+    given = load(None, {"out": "s3://gio-raw/events", "state_dir": str(tmp_path / "st")}, env=env)
+    assert given.state_folder == tmp_path / "st"
+    assert load(None, {"out": str(tmp_path)}, env=env).state_folder == tmp_path / ".backfill"
+
+
+def test_the_storage_table_takes_no_credentials(tmp_path: Path) -> None:
+    path = tmp_path / "b.toml"
+    path.write_text('out = "s3://gio-raw/x"\n[storage]\nendpoint = "https://oss-cn-hangzhou'
+                    '.aliyuncs.com"\nregion = "oss-cn-hangzhou"\nvirtual_hosted_style = true\n')
+    assert load(path, {}, env={}).storage == Storage(
+        "https://oss-cn-hangzhou.aliyuncs.com", "oss-cn-hangzhou", True)
+    path.write_text('[storage]\naws_secret_access_key = "x"\n')
+    with pytest.raises(UsageError, match="credentials come from the environment"):
+        load(path, {}, env={})
+    path.write_text('[storage]\nendpoint = "oss.example.com"\n')
+    with pytest.raises(UsageError, match="must be an http"):
+        load(path, {}, env={})

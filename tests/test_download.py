@@ -10,6 +10,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from backfill.destination.local import LocalPart
 from backfill.download import Downloader, Progress, block_size, check_part
 from backfill.emulator import EmulatorConfig, serve
 from backfill.errors import IntegrityError, RetryableError
@@ -47,7 +48,7 @@ async def test_a_new_process_resumes_from_the_recorded_checkpoint(data_dir: Path
         first = Downloader(session, chunk_size=16 << 10, checkpoint_bytes=64 << 10,
                            connect_timeout=5, read_timeout=0.5, health=_health())
         with pytest.raises(RetryableError, match="broke off"):
-            await first.fetch(link, dest, Progress(), checkpoint, _Quiet())
+            await first.fetch(link, LocalPart(dest), Progress(), checkpoint, _Quiet())
         assert recorded, "the stalled download wrote checkpoints before it stopped"
         offset, etag = recorded[-1]
         assert 0 < offset < len(source)
@@ -55,7 +56,8 @@ async def test_a_new_process_resumes_from_the_recorded_checkpoint(data_dir: Path
         # A new process knows only what the state recorded: the offset and the ETag.
         second = Downloader(session, chunk_size=16 << 10, checkpoint_bytes=64 << 10,
                             connect_timeout=5, read_timeout=5, health=_health())
-        verified = await second.fetch(link, dest, Progress(offset, etag), checkpoint, _Quiet())
+        verified = await second.fetch(link, LocalPart(dest), Progress(offset, etag),
+                                      checkpoint, _Quiet())
         stats = emulator.state.stats()
     assert dest.read_bytes() == source
     assert verified.md5 == hashlib.md5(source).hexdigest()
@@ -110,10 +112,10 @@ async def test_an_md5_proves_the_bytes_and_full_verify_inflates_them_anyway(
 
         if deep:
             with pytest.raises(IntegrityError, match="gzip"):
-                await downloader.fetch(link, dest, Progress(), checkpoint, _Quiet())
+                await downloader.fetch(link, LocalPart(dest), Progress(), checkpoint, _Quiet())
             assert not dest.exists()
         else:
-            await downloader.fetch(link, dest, Progress(), checkpoint, _Quiet())
+            await downloader.fetch(link, LocalPart(dest), Progress(), checkpoint, _Quiet())
             assert dest.read_bytes() == bad.read_bytes()
 
 

@@ -91,7 +91,7 @@ async def test_a_dead_api_ends_the_run_within_its_budget_and_keeps_keys_retryabl
     assert " has not answered since " in summary.outage
     assert "keys not finished are kept for `backfill retry`" in summary.outage
     assert budget <= elapsed < budget + 4.0
-    store = Store(tmp_path)
+    store = Store(tmp_path / ".backfill")
     try:
         units = store.units("v2")
     finally:

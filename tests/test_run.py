@@ -341,9 +341,11 @@ async def test_an_unfinished_key_fetches_only_its_missing_parts(emulator: Runnin
     keys = days_ago(3, 3)
     settings = settings_for(emulator, tmp_path, types=("visit",))
     assert (await run(settings, keys)).exit_code == 0
-    store = Store(tmp_path)  # as if the run had stopped before the key's end
+    store = Store(tmp_path / ".backfill")  # as if the run had stopped before the key's end
     store.set_status("v2", keys[0].name, ("visit",), Status.ACTIVE)
     store.close()
+    for marker in tmp_path.rglob("_SUCCESS"):  # nor had it written the key's marker
+        marker.unlink()
     parts = sorted(tmp_path.rglob("part-*.csv.gz"))
     lost = parts[len(parts) // 2]
     lost_size = lost.stat().st_size

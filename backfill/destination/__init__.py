@@ -1,0 +1,105 @@
+"""Where verified parts land: a local folder or an object store, behind one interface.
+
+The scheduler and the downloader do not know which one they write to. Both keep the
+same commit order per unit (one key of one data type):
+
+1. parts under their final names — each visible only once whole and verified (a rename
+   of a checked temporary file; a completed upload, never an aborted one);
+2. ``_manifest.json``;
+3. ``_SUCCESS``, strictly last. Fetching a unit again removes ``_SUCCESS`` first.
+
+So a reader that trusts ``_SUCCESS`` never sees a partial unit, and what the destination
+holds is the truth: the local state is a cache that :mod:`backfill.reconcile` rebuilds
+from the markers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from backfill.config import Settings
+    from backfill.download import Checker, Progress, Verified
+    from backfill.manifest import ManifestPart
+
+
+@dataclass(frozen=True)
+class Stored:
+    """One object of a folder, as a listing shows it."""
+
+    size: int
+    etag: str | None = None
+
+
+class PartSink(Protocol):
+    """Where one part's bytes go while the downloader fetches and checks them."""
+
+    resumable: bool
+    """Whether bytes kept from an earlier attempt can be continued with ``Range``."""
+    whole_limit: int
+    """Parts up to this many bytes are read whole, checked, then written in one go."""
+
+    async def restore(self, progress: Progress, checker: Checker) -> None:
+        """Keep exactly ``progress.offset`` bytes, fed to ``checker``; or reset the offset."""
+
+    async def refeed(self, checker: Checker) -> None:
+        """Feed the kept bytes again, through a checker that was just reset."""
+
+    async def write_whole(self, body: bytes, progress: Progress,
+                          check: Callable[[], Verified]) -> Verified:
+        """Run ``check`` (it raises on bad bytes), then write and commit ``body``."""
+
+    async def write_stream(self, blocks: AsyncIterator[bytes], progress: Progress,
+                           checkpoint: Callable[[Progress], Awaitable[None]],
+                           every: int) -> None:
+        """Write checked ``blocks``; an error raised by them leaves nothing visible.
+        A resumable sink calls ``checkpoint`` after each ``every`` bytes made durable."""
+
+    async def commit(self, verified: Verified) -> Verified:
+        """Make the streamed part visible under its final name."""
+
+    async def discard(self) -> None:
+        """Drop whatever an attempt kept: its bytes were wrong."""
+
+
+class Destination(Protocol):
+    """One output: a folder tree of units, addressed by paths relative to its root."""
+
+    def part(self, path: str) -> PartSink:
+        """A sink for the part that ends up at ``path``."""
+
+    async def unpublish(self, folder: str) -> None:
+        """Remove the unit's ``_SUCCESS``: it is about to be rewritten."""
+
+    async def publish(self, folder: str, manifest: bytes, names: set[str]) -> None:
+        """Drop parts not in ``names``, then write the manifest, then ``_SUCCESS``."""
+
+    async def listing(self, prefix: str) -> dict[str, dict[str, Stored]]:
+        """Every object under the string ``prefix``, by folder then name: one LIST a page."""
+
+    async def read(self, path: str) -> bytes:
+        """A small object's bytes (a manifest); raises ``FileNotFoundError``."""
+
+    async def check(self, path: str, part: ManifestPart, *, deep: bool) -> None:
+        """Raise :class:`IntegrityError` (or ``FileNotFoundError``) unless the part at
+        ``path`` still matches its manifest entry; ``deep`` reads and inflates it."""
+
+    def hold(self, settings: Settings) -> AbstractAsyncContextManager[None]:
+        """Be this destination's only writer while the context lasts (raise if taken)."""
+
+
+def open_destination(settings: Settings) -> Destination:
+    """The destination ``settings.out`` names. Raises :class:`UsageError` for a store that
+    cannot be configured (no credentials, a bad endpoint)."""
+    from pathlib import Path
+
+    if isinstance(settings.out, Path):
+        from backfill.destination.local import LocalFolder
+
+        return LocalFolder(settings.out)
+    from backfill.destination.object_store import ObjectStore
+
+    return ObjectStore.open(settings)

@@ -1,0 +1,194 @@
+"""A local folder: parts download to hidden temporary files, are checked, fsynced and
+renamed into place; the manifest and ``_SUCCESS`` are written the same way, last.
+
+An interrupted part keeps its bytes up to the last checkpoint and continues with
+``Range``. The state's file lock (:meth:`backfill.store.Store.lock`) keeps a second run
+out of the folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import aiofiles
+import aiofiles.os
+import anyio
+
+from backfill.destination import Stored
+from backfill.errors import OutputError
+from backfill.layout import partial_name
+from backfill.manifest import ManifestPart, publish, unpublish
+
+if TYPE_CHECKING:
+    from backfill.config import Settings
+    from backfill.download import Checker, Progress, Verified
+
+
+class LocalFolder:
+    """The embedded default: a folder tree on a local (or mounted) file system."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def __str__(self) -> str:
+        return str(self.root)
+
+    def part(self, path: str) -> LocalPart:
+        return LocalPart(self.root / path)
+
+    async def unpublish(self, folder: str) -> None:
+        await anyio.to_thread.run_sync(unpublish, self.root / folder)
+
+    async def publish(self, folder: str, manifest: bytes, names: set[str]) -> None:
+        path = self.root / folder
+        try:
+            await anyio.to_thread.run_sync(publish, path, manifest, names)
+        except OSError as exc:
+            raise OutputError.from_os_error(exc, path) from None
+
+    async def listing(self, prefix: str) -> dict[str, dict[str, Stored]]:
+        return await anyio.to_thread.run_sync(_walk, self.root, prefix)
+
+    async def read(self, path: str) -> bytes:
+        return await anyio.to_thread.run_sync((self.root / path).read_bytes)
+
+    async def check(self, path: str, part: ManifestPart, *, deep: bool) -> None:
+        from backfill.download import check_part
+
+        file = self.root / path
+        await anyio.to_thread.run_sync(
+            lambda: check_part(file, part.size, part.md5, str(file), deep=deep))
+
+    @contextlib.asynccontextmanager
+    async def hold(self, settings: Settings) -> AsyncIterator[None]:
+        yield  # the state's file lock, taken with the state, covers the folder
+
+
+def _walk(root: Path, prefix: str) -> dict[str, dict[str, Stored]]:
+    """Files under ``root`` whose relative path starts with ``prefix``, by folder."""
+    base = root / prefix.rpartition("/")[0]
+    found: dict[str, dict[str, Stored]] = {}
+    for folder, _dirs, files in os.walk(base):
+        relative = Path(folder).relative_to(root).as_posix()
+        for name in files:
+            if f"{relative}/{name}".startswith(prefix):
+                with contextlib.suppress(FileNotFoundError):
+                    size = os.stat(os.path.join(folder, name)).st_size
+                    found.setdefault(relative, {})[name] = Stored(size)
+    return found
+
+
+class LocalPart:
+    """One part: ``.part-NNNNN.csv.gz.partial`` beside its final name until it is whole."""
+
+    resumable = True
+    whole_limit = 0  # the downloader's block size decides
+
+    def __init__(self, dest: Path) -> None:
+        self.dest = dest
+        self.temp = dest.with_name(partial_name(dest.name))
+
+    async def restore(self, progress: Progress, checker: Checker) -> None:
+        await anyio.to_thread.run_sync(self._restore, progress, checker)
+
+    def _restore(self, progress: Progress, checker: Checker) -> None:
+        temp = self.temp
+        try:
+            if temp.exists() and temp.stat().st_size >= progress.offset:
+                with temp.open("r+b") as f:
+                    f.truncate(progress.offset)  # bytes past the last checkpoint are not trusted
+                    f.seek(0)
+                    while block := f.read(min(1 << 20, progress.offset - checker.size)):
+                        checker.feed(block)
+                return
+            progress.offset, progress.etag = 0, None
+        except OSError as exc:
+            raise _disk_error(exc, temp) from None
+
+    async def refeed(self, checker: Checker) -> None:
+        await anyio.to_thread.run_sync(self._refeed, checker)
+
+    def _refeed(self, checker: Checker) -> None:
+        kept = checker.size
+        checker.reset(inflate=True)
+        with self.temp.open("rb") as f:
+            while kept > checker.size and (block := f.read(min(1 << 20, kept - checker.size))):
+                checker.feed(block)
+
+    async def write_whole(self, body: bytes, progress: Progress,
+                          check: Callable[[], Verified]) -> Verified:
+        # One trip to a worker thread checks, writes, syncs and places a small part: a
+        # trip costs more than its bytes.
+        return await anyio.to_thread.run_sync(self._write_whole, body, progress, check)
+
+    def _write_whole(self, body: bytes, progress: Progress,
+                     check: Callable[[], Verified]) -> Verified:
+        verified = check()  # nothing bad reaches the disk
+        try:
+            if not progress.offset:
+                self.temp.parent.mkdir(parents=True, exist_ok=True)
+            # After restore the file holds exactly the trusted bytes: append to them.
+            with self.temp.open("ab" if progress.offset else "wb") as f:
+                f.write(body)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(self.temp, self.dest)
+        except OSError as exc:
+            raise _disk_error(exc, self.dest) from None
+        return verified
+
+    async def write_stream(self, blocks: AsyncIterator[bytes], progress: Progress,
+                           checkpoint: Callable[[Progress], Awaitable[None]],
+                           every: int) -> None:
+        """Append ``blocks`` to the temporary file; fsync it and call ``checkpoint`` each
+        time ``every`` more bytes are written, so that a rerun resumes from there."""
+        try:
+            if progress.offset == 0:
+                await aiofiles.os.makedirs(self.temp.parent, exist_ok=True)
+            f = await aiofiles.open(self.temp, "ab" if progress.offset else "wb")
+        except OSError as exc:
+            raise _disk_error(exc, self.temp) from None
+        try:
+            since = 0
+            async for block in blocks:  # errors of the download pass through untouched
+                try:
+                    await f.write(block)
+                    since += len(block)
+                    if since >= every:
+                        await f.flush()
+                        await anyio.to_thread.run_sync(os.fsync, f.fileno())
+                        since = 0
+                        await checkpoint(progress)
+                except OSError as exc:
+                    raise _disk_error(exc, self.temp) from None
+        finally:
+            with anyio.CancelScope(shield=True):
+                await f.close()
+
+    async def commit(self, verified: Verified) -> Verified:
+        await anyio.to_thread.run_sync(self._place)
+        return verified
+
+    def _place(self) -> None:
+        try:
+            fd = os.open(self.temp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(self.temp, self.dest)
+            # The folder itself is fsynced once, when its manifest is published: that
+            # makes every rename in it durable before the key is recorded done.
+        except OSError as exc:
+            raise _disk_error(exc, self.dest) from None
+
+    async def discard(self) -> None:
+        await anyio.to_thread.run_sync(lambda: self.temp.unlink(missing_ok=True))
+
+
+def _disk_error(exc: OSError, path: Path) -> OutputError:
+    return OutputError.from_os_error(exc, path.parent)

@@ -1,0 +1,425 @@
+"""An object store (S3 and S3-compatible stores, GCS, Azure) through obstore.
+
+- A part is visible only once its upload completes. Small parts (up to ``SINGLE_PUT``)
+  are checked whole in memory and go up in one PUT; larger ones stream up as a multipart
+  upload, in ``UPLOAD_CHUNK`` pieces, while they download. The check that fails raises
+  inside the upload, and obstore aborts it: nothing appears under the part's name.
+- An interrupted part starts over from byte 0 on a fresh link: a multipart upload
+  cannot be continued from another process, and parts are at most 64 MB.
+- One writer per destination: a lease object (``.backfill/lease.json``) created with a
+  conditional PUT (If-None-Match), renewed with If-Match, and taken over only once its
+  expiry passed.
+
+Errors of obstore are translated here, and only here: before a run starts (the lease,
+the first listing) into :class:`OutputError` (exit 2); during a run into
+:class:`RetryableError`, which fails the key after its retries, not the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import json
+import os
+import re
+import secrets
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import obstore
+from obstore.exceptions import (
+    AlreadyExistsError,
+    BaseError,
+    NotFoundError,
+    PermissionDeniedError,
+    PreconditionError,
+    UnauthenticatedError,
+)
+from obstore.store import AzureStore, GCSStore, S3Store
+
+from backfill.destination import Stored
+from backfill.errors import IntegrityError, OutputError, RetryableError
+from backfill.layout import MANIFEST, MARKER, STATE_DIR
+from backfill.manifest import ManifestPart, is_stale
+
+if TYPE_CHECKING:
+    from backfill.config import Remote, Settings
+    from backfill.download import Checker, Progress, Verified
+
+    ObjectStoreT = S3Store | GCSStore | AzureStore
+
+SINGLE_PUT = 5 * 1024 * 1024
+"""Parts up to this size go up in one PUT (a multipart upload costs three requests at
+least, and S3 takes no multipart piece under 5 MiB but the last)."""
+UPLOAD_CHUNK = 5 * 1024 * 1024
+UPLOAD_CONCURRENCY = 1
+"""Pieces of one part in flight at once: the downloads run in parallel already, and
+memory is UPLOAD_CHUNK x this x --downloads."""
+LEASE = f"{STATE_DIR}/lease.json"
+CONTENT_TYPE = "application/gzip"
+
+
+class ObjectStore:
+    """A bucket (and prefix) as a destination."""
+
+    def __init__(self, remote: Remote, store: ObjectStoreT) -> None:
+        self.remote = remote
+        self._store = store
+        self._setup = True
+        """Until the run holds the lease, a store error is the configuration's (exit 2)."""
+
+    def __str__(self) -> str:
+        return self.remote.url
+
+    @classmethod
+    def open(cls, settings: Settings) -> ObjectStore:
+        from backfill.config import Remote
+
+        assert isinstance(settings.out, Remote)
+        return cls(settings.out, _make_store(settings))
+
+    # --- the Destination interface ---------------------------------------------------------
+
+    def part(self, path: str) -> ObjectPart:
+        return ObjectPart(self, path)
+
+    async def unpublish(self, folder: str) -> None:
+        await self._call(f"delete {folder}/{MARKER}",
+                         obstore.delete_async(self._store, f"{folder}/{MARKER}"))
+
+    async def publish(self, folder: str, manifest: bytes, names: set[str]) -> None:
+        present = (await self.listing(f"{folder}/")).get(folder, {})
+        stale = [f"{folder}/{name}" for name in present if is_stale(name, names)]
+        if stale:
+            await self._call(f"delete stale parts in {folder}",
+                             obstore.delete_async(self._store, stale))
+        await self._put(f"{folder}/{MANIFEST}", manifest, content_type="application/json")
+        await self._put(f"{folder}/{MARKER}", b"", content_type="text/plain")
+
+    async def listing(self, prefix: str) -> dict[str, dict[str, Stored]]:
+        found: dict[str, dict[str, Stored]] = {}
+        pages = obstore.list(self._store, prefix=prefix or None, chunk_size=1000)
+        try:
+            async for page in pages:
+                for meta in page:
+                    folder, _, name = meta["path"].rpartition("/")
+                    found.setdefault(folder, {})[name] = Stored(meta["size"], meta["e_tag"])
+        except BaseError as exc:
+            raise self._error(exc, f"list {prefix or '/'}") from None
+        return found
+
+    async def read(self, path: str) -> bytes:
+        try:
+            result = await obstore.get_async(self._store, path)
+            return bytes(await result.bytes_async())
+        except NotFoundError:
+            raise FileNotFoundError(path) from None
+        except BaseError as exc:
+            raise self._error(exc, f"read {path}") from None
+
+    async def check(self, path: str, part: ManifestPart, *, deep: bool) -> None:
+        try:
+            meta = await obstore.head_async(self._store, path)
+        except NotFoundError:
+            raise FileNotFoundError(path) from None
+        except BaseError as exc:
+            raise self._error(exc, f"look at {path}") from None
+        shown = f"{self.remote.url}/{path}"
+        if meta["size"] != part.size:
+            raise IntegrityError(f"{shown}: {meta['size']} bytes, {part.size} expected")
+        if part.etag and meta["e_tag"] != part.etag:
+            raise IntegrityError(f"{shown}: ETag {meta['e_tag']} differs from the manifest's "
+                                 f"{part.etag}: the object was replaced")
+        if deep:
+            await self._check_bytes(path, part, shown)
+
+    async def _check_bytes(self, path: str, part: ManifestPart, shown: str) -> None:
+        from backfill.download import Checker
+
+        checker = Checker(shown, inflate=True)
+        try:
+            result = await obstore.get_async(self._store, path)
+            async for chunk in result.stream(min_chunk_size=1 << 20):
+                await anyio.to_thread.run_sync(checker.feed, bytes(chunk))
+        except BaseError as exc:
+            raise self._error(exc, f"read {path}") from None
+        checker.verdict(part.size, part.md5)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, settings: Settings) -> AsyncIterator[None]:
+        lease = Lease(self, settings.lease_time)
+        await lease.take()
+        self._setup = False
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(lease.keep)
+                try:
+                    yield
+                finally:
+                    group.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await lease.release()
+
+    # --- plumbing --------------------------------------------------------------------------
+
+    async def _put(self, path: str, data: bytes | AsyncIterator[bytes], *,
+                   content_type: str = CONTENT_TYPE, metadata: dict[str, str] | None = None,
+                   mode: Any = None) -> str | None:
+        """Upload ``data`` to ``path``; returns the new object's ETag."""
+        attributes: dict[str, str] = {"Content-Type": content_type, **(metadata or {})}
+        multipart = not isinstance(data, bytes)
+        result = await self._call(f"write {path}", obstore.put_async(
+            self._store, path, data, attributes=attributes,
+            mode=mode, use_multipart=multipart, chunk_size=UPLOAD_CHUNK,
+            max_concurrency=UPLOAD_CONCURRENCY))
+        etag: str | None = result["e_tag"]
+        return etag
+
+    async def _call(self, what: str, call: Awaitable[Any]) -> Any:
+        try:
+            return await call
+        except (AlreadyExistsError, PreconditionError):
+            raise
+        except BaseError as exc:
+            raise self._error(exc, what) from None
+
+    def _error(self, exc: BaseError, what: str) -> OutputError | RetryableError:
+        """One line for an obstore error: the configuration's before the lease is held,
+        a retryable one for a key after."""
+        where = self.remote.url
+        if isinstance(exc, UnauthenticatedError | PermissionDeniedError):
+            return OutputError(f"{where}: the store refused to {what} ({_first_line(exc)}); "
+                               "check the storage credentials and their permissions")
+        if isinstance(exc, NotFoundError) and "bucket" in str(exc).lower():
+            return OutputError(f"{where}: the bucket {self.remote.bucket!r} does not exist")
+        if self._setup:
+            return OutputError(f"{where}: cannot {what}: {_first_line(exc)}")
+        return RetryableError(f"{where}: could not {what}: {_first_line(exc)}")
+
+
+class ObjectPart:
+    """One part of an object-store destination: one PUT, or one multipart upload."""
+
+    resumable = False
+    whole_limit = SINGLE_PUT
+
+    def __init__(self, destination: ObjectStore, path: str) -> None:
+        self._dest = destination
+        self._path = path
+        self._etag: str | None = None
+
+    async def restore(self, progress: Progress, checker: Checker) -> None:
+        progress.offset, progress.etag = 0, None
+
+    async def refeed(self, checker: Checker) -> None:
+        checker.reset(inflate=True)  # never resumed: nothing was kept
+
+    async def write_whole(self, body: bytes, progress: Progress,
+                          check: Callable[[], Verified]) -> Verified:
+        from dataclasses import replace
+
+        verified = await anyio.to_thread.run_sync(check)  # nothing bad goes up
+        etag = await self._dest._put(self._path, body, metadata={"md5-hash": verified.md5})
+        return replace(verified, etag=etag)
+
+    async def write_stream(self, blocks: AsyncIterator[bytes], progress: Progress,
+                           checkpoint: Callable[[Progress], Awaitable[None]],
+                           every: int) -> None:
+        # No checkpoints: an upload cannot be continued by another process. An error from
+        # `blocks` (a broken download, bad bytes) makes obstore abort the upload.
+        self._etag = await self._dest._put(self._path, blocks)
+
+    async def commit(self, verified: Verified) -> Verified:
+        from dataclasses import replace
+
+        return replace(verified, etag=self._etag)
+
+    async def discard(self) -> None:
+        pass  # an aborted upload left nothing
+
+
+@dataclass(frozen=True)
+class _Holder:
+    owner: str
+    host: str
+    pid: int
+    started: str
+    expires: str
+    run: str
+
+    def describe(self) -> str:
+        return (f"{self.owner}@{self.host} (pid {self.pid}, since {self.started}, lease until "
+                f"{self.expires})")
+
+
+class Lease:
+    """The destination's lease object: taken at the start, renewed, released at the end."""
+
+    def __init__(self, destination: ObjectStore, seconds: float) -> None:
+        self._dest = destination
+        self._seconds = seconds
+        self._etag: str | None = None
+        self._started = _now()
+        self._run = secrets.token_hex(8)
+
+    def _document(self) -> bytes:
+        try:
+            owner = getpass.getuser()
+        except (KeyError, OSError):
+            owner = "unknown"
+        holder = _Holder(owner, socket.gethostname(), os.getpid(), self._started.isoformat(
+            timespec="seconds"), (_now() + timedelta(seconds=self._seconds)).isoformat(
+            timespec="seconds"), self._run)
+        return json.dumps(holder.__dict__, indent=2).encode() + b"\n"
+
+    async def take(self) -> None:
+        """Create the lease, or take over one that expired. Raises :class:`OutputError`
+        naming the holder when another run holds it."""
+        dest = self._dest
+        try:
+            self._etag = await dest._put(LEASE, self._document(),
+                                         content_type="application/json", mode="create")
+            return
+        except AlreadyExistsError:
+            pass
+        current = await self._current()
+        if current is not None:
+            holder, etag = current
+            if datetime.fromisoformat(holder.expires) > _now():
+                raise OutputError(
+                    f"another backfill holds {dest.remote.url}: {holder.describe()}; wait for "
+                    f"it, or if it is dead, wait for the lease to expire or delete "
+                    f"{dest.remote.url}/{LEASE}")
+            mode: Any = {"e_tag": etag}
+        else:
+            mode = "create"  # released in between
+        try:
+            self._etag = await dest._put(LEASE, self._document(),
+                                         content_type="application/json", mode=mode)
+        except (AlreadyExistsError, PreconditionError):
+            raise OutputError(f"another backfill just took {dest.remote.url}; wait for it "
+                              "to end") from None
+
+    async def _current(self) -> tuple[_Holder, str | None] | None:
+        dest = self._dest
+        try:
+            result = await obstore.get_async(dest._store, LEASE)
+            data = bytes(await result.bytes_async())
+            etag = result.meta["e_tag"]
+        except NotFoundError:
+            return None
+        except BaseError as exc:
+            raise dest._error(exc, f"read {LEASE}") from None
+        try:
+            return _Holder(**json.loads(data)), etag
+        except (ValueError, TypeError):
+            # Not ours, or damaged: it cannot say who holds it; treat it as expired.
+            return _Holder("unknown", "unknown", 0, "?", "1970-01-01T00:00:00+00:00", ""), etag
+
+    async def keep(self) -> None:
+        """Renew the lease every third of its time until cancelled. Raises
+        :class:`OutputError` if another run took it (this run's time ran out)."""
+        while True:
+            await anyio.sleep(self._seconds / 3)
+            try:
+                self._etag = await self._dest._put(LEASE, self._document(),
+                                                   content_type="application/json",
+                                                   mode={"e_tag": self._etag})
+            except (AlreadyExistsError, PreconditionError):
+                raise OutputError(f"lost the lease of {self._dest.remote.url} to another run "
+                                  "(this one could not renew it in time); stopping") from None
+            except RetryableError:
+                continue  # the store hiccuped: try again before the lease runs out
+
+    async def release(self) -> None:
+        if self._etag is None:
+            return
+        with contextlib.suppress(BaseError, OutputError, RetryableError):
+            current = await self._current()
+            if current is not None and current[1] == self._etag:
+                await obstore.delete_async(self._dest._store, LEASE)
+        self._etag = None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+_QUERY = re.compile(r"\?\S*")
+
+
+def _first_line(exc: BaseException) -> str:
+    """The gist of an obstore error: its first line, without any URL query (a SAS token)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = _QUERY.sub("", text)
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _make_store(settings: Settings) -> ObjectStoreT:
+    """The obstore client for ``settings.out``. Credentials come from the environment
+    and the provider chains obstore follows; never from our config."""
+    from backfill.config import Remote
+
+    remote = settings.out
+    assert isinstance(remote, Remote)
+    storage = settings.storage
+    env = os.environ
+    timeouts = {"connect_timeout": timedelta(seconds=settings.connect_timeout),
+                "timeout": timedelta(seconds=max(settings.read_timeout, 60.0) * 5)}
+    retry = {"max_retries": 2, "retry_timeout": timedelta(seconds=30),
+             "backoff": {"init_backoff": timedelta(seconds=0.2),
+                         "max_backoff": timedelta(seconds=5), "base": 2}}
+    prefix = remote.prefix or None
+    try:
+        if remote.kind == "s3":
+            endpoint = (storage.endpoint or env.get("AWS_ENDPOINT_URL_S3")
+                        or env.get("AWS_ENDPOINT_URL") or "")
+            _require_s3_credentials(env)
+            config: dict[str, Any] = {}
+            if storage.endpoint:
+                config["endpoint"] = storage.endpoint
+            if storage.region:
+                config["region"] = storage.region
+            if storage.virtual_hosted_style is not None:
+                config["virtual_hosted_style_request"] = storage.virtual_hosted_style
+            target = endpoint or f"https://{remote.bucket}.s3.amazonaws.com"
+            client = {**timeouts, **_proxy_options(settings, target)}
+            if target.startswith("http://"):
+                client["allow_http"] = True  # a MinIO on the LAN, or tests: as given
+            return S3Store(remote.bucket, prefix=prefix, config=config,  # type: ignore[arg-type]
+                           client_options=client, retry_config=retry)  # type: ignore[arg-type]
+        if remote.kind == "gs":
+            client = {**timeouts, **_proxy_options(settings, "https://storage.googleapis.com")}
+            return GCSStore(remote.bucket, prefix=prefix,
+                            client_options=client, retry_config=retry)  # type: ignore[arg-type]
+        client = {**timeouts, **_proxy_options(settings, "https://blob.core.windows.net")}
+        return AzureStore.from_url(remote.url, client_options=client,  # type: ignore[arg-type]
+                                   retry_config=retry)  # type: ignore[arg-type]
+    except BaseError as exc:
+        raise OutputError(f"{remote.url}: cannot use this store: {_first_line(exc)}") from None
+
+
+def _proxy_options(settings: Settings, target: str) -> dict[str, str]:
+    proxy = settings.proxies.for_url(target)
+    return {"proxy_url": proxy} if proxy else {}
+
+
+def _require_s3_credentials(env: os._Environ[str] | dict[str, str]) -> None:
+    """Refuse at once when no S3 credential source is configured, instead of waiting for
+    the instance metadata service of a machine that has none."""
+    sources = (
+        env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"),
+        env.get("AWS_WEB_IDENTITY_TOKEN_FILE") and env.get("AWS_ROLE_ARN"),
+        env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+        or env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI"),
+        env.get("AWS_EC2_METADATA_DISABLED", "").lower() != "true",
+    )
+    if not any(sources):
+        raise OutputError("no storage credentials: set AWS_ACCESS_KEY_ID and "
+                          "AWS_SECRET_ACCESS_KEY (or use a web identity, container or "
+                          "instance role)")

@@ -1,0 +1,124 @@
+"""The destination is the truth: bring the local state (a cache) in line with its markers.
+
+A unit whose folder holds ``_SUCCESS`` (and its manifest) is done, whatever the cache
+says: another machine, a shard, or a run whose cache was lost (an ephemeral CI runner)
+finished it. A unit the cache calls done whose folder has no ``_SUCCESS`` any more is
+fetched again.
+
+Cost: one listing (a LIST call per 1,000 objects) per data type and month of the keys,
+and only of the units the cache does not know to be done; so a no-op rerun lists
+nothing, and a fresh runner pays a few calls per type and month, never one per key.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import anyio
+
+from backfill.config import Settings
+from backfill.destination import Destination, Stored
+from backfill.errors import first_error
+from backfill.keys import Key
+from backfill.layout import MANIFEST, MARKER, folder_key, key_folder, literal_prefix
+from backfill.store import Status, Store
+
+LISTINGS_AT_ONCE = 8
+
+
+@dataclass(frozen=True)
+class Unit:
+    key: Key
+    data_type: str
+    folder: str
+
+
+def listing_prefixes(units: Iterable[Unit]) -> list[str]:
+    """The prefixes to list for ``units``: one per data type and month, as narrow as the
+    units' folders allow (a single folder is listed alone). Pure."""
+    groups: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for unit in units:
+        groups[(unit.data_type, unit.key.start.strftime("%Y%m"))].append(unit.folder)
+    prefixes = set()
+    for folders in groups.values():
+        # By character, not by path segment: "visit/dt=2026-11-" lists one month.
+        common = os.path.commonprefix(folders)  # noqa: RUF071
+        prefixes.add(common + "/" if len(set(folders)) == 1 else common)
+    return sorted(prefixes)
+
+
+def complete(files: dict[str, Stored] | None) -> bool:
+    return files is not None and MARKER in files and MANIFEST in files
+
+
+async def reconcile(store: Store, destination: Destination, settings: Settings,
+                    keys: list[Key] | None) -> int:
+    """Record as done every unit of ``keys`` (every unit the destination holds, when
+    None) that the destination shows complete; returns how many changed."""
+    if keys is None:
+        listed = await _list_all(destination, settings)
+        done = [(u, files) for u, files in listed if complete(files)]
+        undone: list[Unit] = []
+    else:
+        done, undone = await _list_units(store, destination, settings, keys)
+    rows = [(u.key.name, u.data_type, *_count(files)) for u, files in done]
+    gone = [(u.key.name, u.data_type) for u in undone]
+    if rows or gone:
+        await anyio.to_thread.run_sync(store.adopt, settings.api, rows, gone)
+    return len(rows) + len(gone)
+
+
+async def _list_units(store: Store, destination: Destination, settings: Settings,
+                      keys: list[Key]) -> tuple[list[tuple[Unit, dict[str, Stored]]], list[Unit]]:
+    known = await anyio.to_thread.run_sync(store.statuses, settings.api, [k.name for k in keys])
+    units = [Unit(k, t, str(key_folder(settings.layout, k, t)))
+             for k in keys for t in settings.wanted_types]
+    unknown = [u for u in units if known.get((u.key.name, u.data_type)) is not Status.DONE]
+    prefixes = listing_prefixes(unknown)
+    listing = await _listings(destination, prefixes)
+    done = [(u, listing[u.folder]) for u in unknown if complete(listing.get(u.folder))]
+    # Units the cache calls done are judged too when a listing covered their folder.
+    undone = [u for u in units if known.get((u.key.name, u.data_type)) is Status.DONE
+              and any(u.folder.startswith(p) for p in prefixes)
+              and not complete(listing.get(u.folder))]
+    return done, undone
+
+
+async def _list_all(destination: Destination, settings: Settings
+                    ) -> list[tuple[Unit, dict[str, Stored]]]:
+    prefixes = {literal_prefix(settings.layout, t): t for t in settings.wanted_types}
+    listing = await _listings(destination, sorted(prefixes))
+    found = []
+    for folder, files in listing.items():
+        for data_type in settings.wanted_types:
+            key = folder_key(settings.layout, data_type, folder, settings.granularity)
+            if key is not None:
+                found.append((Unit(key, data_type, folder), files))
+    return found
+
+
+async def _listings(destination: Destination, prefixes: list[str]
+                    ) -> dict[str, dict[str, Stored]]:
+    merged: dict[str, dict[str, Stored]] = {}
+    slots = anyio.CapacityLimiter(LISTINGS_AT_ONCE)
+
+    async def one(prefix: str) -> None:
+        async with slots:
+            for folder, files in (await destination.listing(prefix)).items():
+                merged.setdefault(folder, {}).update(files)
+
+    try:
+        async with anyio.create_task_group() as group:
+            for prefix in prefixes:
+                group.start_soon(one, prefix)
+    except BaseExceptionGroup as errors:
+        raise first_error(errors) from None
+    return merged
+
+
+def _count(files: dict[str, Stored]) -> tuple[int, int]:
+    parts = [f.size for name, f in files.items() if name.startswith("part-")]
+    return len(parts), sum(parts)
