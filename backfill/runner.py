@@ -80,14 +80,16 @@ async def _backfill(settings: Settings, keys: list[Key], reporter: Reporter, for
         await reconcile(store, destination, settings, keys)
         plan = await anyio.to_thread.run_sync(_plan_and_record, store, settings, keys, force,
                                               summary)
-        reporter.begin(len(plan.tasks), len(plan.done))
-        try:
-            if plan.tasks:
-                settings.credentials.require()
-                async with destination.hold(settings):
+        if plan.tasks:
+            settings.credentials.require()
+        # One writer per destination: refused before any export call, and before the bars.
+        async with destination.hold(settings) if plan.tasks else contextlib.nullcontext():
+            reporter.begin(len(plan.tasks), len(plan.done))
+            try:
+                if plan.tasks:
                     await _fetch(settings, store, destination, plan, reporter, summary, api)
-        finally:
-            reporter.end()
+            finally:
+                reporter.end()
     finally:
         with anyio.CancelScope(shield=True):  # closing checkpoints the WAL: disk I/O
             await anyio.to_thread.run_sync(store.close)

@@ -12,6 +12,7 @@ import pytest
 from backfill.emulator import EmulatorConfig, RunningEmulator, serve
 from backfill.keys import BEIJING
 from tests.helpers import Api
+from tests.s3 import S3_ENV, Bucket, s3_server
 
 # A fixed, frozen emulated "now": tests move the clock themselves.
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=BEIJING)
@@ -52,3 +53,18 @@ async def emulator(emulator_factory: EmulatorFactory) -> AsyncIterator[tuple[Run
     async with emulator_factory() as pair:
         await pair[1].login()
         yield pair
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Any:
+    """One S3 server (moto) on loopback for the whole session."""
+    with s3_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Bucket:
+    """A fresh bucket, and this process's environment pointing at its server."""
+    for name, value in {**S3_ENV, "AWS_ENDPOINT_URL": s3_endpoint}.items():
+        monkeypatch.setenv(name, value)
+    return Bucket.create(s3_endpoint)

@@ -101,12 +101,22 @@ class ObjectStore:
         await self._put(f"{folder}/{MARKER}", b"", content_type="text/plain")
 
     async def listing(self, prefix: str) -> dict[str, dict[str, Stored]]:
+        # obstore lists whole path segments; a string prefix ("visit/dt=2026-11-") is the
+        # parent's listing started after the prefix (S3's start-after), stopped as soon as
+        # names pass it: only the pages that hold the prefix are fetched.
+        parent = prefix.rpartition("/")[0]
         found: dict[str, dict[str, Stored]] = {}
-        pages = obstore.list(self._store, prefix=prefix or None, chunk_size=1000)
+        pages = obstore.list(self._store, prefix=parent or None, offset=prefix or None,
+                             chunk_size=1000)
         try:
             async for page in pages:
                 for meta in page:
-                    folder, _, name = meta["path"].rpartition("/")
+                    path = meta["path"]
+                    if not path.startswith(prefix):
+                        if path > prefix:
+                            return found
+                        continue
+                    folder, _, name = path.rpartition("/")
                     found.setdefault(folder, {})[name] = Stored(meta["size"], meta["e_tag"])
         except BaseError as exc:
             raise self._error(exc, f"list {prefix or '/'}") from None
@@ -195,7 +205,8 @@ class ObjectStore:
         if isinstance(exc, UnauthenticatedError | PermissionDeniedError):
             return OutputError(f"{where}: the store refused to {what} ({_first_line(exc)}); "
                                "check the storage credentials and their permissions")
-        if isinstance(exc, NotFoundError) and "bucket" in str(exc).lower():
+        if "NoSuchBucket" in str(exc) or (isinstance(exc, NotFoundError)
+                                           and "bucket" in str(exc).lower()):
             return OutputError(f"{where}: the bucket {self.remote.bucket!r} does not exist")
         if self._setup:
             return OutputError(f"{where}: cannot {what}: {_first_line(exc)}")
@@ -350,13 +361,14 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-_QUERY = re.compile(r"\?\S*")
+_QUERY = re.compile(r"(https?://[^\s?]*)\?\S*")
 
 
 def _first_line(exc: BaseException) -> str:
-    """The gist of an obstore error: its first line, without any URL query (a SAS token)."""
+    """The gist of an obstore error: its first line, without the server's XML body or any
+    URL query (a SAS token would be one)."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    text = _QUERY.sub("", text)
+    text = _QUERY.sub(r"\1", text.split(": <", 1)[0])
     return text if len(text) <= 300 else text[:297] + "..."
 
 

@@ -1,0 +1,305 @@
+"""Writing to an object store: the real client, the real emulator and a real S3 server
+(moto) on loopback. Behaviour shared with a local folder is tested on both."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+import signal
+from collections import Counter
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from backfill.config import Settings, parse_out
+from backfill.emulator import EmulatorConfig, Faults, RunningEmulator, serve
+from backfill.keys import Granularity, Key
+from backfill.store import Status
+from tests.helpers import assert_no_secrets, cli, env_for
+from tests.s3 import S3_ENV, Bucket
+from tests.test_run import days_ago, hours_ago, run, settings_for, source_md5s
+from tests.test_survive_process import start, started, wait_for
+
+pytestmark = pytest.mark.anyio
+TYPES = ("visit", "page")
+
+
+@dataclass
+class Output:
+    """Where a test run writes, and what a reader finds there afterwards."""
+
+    out: Any
+    """The ``--out`` value: a folder or an ``s3://`` URL."""
+    state_dir: Path
+    bucket: Bucket | None = None
+
+    def settings(self, emulator: RunningEmulator, **changes: Any) -> Settings:
+        return settings_for(emulator, parse_out(str(self.out)), state_dir=self.state_dir,
+                            **changes)
+
+    def files(self) -> dict[str, bytes]:
+        if self.bucket is not None:
+            return self.bucket.files()
+        root = Path(self.out)
+        return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*")
+                if p.is_file()}
+
+
+@pytest.fixture(params=["local", "s3"])
+def output(request: pytest.FixtureRequest, tmp_path: Path) -> Output:
+    if request.param == "local":
+        return Output(tmp_path / "data", tmp_path / "data" / ".backfill")
+    bucket: Bucket = request.getfixturevalue("bucket")
+    return Output(bucket.url(), tmp_path / "cache", bucket)
+
+
+@pytest.fixture
+async def emulator(data_dir: Path) -> Any:
+    async with serve(EmulatorConfig(data_dir=data_dir, job_seconds=0.0,
+                                    bytes_per_hour=8 * 1024, part_size=4 * 1024)) as running:
+        yield running
+
+
+def md5s(files: dict[str, bytes]) -> Counter[str]:
+    return Counter(hashlib.md5(data).hexdigest() for name, data in files.items()
+                   if name.rpartition("/")[2].startswith("part-"))
+
+
+def unit_folders(files: dict[str, bytes]) -> set[str]:
+    return {name.rpartition("/")[0] for name in files if "/" in name and ".backfill" not in name}
+
+
+async def test_parts_land_byte_identical_then_manifest_then_marker(
+        emulator: RunningEmulator, output: Output) -> None:
+    keys = days_ago(4, 3)
+    summary = await run(output.settings(emulator, types=TYPES), keys)
+    assert summary.exit_code == 0
+    files = output.files()
+    assert md5s(files) == source_md5s(emulator, keys, TYPES)
+    folders = unit_folders(files)
+    assert folders == {f"{t}/dt={k.start:%Y-%m-%d}" for k in keys for t in TYPES}
+    for folder in folders:
+        assert files[f"{folder}/_SUCCESS"] == b""
+        manifest = json.loads(files[f"{folder}/_manifest.json"])
+        parts = {n.rpartition("/")[2] for n in files if n.startswith(f"{folder}/part-")}
+        assert {p["file"] for p in manifest["parts"]} == parts
+        for part in manifest["parts"]:
+            data = files[f"{folder}/{part['file']}"]
+            assert (len(data), hashlib.md5(data).hexdigest()) == (part["size"], part["md5"])
+            assert ("etag" in part) == (output.bucket is not None)
+    assert not [n for n in files if n.endswith(".partial")]
+    if output.bucket is not None:
+        assert not output.bucket.uploads_in_progress()
+        assert not [n for n in files if n.startswith(".backfill/")]  # the lease is released
+
+
+async def test_a_lost_cache_costs_no_export_call(emulator: RunningEmulator,
+                                                  output: Output) -> None:
+    # An ephemeral CI runner: the state is gone, the destination is not.
+    keys = days_ago(5, 3)
+    settings = output.settings(emulator, types=TYPES)
+    assert (await run(settings, keys)).exit_code == 0
+    shutil.rmtree(output.state_dir)
+    before = emulator.state.stats()["calls"]
+    again = await run(settings, keys)
+    assert again.exit_code == 0
+    assert again.statuses[Status.DONE] == len(keys) and again.parts == 0
+    assert emulator.state.stats()["calls"] == before  # not an export call, not a token
+
+
+async def test_a_unit_without_its_marker_is_fetched_again(emulator: RunningEmulator,
+                                                          output: Output) -> None:
+    keys = days_ago(4, 3)
+    settings = output.settings(emulator, types=("visit",))
+    assert (await run(settings, keys)).exit_code == 0
+    shutil.rmtree(output.state_dir)
+    folder = f"visit/dt={keys[0].start:%Y-%m-%d}"
+    if output.bucket is not None:
+        output.bucket.client.delete_object(Bucket=output.bucket.name,
+                                           Key=f"raw/{folder}/_SUCCESS")
+    else:
+        (Path(output.out) / folder / "_SUCCESS").unlink()
+    answered = emulator.state.stats()["answers"]["FINISHED"]
+    assert (await run(settings, keys)).exit_code == 0
+    # One key asked for (the lost cache also lost the call history: a 429 may come first).
+    assert emulator.state.stats()["answers"]["FINISHED"] == answered + 1
+    assert f"{folder}/_SUCCESS" in output.files()
+
+
+@pytest.mark.parametrize("size", [4 * 1024, 6 * 1024 * 1024], ids=["small", "large"])
+async def test_a_part_that_fails_its_check_never_becomes_visible(
+        data_dir: Path, output: Output, size: int) -> None:
+    # Large parts stream up as a multipart upload: the check that fails at the end
+    # aborts it. Small ones are checked before their single PUT.
+    config = EmulatorConfig(data_dir=data_dir, job_seconds=0.0, flat_data=True, compress_level=1,
+                            bytes_per_hour=size, faults=Faults(seed=3, corrupt=1.0))
+    async with serve(config) as emulator:
+        settings = output.settings(emulator, types=("visit",), retries=1,
+                                   granularity=Granularity.HOUR)
+        summary = await run(settings, hours_ago(30, 30))
+    assert summary.exit_code == 1
+    assert "MD5" in next(iter(summary.problems.values()))
+    files = output.files()
+    assert not [n for n in files if "part-" in n or n.endswith("_SUCCESS")], sorted(files)
+    if output.bucket is not None:
+        assert not output.bucket.uploads_in_progress()
+
+
+# --- object stores only ----------------------------------------------------------------------
+
+
+def remote_env(emulator: RunningEmulator, bucket: Bucket, tmp_path: Path) -> dict[str, str]:
+    return env_for(emulator.url, **bucket.env(), XDG_STATE_HOME=str(tmp_path / "state"))
+
+
+@pytest.fixture
+def fast_polls(tmp_path: Path) -> None:
+    (tmp_path / "backfill.toml").write_text(
+        'poll_interval = "0.2s"\nmax_poll_interval = "0.5s"\nbackoff = "0.05s"\n'
+        'max_backoff = "0.2s"\nlease_time = "3s"\n')
+
+
+RANGE = ["--from", "-5d", "--to", "-3d", "--types", "visit,page", "--quiet"]
+
+
+@pytest.mark.usefixtures("fast_polls")
+async def test_large_parts_stream_up_and_kill_9_then_rerun_is_exact(
+        data_dir: Path, bucket: Bucket, tmp_path: Path) -> None:
+    # 6 MiB parts: each streams up as a multipart upload while it downloads.
+    config = EmulatorConfig(data_dir=data_dir, job_seconds=0.2, flat_data=True, compress_level=1,
+                            bytes_per_hour=6 * 1024 * 1024)
+    async with serve(config) as emulator:
+        env = remote_env(emulator, bucket, tmp_path)
+        args = ["run", "--from", "-40h", "--to", "-39h", "--granularity", "hour",
+                "--types", "visit,page", "--quiet", "--out", bucket.url(), "--downloads", "2"]
+        process = await start(args, env, tmp_path)
+        await anyio.sleep(random.Random(7).uniform(0.8, 1.5))
+        process.send_signal(signal.SIGKILL)
+        await wait_for(process, 10)
+        keys = hours_ago(40, 39)
+        wanted = source_md5s(emulator, keys, ("visit", "page"))
+        # Nothing half-uploaded is visible: every part object present is whole.
+        assert not md5s(bucket.files()) - wanted
+        # The dead run's lease expires (3 s here); then the rerun finishes exactly.
+        await anyio.sleep(3.5)
+        code, out, err = await cli(args, env, tmp_path)
+        assert code == 0, err
+        files = bucket.files()
+        assert md5s(files) == wanted
+        assert all(f"{t}/dt={k.start:%Y-%m-%d}/hour={k.start:%H}/_SUCCESS" in files
+                   for k in keys for t in ("visit", "page"))
+        assert_no_secrets([out, err], None)
+        assert S3_ENV["AWS_SECRET_ACCESS_KEY"] not in out + err
+
+
+@pytest.mark.usefixtures("fast_polls")
+async def test_a_second_writer_is_refused_by_the_lease(emulator: RunningEmulator, bucket: Bucket,
+                                                       tmp_path: Path) -> None:
+    emulator.state.config.job_seconds = 3600  # the first run keeps polling
+    env = remote_env(emulator, bucket, tmp_path)
+    first = await start(["run", *RANGE, "--out", bucket.url()], env, tmp_path)
+    try:
+        with anyio.fail_after(20):
+            await started(first)  # the plan is printed once the lease is held
+        assert "raw/.backfill/lease.json" in bucket.names()
+        # Another machine: its own state, the same bucket.
+        other = {**env, "XDG_STATE_HOME": str(tmp_path / "other-machine")}
+        code, _, err = await cli(["run", *RANGE, "--out", bucket.url()], other, tmp_path)
+        assert code == 2
+        assert err.count("\n") == 1
+        assert f"another backfill holds {bucket.url()}" in err and f"pid {first.pid}" in err
+        await anyio.sleep(4)  # past a lease time: the first run renewed it
+        code, _, err = await cli(["run", *RANGE, "--out", bucket.url()], other, tmp_path)
+        assert code == 2 and "another backfill holds" in err
+    finally:
+        first.send_signal(signal.SIGINT)
+        assert await wait_for(first, 10) == 130
+    assert "raw/.backfill/lease.json" not in bucket.names()  # released on the way out
+
+
+async def test_a_stale_lease_expires(emulator: RunningEmulator, bucket: Bucket,
+                                     tmp_path: Path) -> None:
+    bucket.put("raw/.backfill/lease.json", json.dumps({
+        "owner": "ci", "host": "runner-7", "pid": 4242, "started": "2026-01-01T00:00:00+00:00",
+        "expires": "2026-01-01T00:05:00+00:00", "run": "dead"}).encode())
+    settings = replace(settings_for(emulator, parse_out(bucket.url())),
+                       state_dir=tmp_path / "cache", types=("visit",))
+    assert (await run(settings, days_ago(3, 3))).exit_code == 0
+    assert "raw/.backfill/lease.json" not in bucket.names()
+
+
+async def test_a_live_lease_refuses_with_its_holder(emulator: RunningEmulator, bucket: Bucket,
+                                                    tmp_path: Path) -> None:
+    bucket.put("raw/.backfill/lease.json", json.dumps({
+        "owner": "ci", "host": "runner-7", "pid": 4242, "started": "2026-01-01T00:00:00+00:00",
+        "expires": "2999-01-01T00:00:00+00:00", "run": "alive"}).encode())
+    code, _, err = await cli(["run", *RANGE, "--out", bucket.url()],
+                             remote_env(emulator, bucket, tmp_path), tmp_path)
+    assert code == 2
+    assert "ci@runner-7 (pid 4242" in err
+    assert "delete s3://" in err and "/raw/.backfill/lease.json" in err
+    assert emulator.state.stats()["export_calls"] == 0
+
+
+@pytest.mark.parametrize("problem", ["no credentials", "no bucket", "wrong endpoint"])
+async def test_a_store_that_cannot_be_used_is_one_line_exit_2_without_an_export_call(
+        emulator: RunningEmulator, bucket: Bucket, tmp_path: Path, problem: str) -> None:
+    env = remote_env(emulator, bucket, tmp_path)
+    url = bucket.url()
+    if problem == "no credentials":
+        del env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]
+        expected = "no storage credentials: set AWS_ACCESS_KEY_ID"
+    elif problem == "no bucket":
+        url = "s3://no-such-bucket-here/raw"
+        expected = "the bucket 'no-such-bucket-here' does not exist"
+    else:
+        with anyio.fail_after(5):
+            listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+            port = listener.extra(anyio.abc.SocketAttribute.local_port)
+            await listener.aclose()  # a port nothing listens on
+        env["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{port}"
+        expected = f"{url}: cannot "
+    with anyio.fail_after(60):
+        code, _, err = await cli(["run", *RANGE, "--out", url], env, tmp_path)
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith("backfill: error: "), err
+    assert expected in err
+    assert S3_ENV["AWS_SECRET_ACCESS_KEY"] not in err
+    assert emulator.state.stats()["calls"]["token"] == 0
+    assert emulator.state.stats()["export_calls"] == 0
+
+
+async def test_status_and_verify_read_the_bucket(emulator: RunningEmulator, bucket: Bucket,
+                                                 tmp_path: Path) -> None:
+    env = remote_env(emulator, bucket, tmp_path)
+    url = bucket.url()
+    args = ["--from", "-4d", "--to", "-3d", "--types", "visit", "--out", url]
+    assert (await cli(["run", *args], env, tmp_path))[0] == 0
+    fresh = {**env, "XDG_STATE_HOME": str(tmp_path / "fresh-runner")}
+    code, out, err = await cli(["status", "--json", "--out", url], fresh, tmp_path)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["keys"]["done"] == 2 and report["out"] == url and report["bytes"] > 0
+
+    code, out, _ = await cli(["verify", "--out", url], fresh, tmp_path)
+    assert code == 0 and "checked 2 finished units" in out and "all intact" in out
+    parts = sorted(k for k in bucket.names("raw/visit/") if "/part-" in k)
+    data = bytearray(bucket.read(parts[0]))
+    data[len(data) // 2] ^= 0xFF  # same size, other bytes: a new ETag
+    bucket.put(parts[0], bytes(data))
+    code, out, _ = await cli(["verify", "--out", url], fresh, tmp_path)
+    assert code == 1 and "1 damaged" in out and "ETag" in out
+    assert parts[0].rpartition("/")[0] + "/_SUCCESS" not in bucket.names()
+
+    calls = emulator.state.stats()["export_calls"]
+    assert (await cli(["run", *args], fresh, tmp_path))[0] == 0
+    assert emulator.state.stats()["export_calls"] == calls + 1  # only the damaged key
+    keys: list[Key] = days_ago(4, 3)
+    assert md5s(bucket.files()) == source_md5s(emulator, keys, ("visit",))
+    code, out, _ = await cli(["verify", "--deep", "--out", url], fresh, tmp_path)
+    assert code == 0 and "all intact" in out
