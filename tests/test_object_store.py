@@ -17,7 +17,7 @@ import anyio
 import pytest
 
 from backfill.config import Settings, parse_out
-from backfill.emulator import EmulatorConfig, Faults, RunningEmulator, serve
+from backfill.emulator import DEMO_CREDENTIALS, EmulatorConfig, Faults, RunningEmulator, serve
 from backfill.keys import Granularity, Key
 from backfill.store import Status
 from tests.helpers import assert_no_secrets, cli, env_for
@@ -303,3 +303,46 @@ async def test_status_and_verify_read_the_bucket(emulator: RunningEmulator, buck
     assert md5s(bucket.files()) == source_md5s(emulator, keys, ("visit",))
     code, out, _ = await cli(["verify", "--deep", "--out", url], fresh, tmp_path)
     assert code == 0 and "all intact" in out
+
+
+def _duckdb_with_httpfs() -> Any:
+    """A DuckDB connection with the httpfs extension, from the test extra's wheels (no
+    download at run time); skips when they are not installed."""
+    duckdb = pytest.importorskip("duckdb", reason="DuckDB is not installed")
+    try:
+        import duckdb_ext  # type: ignore[import-not-found]  # from duckdb-ext-httpfs
+    except ImportError:
+        pytest.skip("the httpfs extension wheel (duckdb-ext-httpfs) is not installed")
+    found = sorted(Path(next(iter(duckdb_ext.__path__))).glob(
+        f"extensions/v{duckdb.__version__}/*/httpfs.duckdb_extension"))
+    if not found:
+        pytest.skip(f"no httpfs extension for DuckDB {duckdb.__version__} on this platform")
+    connection = duckdb.connect()
+    connection.execute(f"LOAD '{found[0]}'")
+    return connection
+
+
+async def test_duckdb_reads_the_bucket_as_it_is(emulator: RunningEmulator, bucket: Bucket,
+                                                tmp_path: Path) -> None:
+    import gzip
+
+    connection = _duckdb_with_httpfs()
+    keys = days_ago(4, 3)
+    settings = replace(settings_for(emulator, parse_out(bucket.url())),
+                       state_dir=tmp_path / "cache", types=("visit",))
+    assert (await run(settings, keys)).exit_code == 0
+    # The README's recipe: a secret for the endpoint, then the Hive layout as it is.
+    host = bucket.endpoint.removeprefix("http://")
+    connection.execute(
+        f"CREATE SECRET gio (TYPE s3, KEY_ID '{S3_ENV['AWS_ACCESS_KEY_ID']}', "
+        f"SECRET '{S3_ENV['AWS_SECRET_ACCESS_KEY']}', REGION 'us-east-1', ENDPOINT '{host}', "
+        "URL_STYLE 'path', USE_SSL false)")
+    rows = connection.sql(
+        f"SELECT dt, count(*) AS visits FROM read_csv('s3://{bucket.name}/raw/visit/*/*.csv.gz', "
+        "hive_partitioning = true, escape = '\\') GROUP BY dt ORDER BY dt").fetchall()
+    data = emulator.state.data
+    expected = [(k.start.date(), sum(
+        gzip.decompress(p.path.read_bytes()).count(b"\n") - 1
+        for hour in k.hours() for p in data.parts(DEMO_CREDENTIALS.ai, "visit", hour)))
+        for k in keys]
+    assert rows == expected

@@ -1,6 +1,6 @@
 """Benchmark: where backfill sits against its two bounds, the API budget and the bytes.
 
-    python tests/bench/bench.py            # about 4 minutes on 2 cores
+    python tests/bench/bench.py            # about 10 minutes on 2 cores
     python tests/bench/bench.py --full     # adds a month of hourly keys (about 13 minutes)
 
 Every figure is measured in one run against the bundled emulator (faults off) on
@@ -445,7 +445,7 @@ def noop_year(work: Path) -> Measured:
     from backfill.store import Store
 
     out = work / "year" / "out"
-    Store(out).close()  # the schema
+    Store(out / ".backfill").close()  # the schema
     last = key_at(datetime.now(UTC) - timedelta(days=2), Granularity.HOUR)
     keys = expand(key_at(last.start - timedelta(hours=8759), Granularity.HOUR), last)
     with closing(sqlite3.connect(out / ".backfill" / "state.sqlite")) as db, db:
@@ -458,6 +458,8 @@ def noop_year(work: Path) -> Measured:
 
 
 def main() -> None:
+    from store_bench import measure_store, report_store
+
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--full", action="store_true", help="add a month of hourly keys")
     full = parser.parse_args().full
@@ -472,7 +474,11 @@ def main() -> None:
         noop = noop_year(work)
         help_run = backfill_cli(["--help"], dict(os.environ), work)
         realistic = realistic_check(work)
+        store = measure_store(work)
     report(large, huge, small, day, month, year, noop, help_run, realistic)
+    print("\nObject storage (an S3 server on loopback; the rows beside local disk are the "
+          "same run's):\n\n| measure | figure | target |\n|---|---|---|")
+    report_store(store)
 
 
 def report(large: dict[str, Any], huge: dict[str, Any], small: dict[str, Any],
