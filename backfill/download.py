@@ -124,7 +124,9 @@ class Downloader:
         proxy = self._proxies.for_url(link)
         verdict: list[Verified] = []
         try:
-            async with self._health.attempt(), self._session.get(
+            # Admitted before the request: a response left unread while the destination
+            # catches up would hold a link's connection idle.
+            async with sink.admitted(), self._health.attempt(), self._session.get(
                     link, headers=headers, timeout=self._timeout, proxy=proxy) as resp:
                 expected = self._check_answer(resp, progress, shown, proxy)
                 inflate = self._deep or expected.md5 is None

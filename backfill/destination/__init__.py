@@ -42,6 +42,10 @@ class PartSink(Protocol):
     whole_limit: int
     """Parts up to this many bytes are read whole, checked, then written in one go."""
 
+    def admitted(self) -> AbstractAsyncContextManager[None]:
+        """Held from the request to the commit: waits while the destination has as many
+        parts in flight as its memory allows."""
+
     async def restore(self, progress: Progress, checker: Checker) -> None:
         """Keep exactly ``progress.offset`` bytes, fed to ``checker``; or reset the offset."""
 

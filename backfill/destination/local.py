@@ -92,6 +92,9 @@ class LocalPart:
         self.dest = dest
         self.temp = dest.with_name(partial_name(dest.name))
 
+    def admitted(self) -> contextlib.nullcontext[None]:
+        return contextlib.nullcontext()  # a file's memory is one block: no limit to keep
+
     async def restore(self, progress: Progress, checker: Checker) -> None:
         await anyio.to_thread.run_sync(self._restore, progress, checker)
 
