@@ -346,3 +346,18 @@ async def test_duckdb_reads_the_bucket_as_it_is(emulator: RunningEmulator, bucke
         for hour in k.hours() for p in data.parts(DEMO_CREDENTIALS.ai, "visit", hour)))
         for k in keys]
     assert rows == expected
+
+
+async def test_catchup_on_a_fresh_runner_starts_after_what_the_bucket_holds(
+        emulator: RunningEmulator, bucket: Bucket, tmp_path: Path) -> None:
+    env = remote_env(emulator, bucket, tmp_path)
+    url = bucket.url()
+    assert (await cli(["run", "--from", "-6d", "--to", "-4d", "--types", "visit", "--out", url],
+                      env, tmp_path))[0] == 0
+    fresh = {**env, "XDG_STATE_HOME": str(tmp_path / "fresh-runner")}
+    code, out, err = await cli(["catchup", "--types", "visit", "--out", url, "--dry-run",
+                                "--json"], fresh, tmp_path)
+    assert code == 0, err
+    plan = json.loads(out)
+    assert plan["first"] == days_ago(3, 3)[0].name  # the day after the newest complete one
+    assert plan["done"] == 0 and plan["to_fetch"] == plan["keys"]

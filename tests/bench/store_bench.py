@@ -251,7 +251,7 @@ def report_store(r: dict[str, Any]) -> None:
           f"the cache: {warm.get('LIST', 0)} LIST, {month['warm'].seconds:.1f} s | a few per "
           "type and month |")
     per = {k: v / day["units"] for k, v in day["requests"].items()}
-    print("| requests per fetched unit (24 hourly keys, 2 small parts each) | "
+    print("| requests per fetched unit (24 hourly keys, 64 KiB in 32 KiB parts) | "
           + ", ".join(f"{v:.1f} {k}" for k, v in sorted(per.items()))
           + f" (exit {day['run'].code}) | parts + manifest + marker |")
 
