@@ -361,3 +361,25 @@ async def test_catchup_on_a_fresh_runner_starts_after_what_the_bucket_holds(
     plan = json.loads(out)
     assert plan["first"] == days_ago(3, 3)[0].name  # the day after the newest complete one
     assert plan["done"] == 0 and plan["to_fetch"] == plan["keys"]
+
+
+async def test_demo_writes_into_a_bucket(bucket: Bucket, tmp_path: Path) -> None:
+    env = {**env_for("http://127.0.0.1:9"), **bucket.env(),
+           "XDG_STATE_HOME": str(tmp_path / "state")}
+    code, out, err = await cli(["demo", "--quiet", "--out", bucket.url("demo")], env, tmp_path)
+    assert code == 0, err
+    markers = [n for n in bucket.names("demo/") if n.endswith("/_SUCCESS")]
+    assert len(markers) == 7 * 3  # a week of three data types
+    assert f"backfill status --out {bucket.url('demo')}" in out
+    assert not list(tmp_path.glob("s3*"))  # nothing written to a local folder named "s3:"
+
+
+def test_a_store_error_shows_neither_a_signed_query_nor_the_xml_body() -> None:
+    from backfill.destination.object_store import _first_line
+
+    error = Exception("Generic Azure error: Error performing GET https://acct.blob.core.windows"
+                      ".net/c/x?sv=2024&sig=SECRETSIG in 3ms - Server returned non-2xx status "
+                      "code: 403 Forbidden: <?xml version=\"1.0\"?><Error>…</Error>\nmore")
+    line = _first_line(error)
+    assert "SECRETSIG" not in line and "<?xml" not in line and "\n" not in line
+    assert "https://acct.blob.core.windows.net/c/x" in line and "403 Forbidden" in line
