@@ -69,17 +69,23 @@ class LocalFolder:
 
 
 def _walk(root: Path, prefix: str) -> dict[str, dict[str, Stored]]:
-    """Files under ``root`` whose relative path starts with ``prefix``, by folder."""
-    base = root / prefix.rpartition("/")[0]
+    """Files under ``root`` whose relative path starts with ``prefix``, by folder; only
+    the folders that can hold such paths are read (a month, not the whole type)."""
     found: dict[str, dict[str, Stored]] = {}
-    for folder, _dirs, files in os.walk(base):
+    for folder, dirs, files in os.walk(root / prefix.rpartition("/")[0]):
         relative = Path(folder).relative_to(root).as_posix()
+        relative = "" if relative == "." else relative
+        dirs[:] = [d for d in dirs if _may_hold(f"{relative}/{d}".lstrip("/"), prefix)]
         for name in files:
-            if f"{relative}/{name}".startswith(prefix):
+            if f"{relative}/{name}".lstrip("/").startswith(prefix):
                 with contextlib.suppress(FileNotFoundError):
                     size = os.stat(os.path.join(folder, name)).st_size
                     found.setdefault(relative, {})[name] = Stored(size)
     return found
+
+
+def _may_hold(path: str, prefix: str) -> bool:
+    return path.startswith(prefix) or prefix.startswith(path + "/")
 
 
 class LocalPart:
