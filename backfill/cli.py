@@ -395,13 +395,18 @@ async def _units(settings: Settings, within: list[Key] | None) -> list[UnitRecor
 
 @app.command()
 @guarded
-def check(config: Config_ = None) -> None:
-    """Check the configuration and the credentials (a token request, no export call).
+def check(config: Config_ = None, out: Out_ = None) -> None:
+    """Check the configuration and the credentials (a token request, no export call), and
+    for a bucket that it can be listed.
 
     A new token revokes the previous one: do not run it while a backfill is running.
     """
-    settings = load_settings(config)
+    settings = load_settings(config, out=out)
     creds = settings.credentials.require()
+    if not isinstance(settings.out, Path):
+        # The store first: its answer costs nothing, a token may revoke another's.
+        _run_async(_check_store, settings)
+        typer.echo(f"{settings.out} can be listed with the storage credentials")
     route = f"{creds.base_url} is reached {settings.proxies.describe(creds.base_url)}"
     if not creds.secret:
         typer.echo(f"configuration ok; GIO_TOKEN is used as is (it can only be checked by an "
@@ -410,6 +415,12 @@ def check(config: Config_ = None) -> None:
     _run_async(_check_token, settings)
     typer.echo(f"configuration ok; {creds.base_url} issued a token for project {creds.ai} "
                f"(client {creds.client_id}); {route}")
+
+
+async def _check_store(settings: Settings) -> None:
+    from backfill.destination import open_destination
+
+    await open_destination(settings).listing(".backfill/")
 
 
 async def _check_token(settings: Settings) -> None:

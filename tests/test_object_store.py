@@ -383,3 +383,14 @@ def test_a_store_error_shows_neither_a_signed_query_nor_the_xml_body() -> None:
     line = _first_line(error)
     assert "SECRETSIG" not in line and "<?xml" not in line and "\n" not in line
     assert "https://acct.blob.core.windows.net/c/x" in line and "403 Forbidden" in line
+
+
+async def test_check_lists_the_bucket_before_asking_for_a_token(
+        emulator: RunningEmulator, bucket: Bucket, tmp_path: Path) -> None:
+    env = remote_env(emulator, bucket, tmp_path)
+    code, out, err = await cli(["check", "--out", bucket.url()], env, tmp_path)
+    assert code == 0, err
+    assert f"{bucket.url()} can be listed" in out and "issued a token" in out
+    code, _, err = await cli(["check", "--out", "s3://no-such-bucket-here/x"], env, tmp_path)
+    assert code == 2 and "does not exist" in err
+    assert emulator.state.stats()["tokens_issued"] == 1  # the second check stopped before
