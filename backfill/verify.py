@@ -3,7 +3,8 @@
 A damaged unit (no marker, a part missing, resized, altered, or not gzip to its end)
 loses its ``_SUCCESS`` and is marked failed in the state, with what was wrong, so that
 the next ``run`` fetches it again. On a local folder every part is read (length, MD5,
-gzip framing); on an object store its size and ETag are looked up without reading it.
+gzip framing); on an object store its size and ETag, from one listing of its folder,
+are compared without reading it.
 ``deep`` reads every part and inflates its gzip stream, wherever it is.
 """
 
@@ -70,11 +71,15 @@ async def _check_folder(destination: Destination, folder: str, report: VerifyRep
         parts = parse(await destination.read(f"{folder}/{MANIFEST}"))
     except (OSError, ValueError):
         return f"no readable {MANIFEST} in {shown}"
-    if MARKER not in (await destination.listing(f"{folder}/")).get(folder, {}):
+    listed = (await destination.listing(f"{folder}/")).get(folder, {})
+    if MARKER not in listed:
         return f"no {MARKER} in {shown}"
     for part in parts:
+        if part.file not in listed:
+            return f"{shown}/{part.file} is missing"
         try:
-            await destination.check(f"{folder}/{part.file}", part, deep=deep)
+            await destination.check(f"{folder}/{part.file}", part, listed[part.file],
+                                    deep=deep)
         except FileNotFoundError:
             return f"{shown}/{part.file} is missing"
         except (IntegrityError, OSError) as exc:

@@ -87,9 +87,11 @@ class Destination(Protocol):
     async def read(self, path: str) -> bytes:
         """A small object's bytes (a manifest); raises ``FileNotFoundError``."""
 
-    async def check(self, path: str, part: ManifestPart, *, deep: bool) -> None:
-        """Raise :class:`IntegrityError` (or ``FileNotFoundError``) unless the part at
-        ``path`` still matches its manifest entry; ``deep`` reads and inflates it."""
+    async def check(self, path: str, part: ManifestPart, listed: Stored, *,
+                    deep: bool) -> None:
+        """Raise :class:`IntegrityError` unless the part at ``path`` (as its folder's
+        listing showed it) still matches its manifest entry; ``deep`` reads and inflates
+        it wherever it is."""
 
     def hold(self, settings: Settings) -> AbstractAsyncContextManager[None]:
         """Be this destination's only writer while the context lasts (raise if taken)."""

@@ -135,18 +135,15 @@ class ObjectStore:
         except BaseError as exc:
             raise self._error(exc, f"read {path}") from None
 
-    async def check(self, path: str, part: ManifestPart, *, deep: bool) -> None:
-        try:
-            meta = await obstore.head_async(self._store, path)
-        except NotFoundError:
-            raise FileNotFoundError(path) from None
-        except BaseError as exc:
-            raise self._error(exc, f"look at {path}") from None
+    async def check(self, path: str, part: ManifestPart, listed: Stored, *,
+                    deep: bool) -> None:
+        # The listing's size and ETag say whether the object is the one the manifest
+        # recorded, without reading it.
         shown = f"{self.remote.url}/{path}"
-        if meta["size"] != part.size:
-            raise IntegrityError(f"{shown}: {meta['size']} bytes, {part.size} expected")
-        if part.etag and meta["e_tag"] != part.etag:
-            raise IntegrityError(f"{shown}: ETag {meta['e_tag']} differs from the manifest's "
+        if listed.size != part.size:
+            raise IntegrityError(f"{shown}: {listed.size} bytes, {part.size} expected")
+        if part.etag and listed.etag != part.etag:
+            raise IntegrityError(f"{shown}: ETag {listed.etag} differs from the manifest's "
                                  f"{part.etag}: the object was replaced")
         if deep:
             await self._check_bytes(path, part, shown)
