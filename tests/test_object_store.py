@@ -286,14 +286,14 @@ async def test_status_and_verify_read_the_bucket(emulator: RunningEmulator, buck
     report = json.loads(out)
     assert report["keys"]["done"] == 2 and report["out"] == url and report["bytes"] > 0
 
-    code, out, _ = await cli(["verify", "--out", url], fresh, tmp_path)
-    assert code == 0 and "checked 2 finished units" in out and "all intact" in out
+    code, out, err = await cli(["verify", "--out", url], fresh, tmp_path)
+    assert code == 0 and "checked 2 finished units" in out and "all intact" in out, err
     parts = sorted(k for k in bucket.names("raw/visit/") if "/part-" in k)
     data = bytearray(bucket.read(parts[0]))
     data[len(data) // 2] ^= 0xFF  # same size, other bytes: a new ETag
     bucket.put(parts[0], bytes(data))
-    code, out, _ = await cli(["verify", "--out", url], fresh, tmp_path)
-    assert code == 1 and "1 damaged" in out and "ETag" in out
+    code, out, err = await cli(["verify", "--out", url], fresh, tmp_path)
+    assert code == 1 and "1 damaged" in out and "ETag" in out, err
     assert parts[0].rpartition("/")[0] + "/_SUCCESS" not in bucket.names()
 
     calls = emulator.state.stats()["export_calls"]
@@ -301,8 +301,8 @@ async def test_status_and_verify_read_the_bucket(emulator: RunningEmulator, buck
     assert emulator.state.stats()["export_calls"] == calls + 1  # only the damaged key
     keys: list[Key] = days_ago(4, 3)
     assert md5s(bucket.files()) == source_md5s(emulator, keys, ("visit",))
-    code, out, _ = await cli(["verify", "--deep", "--out", url], fresh, tmp_path)
-    assert code == 0 and "all intact" in out
+    code, out, err = await cli(["verify", "--deep", "--out", url], fresh, tmp_path)
+    assert code == 0 and "all intact" in out, err
 
 
 def _duckdb_with_httpfs() -> Any:

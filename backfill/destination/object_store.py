@@ -108,10 +108,13 @@ class ObjectStore:
         # obstore lists whole path segments; a string prefix ("visit/dt=2026-11-") is the
         # parent's listing started after the prefix (S3's start-after), stopped as soon as
         # names pass it: only the pages that hold the prefix are fetched.
+        # A folder ("…/hour=07/") is listed as a segment, to its end: no stream is left
+        # half-read.
         parent = prefix.rpartition("/")[0]
         found: dict[str, dict[str, Stored]] = {}
-        pages = obstore.list(self._store, prefix=parent or None, offset=prefix or None,
-                             chunk_size=1000)
+        whole = prefix.endswith("/")
+        pages = obstore.list(self._store, prefix=parent or None,
+                             offset=None if whole else prefix or None, chunk_size=1000)
         try:
             async for page in pages:
                 for meta in page:

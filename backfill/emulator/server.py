@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from aiohttp import web
 
@@ -51,6 +53,9 @@ async def serve(config: EmulatorConfig | None = None, host: str = "127.0.0.1",
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True,
                            shutdown_timeout=1.0)
     await runner.setup()
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(_ignoring_sendfile_race(previous))
     try:
         site = web.TCPSite(runner, host, port)
         await site.start()
@@ -58,3 +63,24 @@ async def serve(config: EmulatorConfig | None = None, host: str = "127.0.0.1",
         yield RunningEmulator(runner, site, bound_host, bound_port, app[STATE])
     finally:
         await runner.cleanup()
+        loop.set_exception_handler(previous)
+
+
+ExceptionHandler = Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object]
+
+
+def _ignoring_sendfile_race(previous: ExceptionHandler | None) -> ExceptionHandler:
+    """The loop's exception handler, less one CPython race (3.11 to 3.13 at least): a
+    connection that breaks during ``loop.sendfile`` can have its write error and its
+    loss both resolve the same waiter, and the second raises ``InvalidStateError`` from
+    ``_call_connection_lost``. The connection is gone either way; nothing is lost."""
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if isinstance(context.get("exception"), asyncio.InvalidStateError) and (
+                "_call_connection_lost" in repr(context.get("handle"))):
+            return
+        if previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    return handle
