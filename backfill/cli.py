@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
-MAX_KEYS = 100_000
 
 app = typer.Typer(
     name="backfill",
@@ -289,21 +288,9 @@ def load_settings(config: Path | None, **flags: object) -> Settings:
 
 def expand_range(first: str, last: str, settings: Settings, *,
                  check_retention: bool = True) -> list[Key]:
-    """Parse ``--from``/``--to`` into keys; refuse inverted and wholly expired ranges."""
-    from backfill.policy import beyond_retention
+    from backfill import library
 
-    now = datetime.now(UTC)
-    start = parse_bound(first, settings.granularity, now=now, end=False)
-    end = parse_bound(last, settings.granularity, now=now, end=True)
-    if start > end:
-        raise UsageError(f"--from {first} is after --to {last}")
-    keys = expand(start, end)
-    if len(keys) > MAX_KEYS:
-        raise UsageError(f"the range holds {len(keys)} keys; split it (at most {MAX_KEYS})")
-    if check_retention and all(beyond_retention(k, now, settings.retention_days) for k in keys):
-        raise UsageError(f"the whole range is older than the {settings.retention_days}-day "
-                         "retention of raw data; set retention_days if your project keeps more")
-    return keys
+    return library.expand_range(first, last, settings, check_retention=check_retention)
 
 
 async def _backfill(settings: Settings, keys: list[Key], reporter: Reporter,

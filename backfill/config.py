@@ -208,6 +208,11 @@ _API_KEYS = ("base_url", "client_id", "project_uid", "ai")
 _STORAGE_KEYS = ("endpoint", "region", "virtual_hosted_style")
 
 
+def option_names() -> tuple[str, ...]:
+    """The settings a config file, a flag or a library call may give."""
+    return tuple(_FILE_KEYS)
+
+
 def load(path: Path | None, flags: dict[str, Any], env: dict[str, str] | None = None
          ) -> Settings:
     """Build settings: defaults < file (``path``, or ./backfill.toml if present) < env < flags.

@@ -10,6 +10,7 @@ import contextlib
 import json
 import random
 import signal
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -53,7 +54,8 @@ async def backfill(settings: Settings, keys: list[Key], reporter: Reporter, *,
                    force: bool = False, api: ExportApi | None = None) -> Summary:
     """Fetch ``keys`` into ``settings.out``; finished keys cost nothing unless ``force``.
 
-    Raises :class:`Interrupted` on SIGINT/SIGTERM, once the state is consistent.
+    Raises :class:`Interrupted` on SIGINT/SIGTERM (when called from the main thread),
+    once the state is consistent.
     """
     interrupted: list[str] = []
     summary = Summary()
@@ -177,6 +179,8 @@ def _save_recent_calls(settings: Settings, times: list[float]) -> None:
 
 
 async def _stop_on_signal(scope: anyio.CancelScope, received: list[str]) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return  # a library call from a worker thread: signals are its host's to handle
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             received.append(signal.Signals(signum).name)

@@ -1,0 +1,76 @@
+"""The library entry point: what integrations (an orchestrator, a script, a notebook) call
+instead of the command line, with the same guarantees and the same settings::
+
+    import backfill
+
+    summary = backfill.fetch("2026-11-01", "2026-11-07", out="s3://lake/growingio",
+                             types=["visit", "page"])
+    summary.exit_code, summary.parts, summary.bytes, summary.problems
+
+Options are the config file's keys (see ``config.example.toml``); ``config=`` reads a
+file first, and options win over it, as flags do. Credentials come from the environment
+(``GIO_*``, and the storage providers' own variables), never from arguments.
+
+Raises :class:`backfill.errors.BackfillError` subclasses, each with ``exit_code``:
+:class:`UsageError` (bad input, exit 2) before any call, :class:`AuthError` (exit 3),
+:class:`Interrupted` (130). Keys that fail, are gone or are not ready do not raise:
+the :class:`Summary` says so (``exit_code`` 1 or 4, ``problems`` per key).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from backfill.config import Settings, load, option_names
+from backfill.errors import UsageError
+from backfill.keys import Key, expand, parse_bound
+from backfill.report import Reporter, Summary, make_reporter
+
+MAX_KEYS = 100_000
+
+
+def fetch(first: str, last: str, *, config: Path | str | None = None, force: bool = False,
+          reporter: Reporter | None = None, **options: Any) -> Summary:
+    """Fetch every key from ``first`` to ``last`` (inclusive, Beijing time, the forms
+    ``--from`` takes); blocks until the run ends. Not from inside a running event loop:
+    use :func:`fetch_async` there."""
+    return anyio.run(partial(fetch_async, first, last, config=config, force=force,
+                             reporter=reporter, **options))
+
+
+async def fetch_async(first: str, last: str, *, config: Path | str | None = None,
+                      force: bool = False, reporter: Reporter | None = None,
+                      **options: Any) -> Summary:
+    """:func:`fetch`, for callers that run an event loop (asyncio or trio via anyio)."""
+    from backfill.runner import backfill
+
+    unknown = sorted(set(options) - set(option_names()))
+    if unknown:
+        raise UsageError(f"unknown option {unknown[0]!r} (known: {', '.join(option_names())})")
+    settings = load(Path(config) if config is not None else None, options)
+    keys = expand_range(first, last, settings)
+    return await backfill(settings, keys, reporter or make_reporter(True), force=force)
+
+
+def expand_range(first: str, last: str, settings: Settings, *,
+                 check_retention: bool = True) -> list[Key]:
+    """Parse a range into keys; refuse inverted, oversized and wholly expired ranges."""
+    from backfill.policy import beyond_retention
+
+    now = datetime.now(UTC)
+    start = parse_bound(first, settings.granularity, now=now, end=False)
+    end = parse_bound(last, settings.granularity, now=now, end=True)
+    if start > end:
+        raise UsageError(f"--from {first} is after --to {last}")
+    keys = expand(start, end)
+    if len(keys) > MAX_KEYS:
+        raise UsageError(f"the range holds {len(keys)} keys; split it (at most {MAX_KEYS})")
+    if check_retention and all(beyond_retention(k, now, settings.retention_days) for k in keys):
+        raise UsageError(f"the whole range is older than the {settings.retention_days}-day "
+                         "retention of raw data; set retention_days if your project keeps more")
+    return keys

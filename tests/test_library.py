@@ -1,0 +1,84 @@
+"""The library entry point, as the README shows it, against the real emulator."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+import backfill
+from backfill.emulator import EmulatorConfig, RunningEmulator, serve
+from backfill.errors import UsageError
+from tests.helpers import env_for
+from tests.test_run import days_ago, downloaded_md5s, source_md5s
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+@pytest.fixture
+async def emulator(data_dir: Path) -> AsyncIterator[RunningEmulator]:
+    async with serve(EmulatorConfig(data_dir=data_dir, job_seconds=0.2,
+                                    bytes_per_hour=8192, part_size=4096)) as running:
+        yield running
+
+
+@pytest.fixture
+def in_a_project(emulator: RunningEmulator, tmp_path: Path,
+                 monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The emulator's credentials in the environment, a config with test-speed polls."""
+    for name, value in env_for(emulator.url).items():
+        if name.startswith("GIO_"):
+            monkeypatch.setenv(name, value)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "backfill.toml").write_text('poll_interval = "0.2s"\nbackoff = "0.05s"\n')
+    return tmp_path
+
+
+def readme_example() -> str:
+    section = README.read_text().split("### Use it from Python", 1)[1]
+    match = re.search(r"```python\n(.*?)```", section, flags=re.S)
+    assert match, "the README's Python example is gone"
+    return match[1]
+
+
+@pytest.mark.anyio
+async def test_the_readmes_example_runs(emulator: RunningEmulator, in_a_project: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    import anyio
+
+    # The example blocks (fetch runs its own event loop): a worker thread, as a script.
+    await anyio.to_thread.run_sync(exec, readme_example(), {})
+    printed = capsys.readouterr().out
+    assert printed.startswith("0 ")
+    keys = days_ago(4, 3)
+    assert downloaded_md5s(in_a_project / "data") == source_md5s(emulator, keys,
+                                                                 ("visit", "page"))
+
+
+@pytest.mark.anyio
+async def test_bad_input_raises_before_any_call(emulator: RunningEmulator,
+                                                in_a_project: Path) -> None:
+    for first, last, options, message in [
+            ("-2d", "-4d", {}, "is after"),
+            ("-4d", "-3d", {"typo": 1}, "unknown option 'typo'"),
+            ("-4d", "-3d", {"downloads": 0}, "downloads must be"),
+            ("-4d", "-3d", {"out": "ftp://x/y"}, "not supported")]:
+        with pytest.raises(UsageError, match=message) as raised:
+            await backfill.fetch_async(first, last, **options)
+        assert raised.value.exit_code == 2
+    assert emulator.state.stats()["calls"]["token"] == 0
+    assert emulator.state.stats()["export_calls"] == 0
+
+
+def test_importing_backfill_stays_light() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, backfill; print(sorted(m for m in ('aiohttp', 'obstore', 'anyio') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+    assert callable(backfill.fetch) and issubclass(backfill.BackfillError, Exception)
