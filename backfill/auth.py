@@ -89,9 +89,12 @@ class TokenHolder:
         async with self._lock:
             if generation != self._generation:
                 return  # another task already replaced it
-            if not self._creds.secret:
+            if self._creds.token or not self._creds.secret:
+                # Never re-minted: a ready token is shared (by shards, by colleagues), and
+                # a new token would revoke it for all of them.
                 raise AuthError("GrowingIO rejected the token from GIO_TOKEN: it expired or "
-                                "was revoked; issue a new one or set GIO_SECRET")
+                                "was revoked; issue a new one in the console (with GIO_TOKEN "
+                                "set, backfill never mints its own)")
             if not self._proven:
                 # Another client of the project may have fetched a token just after ours
                 # (which revokes ours); a few fresh tokens in a row refused means it is us.

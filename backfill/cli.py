@@ -123,6 +123,12 @@ Types_ = Annotated[str | None, typer.Option(
 Out_ = Annotated[str | None, typer.Option(
     "--out", help="Output folder (or file:// URL), or an object store: s3://BUCKET/PREFIX, "
     "gs://…, az://… [default: ./data].")]
+Shard_ = Annotated[str | None, typer.Option(
+    "--shard", help="K/N: fetch only shard K of N (every N-th key in time), at rate/N; for "
+    "N machines or jobs on one destination.")]
+SingleMinter_ = Annotated[bool, typer.Option(
+    "--single-minter", help="With --shard and GIO_SECRET: this is the only process that "
+    "mints tokens (else GIO_TOKEN is required).")]
 StateDir_ = Annotated[str | None, typer.Option(
     "--state-dir", help="Folder of the local state, a cache of what is done [default: "
     "OUT/.backfill; for a bucket, ~/.local/state/backfill/<its URL>].")]
@@ -170,11 +176,13 @@ def run(
     config: Config_ = None, downloads: Downloads_ = None, max_wait: MaxWait_ = None,
     force: Force_ = False, dry_run: DryRun_ = False, quiet: Quiet_ = False, json: Json_ = False,
     log_format: LogFormat_ = "text", verify: Verify_ = None, state_dir: StateDir_ = None,
+    shard: Shard_ = None, single_minter: SingleMinter_ = False,
 ) -> None:
     """Backfill a range of days or hours into the output folder or bucket."""
     settings = load_settings(config, out=out, granularity=granularity, api=api, types=types,
                              downloads=downloads, max_wait=max_wait, verify=verify,
-                             state_dir=state_dir)
+                             state_dir=state_dir, shard=shard,
+                             single_minter=single_minter or None)
     keys = expand_range(from_, to, settings)
     _execute(settings, keys, Output(quiet, json, log_format), force=force, dry_run=dry_run)
 
@@ -187,13 +195,15 @@ def retry(
     config: Config_ = None, downloads: Downloads_ = None, max_wait: MaxWait_ = None,
     dry_run: DryRun_ = False, quiet: Quiet_ = False, json: Json_ = False,
     log_format: LogFormat_ = "text", verify: Verify_ = None, state_dir: StateDir_ = None,
+    shard: Shard_ = None, single_minter: SingleMinter_ = False,
 ) -> None:
     """Fetch again only the keys that failed, were interrupted or were not ready."""
     from backfill.runner import retryable
 
     settings = load_settings(config, out=out, granularity=granularity, api=api,
                              downloads=downloads, max_wait=max_wait, verify=verify,
-                             state_dir=state_dir)
+                             state_dir=state_dir, shard=shard,
+                             single_minter=single_minter or None)
     within = _optional_range(from_, to, settings)
     keys, types = retryable(settings, within, datetime.now(UTC))
     if settings.api == "v2":
@@ -213,6 +223,7 @@ def catchup(
     config: Config_ = None, downloads: Downloads_ = None, max_wait: MaxWait_ = None,
     dry_run: DryRun_ = False, quiet: Quiet_ = False, json: Json_ = False,
     log_format: LogFormat_ = "text", verify: Verify_ = None, state_dir: StateDir_ = None,
+    shard: Shard_ = None, single_minter: SingleMinter_ = False,
 ) -> None:
     """For cron and CI: fetch everything that should be ready now and is not done yet."""
     from backfill.config import parse_duration
@@ -220,7 +231,8 @@ def catchup(
 
     settings = load_settings(config, out=out, granularity=granularity, api=api, types=types,
                              downloads=downloads, max_wait=max_wait, verify=verify,
-                             state_dir=state_dir)
+                             state_dir=state_dir, shard=shard,
+                             single_minter=single_minter or None)
     now = datetime.now(UTC)
     if start is None and not isinstance(settings.out, Path):
         # A fresh runner knows nothing: what the bucket holds within the retention says
@@ -237,9 +249,12 @@ def catchup(
 
 def _execute(settings: Settings, keys: list[Key], output: Output, *, force: bool = False,
              dry_run: bool = False) -> None:
-    """Plan or fetch ``keys``, report, and exit with the documented code."""
+    """Plan or fetch ``keys`` (this shard's, with --shard), report, and exit with the
+    documented code."""
     import json as json_module
 
+    if settings.shard is not None:
+        keys = [k for k in keys if settings.shard.holds(k)]
     if dry_run:
         from backfill.runner import dry_plan
 
@@ -263,8 +278,11 @@ def _execute(settings: Settings, keys: list[Key], output: Output, *, force: bool
 def _describe_plan(plan: dict[str, object]) -> str:
     if not plan["keys"]:
         return "plan: nothing to fetch"
+    shard = (f"  shard:                   {plan['shard']}: one key in {plan['shards']} (by "
+             f"time), at {plan['rate']:g} calls/s (the budget split {plan['shards']} ways)\n"
+             if plan.get("shard") else "")
     return (f"plan: {plan['keys']} keys from {plan['first']} to {plan['last']} "
-            f"({plan['granularity']}, {plan['api']}: {plan['types']})\n"
+            f"({plan['granularity']}, {plan['api']}: {plan['types']})\n{shard}"
             f"  already done:            {plan['done']}\n"
             f"  to fetch:                {plan['to_fetch']} (at least {plan['min_api_calls']} "
             f"export calls, {plan['min_seconds']:.0f} s at {plan['rate']:g} calls/s)\n"
@@ -281,9 +299,11 @@ def _optional_range(first: str | None, last: str | None, settings: Settings) -> 
 
 
 def load_settings(config: Path | None, **flags: object) -> Settings:
-    from backfill.config import load
+    from backfill.config import check_token_rule, load
 
-    return load(config, flags)
+    settings = load(config, flags)
+    check_token_rule(settings)  # before anything reads the state or the network
+    return settings
 
 
 def expand_range(first: str, last: str, settings: Settings, *,

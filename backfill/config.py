@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from backfill.errors import UsageError
-from backfill.keys import Granularity
+from backfill.keys import Granularity, Shard
 from backfill.layout import STATE_DIR
 from backfill.proxy import Proxies
 
@@ -145,6 +145,11 @@ class Settings:
     slow one and to ride out a deploy or a failover, short enough for an hourly job."""
     chunk_size: int = 1024 * 1024
     checkpoint_bytes: int = 16 * 1024 * 1024
+    shard: Shard | None = None
+    """This run's share of the keys (``--shard K/N``); its rate is ``rate / N``."""
+    single_minter: bool = False
+    """With shards: the user states that this one process mints tokens with the private
+    key (no other shard does), so minting cannot revoke another's token."""
     lease_time: float = 300.0
     """How long a remote output's lease lasts unless renewed: a run killed with -9 blocks
     the destination at most this long."""
@@ -158,10 +163,13 @@ class Settings:
         """The local state: ``<out>/.backfill`` for a folder; for an object store, a folder
         of the user's state directory named after its URL (or ``state_dir`` for both)."""
         if self.state_dir is not None:
-            return self.state_dir
-        if isinstance(self.out, Path):
-            return self.out / STATE_DIR
-        return user_state_home() / "backfill" / self.out.slug()
+            folder = self.state_dir
+        elif isinstance(self.out, Path):
+            folder = self.out / STATE_DIR
+        else:
+            folder = user_state_home() / "backfill" / self.out.slug()
+        # Each shard keeps its own state: shards never share a cache, nor its lock.
+        return folder / self.shard.slug if self.shard is not None else folder
 
     @property
     def wanted_types(self) -> tuple[str, ...]:
@@ -180,6 +188,8 @@ _FILE_KEYS: dict[str, tuple[str, Any]] = {
     "out": ("a folder or an s3://, gs:// or az:// URL", lambda v: parse_out(v)),
     "state_dir": ("a folder", lambda v: Path(_str(v)).expanduser()),
     "lease_time": ("a duration such as 5m", _duration),
+    "shard": ("K/N with 1 <= K <= N, such as 2/4", lambda v: Shard.parse(_str(v))),
+    "single_minter": ("true or false", lambda v: _bool(v)),
     "granularity": ("day or hour", lambda v: _choice(v, ("day", "hour"))),
     "api": ("v1 or v2", lambda v: _choice(v, ("v1", "v2"))),
     "types": ("a list of data types", lambda v: parse_types(v)),
@@ -243,7 +253,24 @@ def load(path: Path | None, flags: dict[str, Any], env: dict[str, str] | None = 
         raise UsageError(f"layout {settings.layout!r} needs {{hour}} (or {{key}}) for hourly keys")
     if settings.api == "v1" and settings.types:
         raise UsageError("--types works with the v2 API only: v1 answers mix all tables")
+    if settings.shard is not None:
+        # N shards together stay within the project's budget.
+        settings = replace(settings, rate=settings.rate / settings.shard.n)
     return settings
+
+
+def check_token_rule(settings: Settings) -> None:
+    """Refuse shards that would mint tokens against each other (a new token revokes the
+    previous one for the client id). Raises :class:`UsageError`."""
+    shard, creds = settings.shard, settings.credentials
+    if shard is None or shard.n == 1 or creds.token or settings.single_minter:
+        return
+    if creds.secret:
+        raise UsageError(
+            f"--shard {shard} with GIO_SECRET: every shard would mint its own token, and "
+            "each new token revokes the others' (one token per client id); set GIO_TOKEN "
+            "to a console token shared by all shards, or --single-minter if this is the only "
+            "process that uses the private key")
 
 
 def _parse_flag(name: str, value: Any) -> Any:
@@ -411,6 +438,12 @@ def _choice(value: Any, options: tuple[str, ...]) -> Any:
     if value not in options:
         raise ValueError
     return Granularity(value) if options == ("day", "hour") else value
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError
+    return value
 
 
 def _int(value: Any, low: int, high: int) -> int:

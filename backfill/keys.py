@@ -169,3 +169,38 @@ def _parse_moment(text: str, now: datetime) -> tuple[datetime, Granularity]:
         if len(text) == len(parsed.strftime(fmt)):  # strptime accepts "2026-1-5"; we do not
             return parsed.replace(tzinfo=BEIJING), given
     raise UsageError(f"invalid date {text!r}: use {DATE_FORMS} (Beijing time)")
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``k`` of ``n`` (1-based, as in ``--shard 2/4``): every n-th key in time.
+
+    A key belongs to one shard by its own position in time, not by its place in a range:
+    the split is disjoint and covering, the same whatever range (or catchup window) is
+    asked, and each shard gets old and recent keys alike, so shards finish together.
+    """
+
+    k: int
+    n: int
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """``"K/N"`` with 1 ≤ K ≤ N; raises ``ValueError`` otherwise."""
+        k, sep, n = text.strip().partition("/")
+        if not (sep and k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
+            raise ValueError(f"{text!r} is not K/N with 1 <= K <= N")
+        return cls(int(k), int(n))
+
+    def holds(self, key: Key) -> bool:
+        number = int((key.start - _EPOCH) // key.granularity.step)
+        return number % self.n == self.k - 1
+
+    def __str__(self) -> str:
+        return f"{self.k}/{self.n}"
+
+    @property
+    def slug(self) -> str:
+        return f"shard-{self.k}-of-{self.n}"
+
+
+_EPOCH = datetime(2000, 1, 1, tzinfo=BEIJING)

@@ -219,6 +219,8 @@ def dry_plan(settings: Settings, keys: list[Key], *, force: bool, now: datetime
         "min_api_calls": calls,
         "min_seconds": calls / settings.rate,
         "rate": settings.rate,
+        "shard": str(settings.shard) if settings.shard else None,
+        "shards": settings.shard.n if settings.shard else 1,
     }
 
 

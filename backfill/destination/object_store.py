@@ -165,7 +165,10 @@ class ObjectStore:
 
     @contextlib.asynccontextmanager
     async def hold(self, settings: Settings) -> AsyncIterator[None]:
-        lease = Lease(self, settings.lease_time)
+        # One lease per shard: shards of the same N run side by side, a shard twice not.
+        name = LEASE if settings.shard is None else (
+            f"{STATE_DIR}/lease-{settings.shard.slug.removeprefix('shard-')}.json")
+        lease = Lease(self, settings.lease_time, name)
         await lease.take()
         self._setup = False
         try:
@@ -278,9 +281,10 @@ class _Holder:
 class Lease:
     """The destination's lease object: taken at the start, renewed, released at the end."""
 
-    def __init__(self, destination: ObjectStore, seconds: float) -> None:
+    def __init__(self, destination: ObjectStore, seconds: float, name: str = LEASE) -> None:
         self._dest = destination
         self._seconds = seconds
+        self.name = name
         self._etag: str | None = None
         self._started = _now()
         self._run = secrets.token_hex(8)
@@ -300,7 +304,7 @@ class Lease:
         naming the holder when another run holds it."""
         dest = self._dest
         try:
-            self._etag = await dest._put(LEASE, self._document(),
+            self._etag = await dest._put(self.name, self._document(),
                                          content_type="application/json", mode="create")
             return
         except AlreadyExistsError:
@@ -312,12 +316,12 @@ class Lease:
                 raise OutputError(
                     f"another backfill holds {dest.remote.url}: {holder.describe()}; wait for "
                     f"it, or if it is dead, wait for the lease to expire or delete "
-                    f"{dest.remote.url}/{LEASE}")
+                    f"{dest.remote.url}/{self.name}")
             mode: Any = {"e_tag": etag}
         else:
             mode = "create"  # released in between
         try:
-            self._etag = await dest._put(LEASE, self._document(),
+            self._etag = await dest._put(self.name, self._document(),
                                          content_type="application/json", mode=mode)
         except (AlreadyExistsError, PreconditionError):
             raise OutputError(f"another backfill just took {dest.remote.url}; wait for it "
@@ -326,13 +330,13 @@ class Lease:
     async def _current(self) -> tuple[_Holder, str | None] | None:
         dest = self._dest
         try:
-            result = await obstore.get_async(dest._store, LEASE)
+            result = await obstore.get_async(dest._store, self.name)
             data = bytes(await result.bytes_async())
             etag = result.meta["e_tag"]
         except NotFoundError:
             return None
         except BaseError as exc:
-            raise dest._error(exc, f"read {LEASE}") from None
+            raise dest._error(exc, f"read {self.name}") from None
         try:
             return _Holder(**json.loads(data)), etag
         except (ValueError, TypeError):
@@ -345,7 +349,7 @@ class Lease:
         while True:
             await anyio.sleep(self._seconds / 3)
             try:
-                self._etag = await self._dest._put(LEASE, self._document(),
+                self._etag = await self._dest._put(self.name, self._document(),
                                                    content_type="application/json",
                                                    mode={"e_tag": self._etag})
             except (AlreadyExistsError, PreconditionError):
@@ -360,7 +364,7 @@ class Lease:
         with contextlib.suppress(BaseError, OutputError, RetryableError):
             current = await self._current()
             if current is not None and current[1] == self._etag:
-                await obstore.delete_async(self._dest._store, LEASE)
+                await obstore.delete_async(self._dest._store, self.name)
         self._etag = None
 
 
