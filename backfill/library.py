@@ -19,6 +19,7 @@ the :class:`Summary` says so (``exit_code`` 1 or 4, ``problems`` per key).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -35,24 +36,29 @@ MAX_KEYS = 100_000
 
 
 def fetch(first: str, last: str, *, config: Path | str | None = None, force: bool = False,
-          reporter: Reporter | None = None, **options: Any) -> Summary:
+          reporter: Reporter | None = None, environ: Mapping[str, str] | None = None,
+          **options: Any) -> Summary:
     """Fetch every key from ``first`` to ``last`` (inclusive, Beijing time, the forms
     ``--from`` takes); blocks until the run ends. Not from inside a running event loop:
-    use :func:`fetch_async` there."""
+    use :func:`fetch_async` there. ``environ`` replaces ``os.environ`` as the source of
+    the ``GIO_*`` credentials (one project's among several)."""
     return anyio.run(partial(fetch_async, first, last, config=config, force=force,
-                             reporter=reporter, **options))
+                             reporter=reporter, environ=environ, **options))
 
 
 async def fetch_async(first: str, last: str, *, config: Path | str | None = None,
                       force: bool = False, reporter: Reporter | None = None,
-                      **options: Any) -> Summary:
+                      environ: Mapping[str, str] | None = None, **options: Any) -> Summary:
     """:func:`fetch`, for callers that run an event loop (asyncio or trio via anyio)."""
+    from backfill.config import check_token_rule
     from backfill.runner import backfill
 
     unknown = sorted(set(options) - set(option_names()))
     if unknown:
         raise UsageError(f"unknown option {unknown[0]!r} (known: {', '.join(option_names())})")
-    settings = load(Path(config) if config is not None else None, options)
+    settings = load(Path(config) if config is not None else None, options,
+                    dict(environ) if environ is not None else None)
+    check_token_rule(settings)
     keys = expand_range(first, last, settings)
     return await backfill(settings, keys, reporter or make_reporter(True), force=force)
 

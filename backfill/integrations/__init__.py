@@ -1,0 +1,1 @@
+"""Integrations with the engines users already run (optional extras)."""

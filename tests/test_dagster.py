@@ -1,0 +1,162 @@
+"""The Dagster extra: partitioned assets materialized in-process against the emulator."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from anyio.from_thread import start_blocking_portal
+
+from backfill.emulator import DEMO_CREDENTIALS, Credentials, EmulatorConfig, RunningEmulator
+from backfill.emulator.server import serve
+from backfill.keys import Key
+from tests.test_run import hours_ago
+
+dg = pytest.importorskip("dagster", reason="the dagster extra is not installed")
+TYPES = ["visit", "page"]
+FAST = {"poll_interval": 0.2, "backoff": 0.05, "max_backoff": 0.2, "types": TYPES}
+
+
+@contextmanager
+def emulator_in_a_thread(data_dir: Path, **changes: Any) -> Iterator[RunningEmulator]:
+    """The emulator on its own event loop: Dagster's runs are synchronous and run theirs."""
+    config = EmulatorConfig(data_dir=data_dir, job_seconds=0.2, bytes_per_hour=8192,
+                            part_size=4096, **changes)
+    with start_blocking_portal() as portal, portal.wrap_async_context_manager(
+            serve(config)) as running:
+        yield running
+
+
+def use(monkeypatch: pytest.MonkeyPatch, prefix: str, url: str, creds: Credentials) -> None:
+    for name, value in {"BASE_URL": url, "CLIENT_ID": creds.client_id, "SECRET": creds.secret,
+                        "PROJECT_UID": creds.project_uid, "AI": creds.ai}.items():
+        monkeypatch.setenv(prefix + name, value)
+
+
+def partition(key: Key) -> str:
+    return key.start.strftime("%Y-%m-%d-%H:00")
+
+
+def md5s(out: Path) -> Counter[str]:
+    return Counter(hashlib.md5(p.read_bytes()).hexdigest() for p in out.rglob("part-*.csv.gz"))
+
+
+def source(emulator: RunningEmulator, keys: list[Key], creds: Credentials) -> Counter[str]:
+    data = emulator.state.data
+    return Counter(p.md5 for k in keys for t in TYPES for p in data.parts(creds.ai, t, k))
+
+
+@pytest.fixture
+def emulator(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RunningEmulator]:
+    with emulator_in_a_thread(data_dir) as running:
+        use(monkeypatch, "GIO_", running.url, DEMO_CREDENTIALS)
+        yield running
+
+
+@pytest.fixture
+def instance() -> Iterator[Any]:
+    """An ephemeral Dagster instance, closed (its temporary folder removed) at the end."""
+    with dg.DagsterInstance.ephemeral() as ephemeral:
+        yield ephemeral
+
+
+def asset(tmp_path: Path, **changes: Any) -> Any:
+    from backfill.integrations.dagster import growingio_asset
+
+    start = hours_ago(72, 72)[0].start.strftime("%Y-%m-%d")
+    return growingio_asset("gio_raw", start=start, out=str(tmp_path / "lake"),
+                           **{**FAST, **changes})
+
+
+def test_one_partition_is_exactly_its_key(emulator: RunningEmulator, tmp_path: Path,
+                                          instance: Any) -> None:
+    key = hours_ago(30, 30)[0]
+    result = dg.materialize([asset(tmp_path)], partition_key=partition(key),
+                            instance=instance)
+    assert result.success
+    materialization = result.asset_materializations_for_node("gio_raw")[0]
+    metadata = {k: v.value for k, v in materialization.metadata.items()}
+    assert metadata["parts"] > 0 and metadata["bytes"] > 0
+    assert metadata["export_calls"] == emulator.state.stats()["export_calls"]
+    assert metadata["destination"] == str(tmp_path / "lake")
+    assert md5s(tmp_path / "lake") == source(emulator, [key], DEMO_CREDENTIALS)
+
+
+def test_a_backfill_of_partitions_runs_once_over_the_range(emulator: RunningEmulator,
+                                                           tmp_path: Path, instance: Any) -> None:
+    keys = hours_ago(33, 30)
+    result = dg.materialize(
+        [asset(tmp_path)], instance=instance,
+        tags={"dagster/asset_partition_range_start": partition(keys[0]),
+              "dagster/asset_partition_range_end": partition(keys[-1])})
+    assert result.success
+    assert md5s(tmp_path / "lake") == source(emulator, keys, DEMO_CREDENTIALS)
+    assert emulator.state.stats()["tokens_issued"] == 1  # one process, one token
+
+
+def test_a_failed_partition_raises_its_problem_and_reexecution_fixes_it(
+        emulator: RunningEmulator, tmp_path: Path, instance: Any) -> None:
+    key = hours_ago(31, 31)[0]
+    emulator.state.config.faults.update(job_error=1.0)
+    gio = asset(tmp_path, error_retries=0)
+    failed = dg.materialize([gio], partition_key=partition(key), raise_on_error=False,
+                            instance=instance)
+    assert not failed.success
+    failure = next(e for e in failed.all_events if e.event_type_value == "STEP_FAILURE")
+    assert key.name in str(failure.event_specific_data)
+    emulator.state.config.faults.update(job_error=0.0)
+    again = dg.materialize([gio], partition_key=partition(key),
+                           instance=instance)
+    assert again.success
+    assert md5s(tmp_path / "lake") == source(emulator, [key], DEMO_CREDENTIALS)
+
+
+def test_two_projects_in_one_definitions(data_dir: Path, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch, instance: Any) -> None:
+    from backfill.integrations.dagster import growingio_asset
+
+    beta = Credentials(client_id="beta-client", secret="beta-key", project_uid="betaUid",
+                       ai="b2c3d4e5f6078901")
+    key = hours_ago(30, 30)[0]
+    start = hours_ago(72, 72)[0].start.strftime("%Y-%m-%d")
+    with emulator_in_a_thread(data_dir) as acme_api, emulator_in_a_thread(
+            data_dir, credentials=beta) as beta_api:
+        use(monkeypatch, "ACME_GIO_", acme_api.url, DEMO_CREDENTIALS)
+        use(monkeypatch, "BETA_GIO_", beta_api.url, beta)
+        acme = growingio_asset("acme_raw", start=start, out=str(tmp_path / "acme"),
+                               env_prefix="ACME_GIO_", **FAST)
+        other = growingio_asset("beta_raw", start=start, out=str(tmp_path / "beta"),
+                                env_prefix="BETA_GIO_", **FAST)
+        defs = dg.Definitions(assets=[acme, other])
+        dg.Definitions.validate_loadable(defs)
+        assert {acme.op.pool, other.op.pool} == {"growingio_demo-client-id",
+                                                 "growingio_beta-client"}
+        result = dg.materialize([acme, other], partition_key=partition(key),
+                                instance=instance)
+        assert result.success
+        assert md5s(tmp_path / "acme") == source(acme_api, [key], DEMO_CREDENTIALS)
+        assert md5s(tmp_path / "beta") == source(beta_api, [key], beta)
+        assert acme_api.state.stats()["tokens_issued"] == 1
+        assert beta_api.state.stats()["tokens_issued"] == 1
+
+
+def test_the_readmes_definitions_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    import re
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("**Dagster**", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, flags=re.S)
+    assert code, "the README's Dagster example is gone"
+    monkeypatch.setenv("ACME_GIO_CLIENT_ID", "acme-client")
+    monkeypatch.setenv("BETA_GIO_CLIENT_ID", "beta-client")
+    scope: dict[str, Any] = {}
+    exec(code[1], scope)
+    dg.Definitions.validate_loadable(scope["defs"])
+    assert scope["acme"].op.pool == "growingio_acme-client"
+    assert isinstance(scope["beta"].partitions_def, dg.DailyPartitionsDefinition)
+    assert scope["acme"].partitions_def.timezone == "Asia/Shanghai"
