@@ -123,6 +123,9 @@ Types_ = Annotated[str | None, typer.Option(
 Out_ = Annotated[str | None, typer.Option(
     "--out", help="Output folder (or file:// URL), or an object store: s3://BUCKET/PREFIX, "
     "gs://…, az://… [default: ./data].")]
+Project_ = Annotated[str | None, typer.Option(
+    "--project", help="Use the [[projects]] entry of this name in the config: its settings, "
+    "and its credentials from <env_prefix>CLIENT_ID and the like.")]
 Shard_ = Annotated[str | None, typer.Option(
     "--shard", help="K/N: fetch only shard K of N (every N-th key in time), at rate/N; for "
     "N machines or jobs on one destination.")]
@@ -173,13 +176,15 @@ def run(
     from_: Annotated[str, typer.Option("--from", help=f"First key, inclusive: {DATE_HELP}")],
     to: Annotated[str, typer.Option("--to", help="Last key, inclusive (same forms).")],
     granularity: Granularity_ = None, api: Api_ = None, types: Types_ = None, out: Out_ = None,
-    config: Config_ = None, downloads: Downloads_ = None, max_wait: MaxWait_ = None,
+    config: Config_ = None, project: Project_ = None, downloads: Downloads_ = None,
+    max_wait: MaxWait_ = None,
     force: Force_ = False, dry_run: DryRun_ = False, quiet: Quiet_ = False, json: Json_ = False,
     log_format: LogFormat_ = "text", verify: Verify_ = None, state_dir: StateDir_ = None,
     shard: Shard_ = None, single_minter: SingleMinter_ = False,
 ) -> None:
     """Backfill a range of days or hours into the output folder or bucket."""
-    settings = load_settings(config, out=out, granularity=granularity, api=api, types=types,
+    settings = load_settings(config, project=project, out=out, granularity=granularity,
+                             api=api, types=types,
                              downloads=downloads, max_wait=max_wait, verify=verify,
                              state_dir=state_dir, shard=shard,
                              single_minter=single_minter or None)
@@ -192,7 +197,8 @@ def run(
 def retry(
     from_: OptionalFrom_ = None, to: OptionalTo_ = None,
     granularity: Granularity_ = None, api: Api_ = None, out: Out_ = None,
-    config: Config_ = None, downloads: Downloads_ = None, max_wait: MaxWait_ = None,
+    config: Config_ = None, project: Project_ = None, downloads: Downloads_ = None,
+    max_wait: MaxWait_ = None,
     dry_run: DryRun_ = False, quiet: Quiet_ = False, json: Json_ = False,
     log_format: LogFormat_ = "text", verify: Verify_ = None, state_dir: StateDir_ = None,
     shard: Shard_ = None, single_minter: SingleMinter_ = False,
@@ -200,7 +206,7 @@ def retry(
     """Fetch again only the keys that failed, were interrupted or were not ready."""
     from backfill.runner import retryable
 
-    settings = load_settings(config, out=out, granularity=granularity, api=api,
+    settings = load_settings(config, project=project, out=out, granularity=granularity, api=api,
                              downloads=downloads, max_wait=max_wait, verify=verify,
                              state_dir=state_dir, shard=shard,
                              single_minter=single_minter or None)
@@ -220,7 +226,8 @@ def catchup(
         help="Only keys that ended this long ago, e.g. 2h [default: the documented "
         "readiness].")] = None,
     granularity: Granularity_ = None, api: Api_ = None, types: Types_ = None, out: Out_ = None,
-    config: Config_ = None, downloads: Downloads_ = None, max_wait: MaxWait_ = None,
+    config: Config_ = None, project: Project_ = None, downloads: Downloads_ = None,
+    max_wait: MaxWait_ = None,
     dry_run: DryRun_ = False, quiet: Quiet_ = False, json: Json_ = False,
     log_format: LogFormat_ = "text", verify: Verify_ = None, state_dir: StateDir_ = None,
     shard: Shard_ = None, single_minter: SingleMinter_ = False,
@@ -229,7 +236,8 @@ def catchup(
     from backfill.config import parse_duration
     from backfill.runner import catchup_keys
 
-    settings = load_settings(config, out=out, granularity=granularity, api=api, types=types,
+    settings = load_settings(config, project=project, out=out, granularity=granularity,
+                             api=api, types=types,
                              downloads=downloads, max_wait=max_wait, verify=verify,
                              state_dir=state_dir, shard=shard,
                              single_minter=single_minter or None)
@@ -298,10 +306,11 @@ def _optional_range(first: str | None, last: str | None, settings: Settings) -> 
     return expand_range(first, last, settings, check_retention=False)
 
 
-def load_settings(config: Path | None, **flags: object) -> Settings:
+def load_settings(config: Path | None, *, project: str | None = None,
+                  **flags: object) -> Settings:
     from backfill.config import check_token_rule, load
 
-    settings = load(config, flags)
+    settings = load(config, flags, project=project)
     check_token_rule(settings)  # before anything reads the state or the network
     return settings
 
@@ -331,7 +340,8 @@ def _run_async(function: Callable[..., Awaitable[R]], *args: object) -> R:
 def status(
     from_: OptionalFrom_ = None, to: OptionalTo_ = None,
     granularity: Granularity_ = None, api: Api_ = None, out: Out_ = None,
-    config: Config_ = None, json: Json_ = False, state_dir: StateDir_ = None,
+    config: Config_ = None, project: Project_ = None, json: Json_ = False,
+    state_dir: StateDir_ = None,
 ) -> None:
     """What is done, failed or waiting (no API call): counts, calendar, problems.
 
@@ -341,7 +351,7 @@ def status(
     from backfill.report import human_bytes
     from backfill.status import print_calendar, summarize
 
-    settings = load_settings(config, out=out, granularity=granularity, api=api,
+    settings = load_settings(config, project=project, out=out, granularity=granularity, api=api,
                              state_dir=state_dir)
     within = _optional_range(from_, to, settings)
     units = _run_async(_units, settings, within)
@@ -402,13 +412,13 @@ async def _units(settings: Settings, within: list[Key] | None) -> list[UnitRecor
 
 @app.command()
 @guarded
-def check(config: Config_ = None, out: Out_ = None) -> None:
+def check(config: Config_ = None, project: Project_ = None, out: Out_ = None) -> None:
     """Check the configuration and the credentials (a token request, no export call), and
     for a bucket that it can be listed.
 
     A new token revokes the previous one: do not run it while a backfill is running.
     """
-    settings = load_settings(config, out=out)
+    settings = load_settings(config, project=project, out=out)
     creds = settings.credentials.require()
     if not isinstance(settings.out, Path):
         # The store first: its answer costs nothing, a token may revoke another's.
@@ -450,7 +460,7 @@ async def _check_token(settings: Settings) -> None:
 def verify(
     from_: OptionalFrom_ = None, to: OptionalTo_ = None,
     granularity: Granularity_ = None, api: Api_ = None, out: Out_ = None,
-    config: Config_ = None,
+    config: Config_ = None, project: Project_ = None,
     deep: Annotated[bool, typer.Option(
         "--deep", help="Read every part and inflate its gzip stream too.")] = False,
     state_dir: StateDir_ = None,
@@ -459,7 +469,7 @@ def verify(
 
     On disk every part is read; in a bucket its size and ETag are looked up (--deep
     downloads and re-checks it)."""
-    settings = load_settings(config, out=out, granularity=granularity, api=api,
+    settings = load_settings(config, project=project, out=out, granularity=granularity, api=api,
                              state_dir=state_dir)
     keys = _optional_range(from_, to, settings)
     if isinstance(settings.out, Path) and not has_state(settings.state_folder):

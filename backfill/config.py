@@ -218,14 +218,41 @@ _API_KEYS = ("base_url", "client_id", "project_uid", "ai")
 _STORAGE_KEYS = ("endpoint", "region", "virtual_hosted_style")
 
 
+@dataclass(frozen=True)
+class Project:
+    """One ``[[projects]]`` entry: a GrowingIO project with its own credentials (read from
+    the environment under ``env_prefix``: ``ACME_GIO_CLIENT_ID`` for ``GIO_CLIENT_ID``)
+    and its own settings over the file's top level."""
+
+    name: str
+    env_prefix: str
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def environ(self, env: Mapping[str, str]) -> dict[str, str]:
+        """``env`` with this project's variables standing for the ``GIO_…`` ones."""
+        mapped = {k: v for k, v in env.items() if k not in ENV.values()}
+        for variable in ENV.values():
+            value = env.get(self.env_prefix + variable.removeprefix("GIO_"))
+            if value:
+                mapped[variable] = value
+        return mapped
+
+
+def projects(path: Path | None) -> list[Project]:
+    """The ``[[projects]]`` of a config file (``./backfill.toml`` when ``path`` is None)."""
+    source = path if path is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    return _read_file(source)[3] if source is not None else []
+
+
 def option_names() -> tuple[str, ...]:
     """The settings a config file, a flag or a library call may give."""
     return tuple(_FILE_KEYS)
 
 
-def load(path: Path | None, flags: dict[str, Any], env: dict[str, str] | None = None
-         ) -> Settings:
-    """Build settings: defaults < file (``path``, or ./backfill.toml if present) < env < flags.
+def load(path: Path | None, flags: dict[str, Any], env: dict[str, str] | None = None,
+         *, project: str | None = None) -> Settings:
+    """Build settings: defaults < file (``path``, or ./backfill.toml if present) < the
+    file's ``[[projects]]`` entry named ``project`` < env < flags.
 
     ``flags`` holds only the options the user gave (``None`` values are ignored).
     Raises :class:`UsageError` naming the file and key for anything wrong.
@@ -235,8 +262,17 @@ def load(path: Path | None, flags: dict[str, Any], env: dict[str, str] | None = 
     api: dict[str, str] = {}
     storage = Storage()
     source = path if path is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    found: list[Project] = []
     if source is not None:
-        values, api, storage = _read_file(source)
+        values, api, storage, found = _read_file(source)
+    if project is not None:
+        chosen = next((p for p in found if p.name == project), None)
+        if chosen is None:
+            known = ", ".join(p.name for p in found) or "none"
+            raise UsageError(f"no project {project!r} in {source or 'the config'} "
+                             f"([[projects]]: {known})")
+        values.update(chosen.values)
+        env = chosen.environ(env)
     for name, variable in ENV.items():
         if env.get(variable):
             api[name] = env[variable]
@@ -285,7 +321,7 @@ def _parse_flag(name: str, value: Any) -> Any:
         raise UsageError(f"{flag} must be {expected}, got {value!r}{detail}") from None
 
 
-def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, str], Storage]:
+def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, str], Storage, list[Project]]:
     try:
         document = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -297,9 +333,13 @@ def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, str], Storage]:
     values: dict[str, Any] = {}
     api: dict[str, str] = {}
     storage = Storage()
+    found: list[Project] = []
     for key, raw in document.items():
         if key == "storage" and isinstance(raw, dict):
             storage = _read_storage(path, raw)
+            continue
+        if key == "projects" and isinstance(raw, list):
+            found = [_read_project(path, i, entry) for i, entry in enumerate(raw)]
             continue
         if key == "growingio" and isinstance(raw, dict):
             for name, value in raw.items():
@@ -314,14 +354,36 @@ def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, str], Storage]:
                 api[name] = value
             continue
         if key not in _FILE_KEYS:
-            raise UsageError(f"{path}: unknown key {key!r} (known: growingio, storage, "
+            raise UsageError(f"{path}: unknown key {key!r} (known: growingio, storage, projects, "
                              f"{', '.join(_FILE_KEYS)})")
         expected, parse = _FILE_KEYS[key]
         try:
             values[key] = parse(raw)
         except (UsageError, ValueError, TypeError):
             raise UsageError(f"{path}: {key} must be {expected}, got {raw!r}") from None
-    return values, api, storage
+    return values, api, storage, found
+
+
+def _read_project(path: Path, index: int, entry: Any) -> Project:
+    where = f"{path}: projects[{index}]"
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+        raise UsageError(f"{where} needs a name")
+    prefix = entry.get("env_prefix", f"{entry['name'].upper()}_GIO_")
+    if not isinstance(prefix, str) or not re.fullmatch(r"[A-Z][A-Z0-9_]*_", prefix):
+        raise UsageError(f"{where}: env_prefix must be like ACME_GIO_, got {prefix!r}")
+    values: dict[str, Any] = {}
+    for key, raw in entry.items():
+        if key in ("name", "env_prefix"):
+            continue
+        if key not in _FILE_KEYS:
+            raise UsageError(f"{where}: unknown key {key!r} (credentials come from "
+                             f"{prefix}CLIENT_ID and the like)")
+        expected, parse = _FILE_KEYS[key]
+        try:
+            values[key] = parse(raw)
+        except (UsageError, ValueError, TypeError):
+            raise UsageError(f"{where}: {key} must be {expected}, got {raw!r}") from None
+    return Project(entry["name"], prefix, values)
 
 
 def _read_storage(path: Path, table: dict[str, Any]) -> Storage:

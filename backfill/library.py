@@ -37,18 +37,20 @@ MAX_KEYS = 100_000
 
 def fetch(first: str, last: str, *, config: Path | str | None = None, force: bool = False,
           reporter: Reporter | None = None, environ: Mapping[str, str] | None = None,
-          **options: Any) -> Summary:
+          project: str | None = None, **options: Any) -> Summary:
     """Fetch every key from ``first`` to ``last`` (inclusive, Beijing time, the forms
     ``--from`` takes); blocks until the run ends. Not from inside a running event loop:
     use :func:`fetch_async` there. ``environ`` replaces ``os.environ`` as the source of
-    the ``GIO_*`` credentials (one project's among several)."""
+    the ``GIO_*`` credentials; ``project`` picks a ``[[projects]]`` entry of the config
+    (its settings, and its credentials under its ``env_prefix``)."""
     return anyio.run(partial(fetch_async, first, last, config=config, force=force,
-                             reporter=reporter, environ=environ, **options))
+                             reporter=reporter, environ=environ, project=project, **options))
 
 
 async def fetch_async(first: str, last: str, *, config: Path | str | None = None,
                       force: bool = False, reporter: Reporter | None = None,
-                      environ: Mapping[str, str] | None = None, **options: Any) -> Summary:
+                      environ: Mapping[str, str] | None = None, project: str | None = None,
+                      **options: Any) -> Summary:
     """:func:`fetch`, for callers that run an event loop (asyncio or trio via anyio)."""
     from backfill.config import check_token_rule
     from backfill.runner import backfill
@@ -57,7 +59,7 @@ async def fetch_async(first: str, last: str, *, config: Path | str | None = None
     if unknown:
         raise UsageError(f"unknown option {unknown[0]!r} (known: {', '.join(option_names())})")
     settings = load(Path(config) if config is not None else None, options,
-                    dict(environ) if environ is not None else None)
+                    dict(environ) if environ is not None else None, project=project)
     check_token_rule(settings)
     keys = expand_range(first, last, settings)
     return await backfill(settings, keys, reporter or make_reporter(True), force=force)

@@ -139,3 +139,59 @@ def test_the_storage_table_takes_no_credentials(tmp_path: Path) -> None:
     path.write_text('[storage]\nendpoint = "oss.example.com"\n')
     with pytest.raises(UsageError, match="must be an http"):
         load(path, {}, env={})
+
+
+PROJECTS = '''
+downloads = 4
+[[projects]]
+name = "acme"
+out = "s3://lake/acme"
+types = ["visit"]
+
+[[projects]]
+name = "beta"
+env_prefix = "BETA_"
+out = "data/beta"
+downloads = 12
+'''
+
+
+def test_a_project_brings_its_settings_and_its_own_credentials(tmp_path: Path) -> None:
+    path = write(tmp_path, PROJECTS)
+    env = {"GIO_CLIENT_ID": "top", "GIO_SECRET": "top-key", "ACME_GIO_CLIENT_ID": "acme-id",
+           "ACME_GIO_TOKEN": "acme-token", "BETA_CLIENT_ID": "beta-id", "XDG_STATE_HOME": "/s"}
+    acme = load(path, {}, env=env, project="acme")
+    assert str(acme.out) == "s3://lake/acme" and acme.types == ("visit",) and acme.downloads == 4
+    assert acme.credentials.client_id == "acme-id" and acme.credentials.token == "acme-token"
+    assert acme.credentials.secret == ""  # the top level's key is not the project's
+    beta = load(path, {"downloads": 2}, env=env, project="beta")
+    assert beta.out == Path("data/beta") and beta.downloads == 2  # flags still win
+    assert beta.credentials.client_id == "beta-id"
+    assert load(path, {}, env=env).credentials.client_id == "top"  # no project: top level
+    with pytest.raises(UsageError, match=r"no project 'gamma' .*acme, beta"):
+        load(path, {}, env=env, project="gamma")
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ('[[projects]]\nout = "x"\n', "needs a name"),
+    ('[[projects]]\nname = "a"\nenv_prefix = "lower_"\n', "env_prefix must be like"),
+    ('[[projects]]\nname = "a"\nsecret = "x"\n', "credentials come from A_GIO_CLIENT_ID"),
+    ('[[projects]]\nname = "a"\ndownloads = 0\n', "downloads must be"),
+])
+def test_a_broken_project_is_named(tmp_path: Path, entry: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        load(write(tmp_path, entry), {}, env={})
+
+
+def test_the_readmes_projects_load(tmp_path: Path) -> None:
+    import re
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("**Many projects in one config.**", 1)[1]
+    block = re.search(r"```toml\n(.*?)```", section, flags=re.S)
+    assert block, "the README's [[projects]] example is gone"
+    path = write(tmp_path, block[1])
+    env = {"BETA_GIO_CLIENT_ID": "beta-id", "XDG_STATE_HOME": str(tmp_path)}
+    beta = load(path, {}, env=env, project="beta")
+    assert beta.granularity is Granularity.DAY and beta.credentials.client_id == "beta-id"
+    assert str(load(path, {}, env=env, project="acme").out) == "s3://my-lake/acme"

@@ -160,3 +160,21 @@ def test_the_readmes_definitions_load(monkeypatch: pytest.MonkeyPatch) -> None:
     assert scope["acme"].op.pool == "growingio_acme-client"
     assert isinstance(scope["beta"].partitions_def, dg.DailyPartitionsDefinition)
     assert scope["acme"].partitions_def.timezone == "Asia/Shanghai"
+
+
+def test_the_configs_projects_become_assets(data_dir: Path, tmp_path: Path, instance: Any,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from backfill.integrations.dagster import growingio_assets
+
+    config = tmp_path / "backfill.toml"
+    config.write_text(
+        'poll_interval = "0.2s"\nbackoff = "0.05s"\n'
+        f'[[projects]]\nname = "acme"\nout = "{tmp_path / "acme"}"\ntypes = ["visit", "page"]\n')
+    key = hours_ago(30, 30)[0]
+    with emulator_in_a_thread(data_dir) as api:
+        use(monkeypatch, "ACME_GIO_", api.url, DEMO_CREDENTIALS)
+        (acme,) = growingio_assets(config, start=hours_ago(72, 72)[0].start.strftime("%Y-%m-%d"))
+        assert acme.key.path == ["acme_raw"] and acme.op.pool == "growingio_demo-client-id"
+        result = dg.materialize([acme], partition_key=partition(key), instance=instance)
+        assert result.success
+        assert md5s(tmp_path / "acme") == source(api, [key], DEMO_CREDENTIALS)

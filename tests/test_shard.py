@@ -166,3 +166,19 @@ async def test_the_readmes_shard_recipes_are_accepted(emulator: RunningEmulator,
             planned += json.loads(out)["keys"]
     assert planned == 2 * 14 * 24  # each recipe's shards cover its range exactly once
     assert emulator.state.stats()["export_calls"] == 0
+
+
+@pytest.mark.anyio
+async def test_project_picks_the_entry_and_its_credentials(emulator: RunningEmulator,
+                                                           tmp_path: Path) -> None:
+    (tmp_path / "backfill.toml").write_text(
+        '[[projects]]\nname = "acme"\nout = "acme-data"\ntypes = ["visit"]\n')
+    env = {k: v for k, v in env_for(emulator.url).items() if not k.startswith("GIO_")}
+    env.update(ACME_GIO_BASE_URL=emulator.url, ACME_GIO_CLIENT_ID="demo-client-id",
+               ACME_GIO_AI="a1b2c3d4e5f60789", ACME_GIO_TOKEN="console-token")
+    code, out, err = await cli(["run", *RANGE, "--project", "acme", "--shard", "1/2",
+                                "--dry-run", "--json"], env, tmp_path)
+    assert code == 0, err  # the project's GIO_TOKEN satisfies the token rule
+    assert json.loads(out)["types"] == "visit"
+    code, _, err = await cli(["status", "--project", "nope"], env, tmp_path)
+    assert code == 2 and "no project 'nope'" in err and "acme" in err

@@ -23,6 +23,7 @@
 
 import os
 import warnings
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -33,10 +34,33 @@ from backfill.config import ENV
 BEIJING_TZ = "Asia/Shanghai"
 
 
+def growingio_assets(config: str | Path | None = None, *, start: str,
+                     granularity: str = "hour") -> list[dg.AssetsDefinition]:
+    """One asset per ``[[projects]]`` entry of ``config`` (``./backfill.toml`` by default),
+    named ``<name>_raw``; each project's entry gives its ``out`` and other settings."""
+    from backfill.config import projects
+    from backfill.errors import UsageError
+
+    path = Path(config) if config is not None else None
+    found = projects(path)
+    if not found:
+        raise UsageError(f"no [[projects]] in {path or 'backfill.toml'}")
+    assets = []
+    for project in found:
+        if "out" not in project.values:
+            raise UsageError(f"project {project.name!r} needs an out")
+        assets.append(growingio_asset(
+            f"{project.name}_raw", start=start, out=str(project.values["out"]),
+            granularity=project.values.get("granularity", granularity),
+            env_prefix=project.env_prefix, config=path, project=project.name))
+    return assets
+
+
 def growingio_asset(name: str, *, start: str, out: str, granularity: str = "hour",
                     env_prefix: str = "GIO_", **options: Any) -> dg.AssetsDefinition:
     """A partitioned asset that fetches exactly its partitions' keys into ``out``;
-    ``options`` are the config file's keys (types, downloads, …)."""
+    ``options`` are the config file's keys (types, downloads, …), or ``config=`` and
+    ``project=`` to read a ``[[projects]]`` entry."""
     hourly = granularity == "hour"
     partitions: dg.PartitionsDefinition[Any] = (
         dg.HourlyPartitionsDefinition(start_date=f"{start}-00:00", timezone=BEIJING_TZ)
@@ -49,9 +73,10 @@ def growingio_asset(name: str, *, start: str, out: str, granularity: str = "hour
         import backfill
 
         keys = context.partition_key_range
+        # With a project, the config maps its credentials; else the prefix here does.
+        environ = None if options.get("project") else _environ(env_prefix)
         summary = backfill.fetch(_key(keys.start, hourly), _key(keys.end, hourly), out=out,
-                                 granularity=granularity, environ=_environ(env_prefix),
-                                 **options)
+                                 granularity=granularity, environ=environ, **options)
         if summary.exit_code != 0:
             problems = "; ".join(f"{k}: {p}" for k, p in sorted(summary.problems.items()))
             raise dg.Failure(description=f"{len(summary.problems)} keys not complete: "
