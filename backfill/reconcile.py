@@ -74,15 +74,21 @@ async def reconcile(store: Store, destination: Destination, settings: Settings,
 async def _list_units(store: Store, destination: Destination, settings: Settings,
                       keys: list[Key]) -> tuple[list[tuple[Unit, dict[str, Stored]]], list[Unit]]:
     known = await anyio.to_thread.run_sync(store.statuses, settings.api, [k.name for k in keys])
-    units = [Unit(k, t, str(key_folder(settings.layout, k, t)))
-             for k in keys for t in settings.wanted_types]
-    unknown = [u for u in units if known.get((u.key.name, u.data_type)) is not Status.DONE]
+    pairs = [(k, t) for k in keys for t in settings.wanted_types]
+
+    def unit(key: Key, data_type: str) -> Unit:
+        return Unit(key, data_type, str(key_folder(settings.layout, key, data_type)))
+
+    # Folders only for what the cache does not know: a no-op rerun of a year costs none.
+    unknown = [unit(k, t) for k, t in pairs if known.get((k.name, t)) is not Status.DONE]
+    if not unknown:
+        return [], []
     prefixes = listing_prefixes(unknown)
     listing = await _listings(destination, prefixes)
     done = [(u, listing[u.folder]) for u in unknown if complete(listing.get(u.folder))]
     # Units the cache calls done are judged too when a listing covered their folder.
-    undone = [u for u in units if known.get((u.key.name, u.data_type)) is Status.DONE
-              and any(u.folder.startswith(p) for p in prefixes)
+    cached = (unit(k, t) for k, t in pairs if known.get((k.name, t)) is Status.DONE)
+    undone = [u for u in cached if any(u.folder.startswith(p) for p in prefixes)
               and not complete(listing.get(u.folder))]
     return done, undone
 
