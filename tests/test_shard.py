@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 from datetime import datetime
 from pathlib import Path
@@ -142,7 +143,8 @@ def recipe_commands() -> list[str]:
     """The `backfill run` command lines of the README's scale-out recipes."""
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     section = readme.split("### Run it at scale", 1)[1].split("\n### ", 1)[0]
-    commands = [line.split("run: ", 1)[-1].strip() for line in section.splitlines()
+    recipes = "\n".join(re.findall(r"```yaml\n(.*?)```", section, flags=re.S))
+    commands = [line.split("run: ", 1)[-1].strip() for line in recipes.splitlines()
                 if "backfill run " in line]
     assert len(commands) == 2, commands
     return commands
