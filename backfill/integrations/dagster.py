@@ -29,7 +29,7 @@ from typing import Any
 import dagster as dg
 from dagster import AssetExecutionContext
 
-from backfill.config import ENV
+from backfill.config import Project
 
 BEIJING_TZ = "Asia/Shanghai"
 
@@ -102,11 +102,6 @@ def _key(partition: str, hourly: bool) -> str:
 
 def _environ(prefix: str) -> dict[str, str]:
     """The environment, with one project's ``<prefix>…`` variables as ``GIO_…``."""
-    env = dict(os.environ)
-    if prefix != "GIO_":
-        for variable in ENV.values():
-            env.pop(variable, None)
-            value = os.environ.get(prefix + variable.removeprefix("GIO_"))
-            if value:
-                env[variable] = value
-    return env
+    if prefix == "GIO_":
+        return dict(os.environ)
+    return Project("", prefix).environ(os.environ)
