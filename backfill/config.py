@@ -356,12 +356,16 @@ def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, str], Storage, lis
         if key not in _FILE_KEYS:
             raise UsageError(f"{path}: unknown key {key!r} (known: growingio, storage, projects, "
                              f"{', '.join(_FILE_KEYS)})")
-        expected, parse = _FILE_KEYS[key]
-        try:
-            values[key] = parse(raw)
-        except (UsageError, ValueError, TypeError):
-            raise UsageError(f"{path}: {key} must be {expected}, got {raw!r}") from None
+        values[key] = _parse_value(str(path), key, raw)
     return values, api, storage, found
+
+
+def _parse_value(where: str, key: str, raw: Any) -> Any:
+    expected, parse = _FILE_KEYS[key]
+    try:
+        return parse(raw)
+    except (UsageError, ValueError, TypeError):
+        raise UsageError(f"{where}: {key} must be {expected}, got {raw!r}") from None
 
 
 def _read_project(path: Path, index: int, entry: Any) -> Project:
@@ -378,11 +382,7 @@ def _read_project(path: Path, index: int, entry: Any) -> Project:
         if key not in _FILE_KEYS:
             raise UsageError(f"{where}: unknown key {key!r} (credentials come from "
                              f"{prefix}CLIENT_ID and the like)")
-        expected, parse = _FILE_KEYS[key]
-        try:
-            values[key] = parse(raw)
-        except (UsageError, ValueError, TypeError):
-            raise UsageError(f"{where}: {key} must be {expected}, got {raw!r}") from None
+        values[key] = _parse_value(where, key, raw)
     return Project(entry["name"], prefix, values)
 
 
