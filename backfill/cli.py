@@ -397,17 +397,15 @@ async def _sync(settings: Settings, keys: list[Key] | None) -> None:
 
 
 async def _units(settings: Settings, within: list[Key] | None) -> list[UnitRecord]:
-    from backfill.store import Store
+    import anyio
+
+    from backfill.runner import known_units
 
     if not isinstance(settings.out, Path):
         await _sync(settings, within)
     elif not has_state(settings.state_folder):
         raise UsageError(f"no backfill state in {settings.out}: run `backfill run` first")
-    store = Store(settings.state_folder)
-    try:
-        return store.units(settings.api)
-    finally:
-        store.close()
+    return await anyio.to_thread.run_sync(known_units, settings)  # SQLite: off the loop
 
 
 @app.command()

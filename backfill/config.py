@@ -448,7 +448,10 @@ def _remote(url: str, kind: str, rest: str) -> Remote:
     if "@" in bucket and kind == "az":  # abfs://container@account.dfs.core.windows.net/…
         bucket = bucket.split("@", 1)[0]
     prefix = prefix.strip("/")
-    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]", bucket):
+    # GCS also takes underscores, and dotted names up to 222 characters.
+    pattern = r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]" if kind == "gs" else (
+        r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+    if not re.fullmatch(pattern, bucket):
         raise UsageError(f"{url!r} does not name a bucket: use {kind}://BUCKET/PREFIX (bucket "
                          "names have 3 to 63 lowercase letters, digits, dots and dashes)")
     if any(s in (".", "..") for s in prefix.split("/")) or re.search(r"[?#\s]", prefix):

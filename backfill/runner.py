@@ -188,7 +188,7 @@ async def _stop_on_signal(scope: anyio.CancelScope, received: list[str]) -> None
             return
 
 
-def _known_units(settings: Settings) -> list[UnitRecord]:
+def known_units(settings: Settings) -> list[UnitRecord]:
     """The units in the state, or none when there is no state yet (nothing is created)."""
     if not has_state(settings.state_folder):
         return []
@@ -202,7 +202,7 @@ def _known_units(settings: Settings) -> list[UnitRecord]:
 def dry_plan(settings: Settings, keys: list[Key], *, force: bool, now: datetime
              ) -> dict[str, Any]:
     """What a run would do, from the state alone: no call, nothing written."""
-    known = {(u.key, u.data_type): u.status for u in _known_units(settings)}
+    known = {(u.key, u.data_type): u.status for u in known_units(settings)}
     plan = make_plan(keys, settings, known, now, force=force)
     calls = len(plan.tasks)  # one export call per key at the very least
     return {
@@ -238,7 +238,7 @@ def retryable(settings: Settings, within: list[Key] | None, now: datetime
     wanted = {k.name for k in within} if within is not None else None
     names: set[str] = set()
     types: set[str] = set()
-    for unit in _known_units(settings):
+    for unit in known_units(settings):
         if wanted is not None and unit.key not in wanted:
             continue
         key = Key.parse(unit.key)
@@ -278,7 +278,7 @@ def _should_be_ready(key: Key, settings: Settings, lag: float | None, now: datet
 
 def _earliest_incomplete(settings: Settings, granularity: Granularity) -> Key:
     width = 8 if granularity is Granularity.DAY else 10
-    units = [u for u in _known_units(settings) if len(u.key) == width]
+    units = [u for u in known_units(settings) if len(u.key) == width]
     if not units:
         raise UsageError(f"no {granularity} keys in the state of {settings.out} yet: "
                          "give --start")

@@ -110,7 +110,9 @@ def test_out_takes_a_folder_a_file_url_or_a_bucket() -> None:
     for url in ("https://host/p", "ftp://host/p"):
         with pytest.raises(UsageError, match="outputs are not supported"):
             parse_out(url)
-    for url in ("s3://", "s3://UPPER/x", "s3://b/x", "s3://bkt/a/../b", "s3://bkt/a?x=1"):
+    assert isinstance(parse_out("gs://my_lake/raw"), Remote)  # GCS names take underscores
+    for url in ("s3://", "s3://UPPER/x", "s3://b/x", "s3://my_lake/x", "s3://bkt/a/../b",
+                "s3://bkt/a?x=1"):
         with pytest.raises(UsageError, match=r"bucket|plain path"):
             parse_out(url)
 

@@ -25,7 +25,7 @@ import re
 import secrets
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -242,8 +242,6 @@ class ObjectPart:
 
     async def write_whole(self, body: bytes, progress: Progress,
                           check: Callable[[], Verified]) -> Verified:
-        from dataclasses import replace
-
         verified = await anyio.to_thread.run_sync(check)  # nothing bad goes up
         etag = await self._dest._put(self._path, body, metadata={"md5-hash": verified.md5})
         return replace(verified, etag=etag)
@@ -256,8 +254,6 @@ class ObjectPart:
         self._etag = await self._dest._put(self._path, blocks)
 
     async def commit(self, verified: Verified) -> Verified:
-        from dataclasses import replace
-
         return replace(verified, etag=self._etag)
 
     async def discard(self) -> None:
