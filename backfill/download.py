@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 import aiohttp
-import anyio
 from isal import isal_zlib
 
 from backfill.errors import IntegrityError, LinkExpiredError, PermanentError, RetryableError
@@ -69,6 +68,8 @@ class Verified:
 
 
 Checkpoint = Callable[[Progress], Awaitable[None]]
+Batch = list[bytes]
+"""Consecutive chunks of a body, as the socket delivered them."""
 
 
 class Downloader:
@@ -127,7 +128,8 @@ class Downloader:
             # Admitted before the request: a response left unread while the destination
             # catches up would hold a link's connection idle.
             async with sink.admitted(), self._health.attempt(), self._session.get(
-                    link, headers=headers, timeout=self._timeout, proxy=proxy) as resp:
+                    link, headers=headers, timeout=self._timeout, proxy=proxy,
+                    read_bufsize=self._chunk) as resp:
                 expected = self._check_answer(resp, progress, shown, proxy)
                 inflate = self._deep or expected.md5 is None
                 if progress.offset == 0:
@@ -149,8 +151,9 @@ class Downloader:
                     verified = await sink.write_whole(body, progress, check)
                     progress.offset = verified.size
                     return verified
-                blocks = self._checked_blocks(resp, progress, watch, checker, expected, verdict)
-                await sink.write_stream(blocks, progress, checkpoint, self._checkpoint_bytes)
+                batches = self._batches(resp, progress, watch, checker, expected, verdict)
+                await sink.write_stream(batches, checker.feed_batch, progress, checkpoint,
+                                        self._checkpoint_bytes)
         except (aiohttp.ClientError, TimeoutError) as exc:
             problem = transport_problem(exc, proxy)
             raise RetryableError(f"download of {shown} broke off after {progress.offset} "
@@ -158,20 +161,33 @@ class Downloader:
                                  ) from exc
         return await sink.commit(verdict[0])
 
-    async def _checked_blocks(self, resp: aiohttp.ClientResponse, progress: Progress,
-                              watch: Watch, checker: Checker, expected: _Expected,
-                              verdict: list[Verified]) -> AsyncIterator[bytes]:
-        """The body in blocks of up to ``chunk_size``, each checked before it is handed on;
-        the verdict is taken before the last one ends, so a sink never commits bad bytes
-        (an object store's upload is aborted by the error raised here).
+    async def _batches(self, resp: aiohttp.ClientResponse, progress: Progress, watch: Watch,
+                       checker: Checker, expected: _Expected,
+                       verdict: list[Verified]) -> AsyncIterator[Batch]:
+        """The body as batches of the chunks the socket delivered, about ``chunk_size``
+        bytes each; the verdict is taken before the last one ends, once the sink has fed
+        every batch to the checker, so a sink never commits bad bytes (an object store's
+        upload is aborted by the error raised here).
 
-        Blocks are what the socket had (joining them into full chunks measured slower)."""
-        while block := await resp.content.read(self._chunk):
-            # Checked as it arrives, so a part is never read back to verify it.
-            await anyio.to_thread.run_sync(checker.feed, block)
-            progress.offset += len(block)
-            watch.advanced(len(block))
-            yield block
+        The chunks are never joined: a join would copy every byte once more on the event
+        loop's thread, the one a download's Python work queues on.
+        """
+        content = resp.content
+        batch: Batch = []
+        size = 0
+        while True:
+            chunk, http_chunk_end = await content.readchunk()
+            end = not chunk and not http_chunk_end  # (b"", True) ends an HTTP chunk only
+            if chunk:
+                batch.append(chunk)
+                size += len(chunk)
+            if batch and (end or size >= self._chunk):
+                progress.offset += size
+                watch.advanced(size)
+                yield batch
+                batch, size = [], 0
+            if end:
+                break
         verdict.append(checker.verdict(expected.size, expected.md5))
 
     def _check_answer(self, resp: aiohttp.ClientResponse, progress: Progress,
@@ -274,6 +290,10 @@ class Checker:
         self._tail = (self._tail + block[-8:])[-8:]
         if self._inflater is not None:
             self._inflater = _inflate(self._inflater, block, self.shown)
+
+    def feed_batch(self, batch: Batch) -> None:
+        for block in batch:
+            self.feed(block)
 
     def verdict(self, size: int, md5: str | None) -> Verified:
         """Raise :class:`IntegrityError` unless the part was whole, else its size and MD5."""

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from backfill.config import Settings
-    from backfill.download import Checker, Progress, Verified
+    from backfill.download import Batch, Checker, Progress, Verified
     from backfill.manifest import ManifestPart
 
 
@@ -56,10 +56,12 @@ class PartSink(Protocol):
                           check: Callable[[], Verified]) -> Verified:
         """Run ``check`` (it raises on bad bytes), then write and commit ``body``."""
 
-    async def write_stream(self, blocks: AsyncIterator[bytes], progress: Progress,
-                           checkpoint: Callable[[Progress], Awaitable[None]],
+    async def write_stream(self, batches: AsyncIterator[Batch], check: Callable[[Batch], None],
+                           progress: Progress, checkpoint: Callable[[Progress], Awaitable[None]],
                            every: int) -> None:
-        """Write checked ``blocks``; an error raised by them leaves nothing visible.
+        """Write ``batches``, each passed to ``check`` (blocking: a worker thread's job,
+        the same trip as the batch's write where there is one) before it is written and
+        before the next is asked for. An error raised by either leaves nothing visible.
         A resumable sink calls ``checkpoint`` after each ``every`` bytes made durable."""
 
     async def commit(self, verified: Verified) -> Verified:

@@ -25,7 +25,7 @@ from backfill.manifest import ManifestPart, publish, unpublish
 
 if TYPE_CHECKING:
     from backfill.config import Settings
-    from backfill.download import Checker, Progress, Verified
+    from backfill.download import Batch, Checker, Progress, Verified
 
 
 class LocalFolder:
@@ -152,11 +152,14 @@ class LocalPart:
             raise _disk_error(exc, self.dest) from None
         return verified
 
-    async def write_stream(self, blocks: AsyncIterator[bytes], progress: Progress,
-                           checkpoint: Callable[[Progress], Awaitable[None]],
+    async def write_stream(self, batches: AsyncIterator[Batch], check: Callable[[Batch], None],
+                           progress: Progress, checkpoint: Callable[[Progress], Awaitable[None]],
                            every: int) -> None:
-        """Append ``blocks`` to the temporary file; fsync it and call ``checkpoint`` each
-        time ``every`` more bytes are written, so that a rerun resumes from there."""
+        """Append ``batches`` to the temporary file; fsync it and call ``checkpoint`` each
+        time ``every`` more bytes are written, so that a rerun resumes from there.
+
+        A batch is checked and written in one trip to a worker thread (aiofiles would make
+        the write a second trip: measured slower); aiofiles opens and closes the file."""
         try:
             if progress.offset == 0:
                 await aiofiles.os.makedirs(self.temp.parent, exist_ok=True)
@@ -165,12 +168,10 @@ class LocalPart:
             raise _disk_error(exc, self.temp) from None
         try:
             since = 0
-            async for block in blocks:  # errors of the download pass through untouched
+            async for batch in batches:  # errors of the download pass through untouched
                 try:
-                    await f.write(block)
-                    since += len(block)
+                    since += await anyio.to_thread.run_sync(_append, f.fileno(), batch, check)
                     if since >= every:
-                        await f.flush()
                         await anyio.to_thread.run_sync(os.fsync, f.fileno())
                         since = 0
                         await checkpoint(progress)
@@ -199,6 +200,18 @@ class LocalPart:
 
     async def discard(self) -> None:
         await anyio.to_thread.run_sync(lambda: self.temp.unlink(missing_ok=True))
+
+
+def _append(fd: int, batch: Batch, check: Callable[[Batch], None]) -> int:
+    """Check ``batch``, then write all of it at the end of ``fd``; its length."""
+    check(batch)
+    size = sum(map(len, batch))
+    written = os.writev(fd, batch)
+    if written < size:  # a short write (a full disk raises instead): the rest
+        data = memoryview(b"".join(batch))
+        while written < size:
+            written += os.write(fd, data[written:])
+    return size
 
 
 def _disk_error(exc: OSError, path: Path) -> OutputError:

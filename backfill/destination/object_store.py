@@ -48,7 +48,7 @@ from backfill.manifest import ManifestPart, is_stale
 
 if TYPE_CHECKING:
     from backfill.config import Remote, Settings
-    from backfill.download import Checker, Progress, Verified
+    from backfill.download import Batch, Checker, Progress, Verified
 
     ObjectStoreT = S3Store | GCSStore | AzureStore
 
@@ -246,18 +246,26 @@ class ObjectPart:
         etag = await self._dest._put(self._path, body, metadata={"md5-hash": verified.md5})
         return replace(verified, etag=etag)
 
-    async def write_stream(self, blocks: AsyncIterator[bytes], progress: Progress,
-                           checkpoint: Callable[[Progress], Awaitable[None]],
+    async def write_stream(self, batches: AsyncIterator[Batch], check: Callable[[Batch], None],
+                           progress: Progress, checkpoint: Callable[[Progress], Awaitable[None]],
                            every: int) -> None:
         # No checkpoints: an upload cannot be continued by another process. An error from
-        # `blocks` (a broken download, bad bytes) makes obstore abort the upload.
-        self._etag = await self._dest._put(self._path, blocks)
+        # `batches` (a broken download, bad bytes) makes obstore abort the upload.
+        self._etag = await self._dest._put(self._path, _checked(batches, check))
 
     async def commit(self, verified: Verified) -> Verified:
         return replace(verified, etag=self._etag)
 
     async def discard(self) -> None:
         pass  # an aborted upload left nothing
+
+
+async def _checked(batches: AsyncIterator[Batch], check: Callable[[Batch], None]
+                   ) -> AsyncIterator[bytes]:
+    async for batch in batches:
+        await anyio.to_thread.run_sync(check, batch)
+        for chunk in batch:
+            yield chunk
 
 
 @dataclass(frozen=True)
