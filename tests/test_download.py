@@ -142,3 +142,54 @@ def test_blocks_shrink_when_many_downloads_run_so_memory_stays_flat() -> None:
     assert block_size(mib, 64) == block_size(mib, 1000) == mib // 4  # the floor
     assert block_size(64 * 1024, 64) == 64 * 1024  # never larger than asked
     assert max(n * block_size(mib, n) for n in range(1, 65)) == 16 * mib
+
+
+@pytest.mark.parametrize("whole", [True, False], ids=["whole", "cut-short"])
+async def test_a_body_without_a_length_arrives_in_http_chunks_and_is_checked_to_its_end(
+        tmp_path: Path, whole: bool) -> None:
+    # A proxy may re-send an object with chunked transfer encoding: no length, and HTTP
+    # chunk ends in the middle of the stream, some arriving after their chunk's data
+    # was read. Every chunk is kept, in order; the end of the body, not the end of an
+    # HTTP chunk, ends the part.
+    import asyncio
+    import os
+
+    source = gzip.compress(os.urandom(900_000), compresslevel=1)
+    sent = source if whole else source[: len(source) - 1000]
+
+    async def serve_chunked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+                            ) -> None:
+        while (await reader.readline()) not in (b"\r\n", b""):
+            pass  # the request's head
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+                     b"Connection: close\r\n\r\n")
+        for start in range(0, len(sent), 70_000):
+            piece = sent[start:start + 70_000]
+            writer.write(b"%x\r\n" % len(piece) + piece)
+            await writer.drain()
+            await asyncio.sleep(0.01)  # the chunk's end comes after its data was read
+            writer.write(b"\r\n")
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve_chunked, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    dest = tmp_path / "part-00000.csv.gz"
+
+    async def checkpoint(progress: Progress) -> None:
+        pass
+
+    async with server, aiohttp.ClientSession() as session:
+        downloader = Downloader(session, chunk_size=256 << 10, checkpoint_bytes=1 << 20,
+                                connect_timeout=5, read_timeout=5, health=_health())
+        fetch = downloader.fetch(f"http://127.0.0.1:{port}/part", LocalPart(dest),
+                                 Progress(), checkpoint, _Quiet())
+        if whole:
+            verified = await fetch
+            assert verified.md5 == hashlib.md5(source).hexdigest()
+            assert dest.read_bytes() == source
+        else:  # no length and no MD5: only inflating to the end can tell
+            with pytest.raises(IntegrityError, match="ends early"):
+                await fetch
+            assert not dest.exists()
