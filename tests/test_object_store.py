@@ -233,6 +233,26 @@ async def test_a_stale_lease_expires(emulator: RunningEmulator, bucket: Bucket,
     assert "raw/.backfill/lease.json" not in bucket.names()
 
 
+async def test_the_lease_goes_on_release_even_after_a_renewal_whose_answer_was_lost(
+        emulator: RunningEmulator, bucket: Bucket, tmp_path: Path) -> None:
+    # A renewal cancelled on the way out (Ctrl-C) may still land: the lease then has an
+    # ETag this run never heard of. It is still this run's, and must not outlive it. A
+    # lease another run took over, though, is left alone.
+    from backfill.destination.object_store import ObjectStore
+
+    settings = replace(settings_for(emulator, parse_out(bucket.url())),
+                       state_dir=tmp_path / "cache")
+    lease = "raw/.backfill/lease.json"
+    for taken_over in (False, True):
+        async with ObjectStore.open(settings).hold(settings):
+            document = json.loads(bucket.read(lease))
+            if taken_over:
+                document["run"] = "another-run"
+            bucket.put(lease, json.dumps(document).encode())  # a new ETag, unheard of
+        assert (lease in bucket.names()) is taken_over
+    bucket.client.delete_object(Bucket=bucket.name, Key=lease)
+
+
 async def test_a_live_lease_refuses_with_its_holder(emulator: RunningEmulator, bucket: Bucket,
                                                     tmp_path: Path) -> None:
     bucket.put("raw/.backfill/lease.json", json.dumps({

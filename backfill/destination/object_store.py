@@ -363,11 +363,15 @@ class Lease:
                 continue  # the store hiccuped: try again before the lease runs out
 
     async def release(self) -> None:
+        """Delete the lease if it is still this run's. Known by the run's id, not only by
+        the last ETag seen: a renewal cancelled on the way out may have landed, with an
+        ETag this run never heard of."""
         if self._etag is None:
             return
         with contextlib.suppress(BaseError, OutputError, RetryableError):
             current = await self._current()
-            if current is not None and current[1] == self._etag:
+            if current is not None and (current[1] == self._etag
+                                        or current[0].run == self._run):
                 await obstore.delete_async(self._dest._store, self.name)
         self._etag = None
 
