@@ -41,7 +41,9 @@ async def test_a_download_is_the_part_with_its_checksums(emulator_factory: Emula
         assert reply.headers["ETag"] == f'"{md5}"'
         assert int(reply.headers["Content-Length"]) == len(reply.body)
         assert "Content-Encoding" not in reply.headers  # served as stored, never re-encoded
-        assert running.state.stats()["bytes_served"] == len(reply.body)
+        stats = running.state.stats()
+        assert stats["bytes_served"] == len(reply.body)
+        assert stats["downloads_completed"] == 1  # the body's end was sent
 
 
 @pytest.mark.parametrize("data_type", ["visit", "page", "custom_event", "pvar", "evar", "vstr"])

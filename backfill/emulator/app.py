@@ -86,6 +86,7 @@ class EmulatorState:
             "trap_links_issued": self.counts["trap_links_issued"],
             "bytes_served": self.counts["bytes_served"],
             "range_requests": self.counts["range_requests"],
+            "downloads_completed": self.counts["downloads_completed"],
             "downloads_expired": self.counts["downloads_expired"],
             "downloads_trap": self.counts["downloads_trap"],
             "faults": dict(self.config.faults.injected),
@@ -386,6 +387,7 @@ async def _serve(request: web.Request, stored: StoredObject) -> web.StreamRespon
             await _faulty_body(request, response, f, start, count, fault)
     if request.transport is not None and not request.transport.is_closing():
         await response.write_eof()
+        st.counts["downloads_completed"] += 1
     return response
 
 

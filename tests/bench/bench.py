@@ -25,6 +25,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
@@ -105,6 +106,51 @@ def stats(url: str) -> dict[str, Any]:
     with urllib.request.urlopen(f"{url}/_emulator/stats") as answer:
         result: dict[str, Any] = json.load(answer)
         return result
+
+
+class DownloadWindow:
+    """The time a client spent downloading, as the emulator saw it: from its first
+    download request to the end of the last body it sent, polled every 20 ms in a thread
+    while the client runs. It leaves out a client's start-up, token and export calls,
+    the same way for backfill and for curl."""
+
+    POLL = 0.02
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._samples: list[tuple[float, int, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _sample(self) -> None:
+        now = stats(self._url)
+        self._samples.append((time.perf_counter(), now["calls"]["download"],
+                              now["downloads_completed"]))
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.POLL):
+            self._sample()
+
+    def __enter__(self) -> DownloadWindow:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    @property
+    def seconds(self) -> float | None:
+        """None when the client downloaded nothing, or faster than two polls."""
+        times, asked, done = zip(*self._samples, strict=True)
+        first = next((i for i, n in enumerate(asked) if n > asked[0]), None)
+        last = next((i for i, n in enumerate(done) if n == done[-1]), None)
+        if first is None or last is None or last <= first:
+            return None
+        # Each event fell between two polls: count half of each interval.
+        return float((times[last - 1] + times[last]) / 2 - (times[first - 1] + times[first]) / 2)
 
 
 def env_for(url: str) -> dict[str, str]:
@@ -338,14 +384,25 @@ def throughput(label: str, part_mb: float, parts: int, work: Path, *,
         # on memory never touched before), and noise hits one run, not every round.
         ours = ref = curl = checked = None
         shell = ref_cpu = None
+        windows: dict[str, list[float]] = {"ours": [], "curl": []}
+
+        def window(name: str, seconds: float | None) -> None:
+            if seconds is not None:
+                windows[name].append(seconds)
+
         for _ in range(ROUNDS):
-            run, size = ours_with()
+            with DownloadWindow(url) as seen:
+                run, size = ours_with()
+            window("ours", seen.seconds)
             ours = _best(ours, run)
             cpu_before = children_cpu()
             seconds = aiohttp_reference(urls, fresh())
             if ref is None or seconds < ref:  # start-up included in its CPU: generous
                 ref, ref_cpu = seconds, children_cpu() - cpu_before
-            if (got := curl_reference(urls, fresh())) is not None:
+            with DownloadWindow(url) as seen:
+                got = curl_reference(urls, fresh())
+            if got is not None:
+                window("curl", seen.seconds)
                 curl = _best(curl, got)
                 shell = min(shell or float("inf"), got.seconds + shell_checks(folder))
             seconds = aiohttp_reference(urls, fresh(), checked=True)
@@ -364,6 +421,8 @@ def throughput(label: str, part_mb: float, parts: int, work: Path, *,
     gib = size / (1024 * MiB)
     result = {
         "mb": size / MiB, "parts": len(urls), "mbps": size / MiB / ours.seconds,
+        "dl_mbps": size / MiB / min(windows["ours"]) if windows["ours"] else None,
+        "curl_dl_mbps": size / MiB / min(windows["curl"]) if windows["curl"] else None,
         "seconds": ours.seconds,
         "aiohttp_mbps": size / MiB / ref_seconds,
         "curl_mbps": size / MiB / curl.seconds if curl else None,
@@ -530,9 +589,12 @@ def report(large: dict[str, Any], huge: dict[str, Any], small: dict[str, Any],
                             ("parts of 256 MiB", huge, "—"),
                             ("small parts (64 KiB)", small, "≥ 0.8")):
         curl = f"{r['curl_mbps']:.0f}" if r["curl_mbps"] else "n/a"
+        while_dl = (f"; while downloading {r['dl_mbps']:.0f} vs curl {r['curl_dl_mbps']:.0f}"
+                    f" = {r['dl_mbps'] / r['curl_dl_mbps']:.2f}"
+                    if r["dl_mbps"] and r["curl_dl_mbps"] else "")
         print(f"| throughput, {name}, {r['parts']} parts, {r['mb']:.0f} MiB | {r['mbps']:.0f}"
               f" MiB/s vs reference {r['ref_mbps']:.0f} MiB/s (aiohttp "
-              f"{r['aiohttp_mbps']:.0f}, curl {curl}) = {r['ratio']:.2f} | {target} |")
+              f"{r['aiohttp_mbps']:.0f}, curl {curl}) = {r['ratio']:.2f}{while_dl} | {target} |")
     for name, r in (("large", large), ("256 MiB", huge), ("small", small)):
         print(f"| throughput, {name} parts, vs a minimal loop that also checks MD5 and gzip "
               f"and fsyncs and renames each part | {r['mbps']:.0f} vs {r['checked_mbps']:.0f}"
@@ -560,19 +622,23 @@ def report(large: dict[str, Any], huge: dict[str, Any], small: dict[str, Any],
 def goals(large: dict[str, Any], small: dict[str, Any], noop: Measured,
           help_run: Measured) -> None:
     """The targets of the 'verified bytes at the speed of the wire' work, each with its
-    figure and whether it holds. Backfill's times include its start-up (about 0.5 s)."""
+    figure and whether it holds. Against curl: while downloading (the emulator's first
+    download request to its last body sent); against the shell: whole runs, start-up
+    included on both sides."""
     rows: list[tuple[str, str, bool | None]] = []
 
     def vs_curl(r: dict[str, Any]) -> float | None:
-        return r["mbps"] / r["curl_mbps"] if r["curl_mbps"] else None
+        """While downloading, as the issue's goal says: start-up and API calls aside."""
+        return r["dl_mbps"] / r["curl_dl_mbps"] if r["dl_mbps"] and r["curl_dl_mbps"] else None
 
     def add(goal: str, value: float | None, text: str, ok: bool | None) -> None:
         rows.append((goal, text if value is not None else "n/a (no curl)",
                      ok if value is not None else None))
 
     ratio = vs_curl(large)
-    add("large parts with an MD5: ≥ 0.9 × curl --parallel", ratio,
-        f"{large['mbps']:.0f} vs {large['curl_mbps'] or 0:.0f} MiB/s = {ratio or 0:.2f}",
+    add("large parts with an MD5: ≥ 0.9 × curl --parallel, while downloading", ratio,
+        f"{large['dl_mbps'] or 0:.0f} vs {large['curl_dl_mbps'] or 0:.0f} MiB/s = "
+        f"{ratio or 0:.2f} (whole runs: {large['mbps']:.0f} vs {large['curl_mbps'] or 0:.0f})",
         ratio is not None and ratio >= 0.9)
     shell = large["shell_seconds"]
     full = large.get("full_seconds")
@@ -585,8 +651,9 @@ def goals(large: dict[str, Any], small: dict[str, Any], noop: Measured,
             f"{shell:.1f} s vs {small['seconds']:.1f} s = {shell / small['seconds']:.2f}",
             shell / small["seconds"] >= 1.0)
     ratio = vs_curl(small)
-    add("small parts: ≥ 0.8 × curl --parallel", ratio,
-        f"{small['mbps']:.0f} vs {small['curl_mbps'] or 0:.0f} MiB/s = {ratio or 0:.2f}",
+    add("small parts: ≥ 0.8 × curl --parallel, while downloading", ratio,
+        f"{small['dl_mbps'] or 0:.0f} vs {small['curl_dl_mbps'] or 0:.0f} MiB/s = "
+        f"{ratio or 0:.2f} (whole runs: {small['mbps']:.0f} vs {small['curl_mbps'] or 0:.0f})",
         ratio is not None and ratio >= 0.8)
     curl_cpu = large["curl_cpu_per_gib"]
     if curl_cpu is not None:
