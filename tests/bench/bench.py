@@ -295,6 +295,22 @@ def shell_checks(folder: Path) -> float:
                for tool, flags in (("md5sum", []), ("gzip", ["-t"])))
 
 
+def durable_write(folder: Path, size: int) -> float:
+    """Seconds to write ``size`` bytes to one file and fsync it: what the disk takes to
+    make a download durable, which backfill must do for every part and curl never does."""
+    block = os.urandom(MiB)
+    path = folder / "durable.bin"
+    started = time.perf_counter()
+    with path.open("wb") as f:
+        for _ in range(size // MiB):
+            f.write(block)
+        f.flush()
+        os.fsync(f.fileno())
+    seconds = time.perf_counter() - started
+    path.unlink()
+    return seconds
+
+
 def check_cpu(folder: Path) -> tuple[float, float]:
     """CPU seconds to MD5 the files, and to MD5 plus inflate them (backfill's checks)."""
     from backfill.download import check_part
@@ -382,7 +398,7 @@ def throughput(label: str, part_mb: float, parts: int, work: Path, *,
         # Best of ROUNDS for backfill and each reference, taken in turns: the first
         # gigabytes written on a fresh VM cost several times the later ones (page cache
         # on memory never touched before), and noise hits one run, not every round.
-        ours = ref = curl = checked = None
+        ours = ref = curl = checked = durable = None
         shell = ref_cpu = None
         windows: dict[str, list[float]] = {"ours": [], "curl": []}
 
@@ -407,6 +423,8 @@ def throughput(label: str, part_mb: float, parts: int, work: Path, *,
                 shell = min(shell or float("inf"), got.seconds + shell_checks(folder))
             seconds = aiohttp_reference(urls, fresh(), checked=True)
             checked = seconds if checked is None else min(checked, seconds)
+            seconds = durable_write(fresh(), size)
+            durable = seconds if durable is None else min(durable, seconds)
         md5_cpu, check_cpu_seconds = check_cpu(folder)
         shutil.rmtree(folder)
         extra = {}
@@ -430,6 +448,7 @@ def throughput(label: str, part_mb: float, parts: int, work: Path, *,
         "shell_seconds": shell,
         "ref_mbps": size / MiB / best, "ratio": best / ours.seconds,
         "checked_mbps": size / MiB / checked_seconds,
+        "durable_mbps": size / MiB / durable if durable else None,
         "checked_ratio": checked_seconds / ours.seconds,
         "rss": ours.peak_rss_mb, "code": ours.code,
         "cpu_per_gib": ours.cpu_seconds / gib, "ref_cpu_per_gib": ref_cpu / gib,
@@ -595,6 +614,10 @@ def report(large: dict[str, Any], huge: dict[str, Any], small: dict[str, Any],
         print(f"| throughput, {name}, {r['parts']} parts, {r['mb']:.0f} MiB | {r['mbps']:.0f}"
               f" MiB/s vs reference {r['ref_mbps']:.0f} MiB/s (aiohttp "
               f"{r['aiohttp_mbps']:.0f}, curl {curl}) = {r['ratio']:.2f}{while_dl} | {target} |")
+    for name, r in (("large", large), ("256 MiB", huge)):
+        print(f"| the disk alone: the same bytes written to one file and fsynced ({name} parts'"
+              f" run) | {r['durable_mbps']:.0f} MiB/s (backfill fsyncs every part; curl "
+              "does not) | (bound) |")
     for name, r in (("large", large), ("256 MiB", huge), ("small", small)):
         print(f"| throughput, {name} parts, vs a minimal loop that also checks MD5 and gzip "
               f"and fsyncs and renames each part | {r['mbps']:.0f} vs {r['checked_mbps']:.0f}"
