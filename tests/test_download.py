@@ -144,13 +144,14 @@ def test_blocks_shrink_when_many_downloads_run_so_memory_stays_flat() -> None:
     assert max(n * block_size(mib, n) for n in range(1, 65)) == 16 * mib
 
 
-@pytest.mark.parametrize("whole", [True, False], ids=["whole", "cut-short"])
+@pytest.mark.parametrize(("whole", "piece"), [(True, 70_000), (False, 70_000), (True, 100)],
+                         ids=["whole", "cut-short", "tiny-http-chunks"])
 async def test_a_body_without_a_length_arrives_in_http_chunks_and_is_checked_to_its_end(
-        tmp_path: Path, whole: bool) -> None:
+        tmp_path: Path, whole: bool, piece: int) -> None:
     # A proxy may re-send an object with chunked transfer encoding: no length, and HTTP
     # chunk ends in the middle of the stream, some arriving after their chunk's data
-    # was read. Every chunk is kept, in order; the end of the body, not the end of an
-    # HTTP chunk, ends the part.
+    # was read; tiny chunks make thousands of pieces per block. Every chunk is kept, in
+    # order; the end of the body, not the end of an HTTP chunk, ends the part.
     import asyncio
     import os
 
@@ -163,11 +164,12 @@ async def test_a_body_without_a_length_arrives_in_http_chunks_and_is_checked_to_
             pass  # the request's head
         writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
                      b"Connection: close\r\n\r\n")
-        for start in range(0, len(sent), 70_000):
-            piece = sent[start:start + 70_000]
-            writer.write(b"%x\r\n" % len(piece) + piece)
-            await writer.drain()
-            await asyncio.sleep(0.01)  # the chunk's end comes after its data was read
+        for start in range(0, len(sent), piece):
+            data = sent[start:start + piece]
+            writer.write(b"%x\r\n" % len(data) + data)
+            if start % 70_000 < piece:  # now and then, the chunk's end comes after its
+                await writer.drain()    # data was read
+                await asyncio.sleep(0.01)
             writer.write(b"\r\n")
         writer.write(b"0\r\n\r\n")
         await writer.drain()

@@ -202,15 +202,24 @@ class LocalPart:
         await anyio.to_thread.run_sync(lambda: self.temp.unlink(missing_ok=True))
 
 
+WRITEV_MAX = 512
+"""Chunks per ``writev`` call: under every platform's IOV_MAX (1,024 on Linux and macOS).
+A batch can hold thousands when a proxy re-sends a body in small HTTP chunks."""
+
+
 def _append(fd: int, batch: Batch, check: Callable[[Batch], None]) -> int:
     """Check ``batch``, then write all of it at the end of ``fd``; its length."""
     check(batch)
-    size = sum(map(len, batch))
-    written = os.writev(fd, batch)
-    if written < size:  # a short write (a full disk raises instead): the rest
-        data = memoryview(b"".join(batch))
-        while written < size:
-            written += os.write(fd, data[written:])
+    size = 0
+    for start in range(0, len(batch), WRITEV_MAX):
+        group = batch[start:start + WRITEV_MAX]
+        length = sum(map(len, group))
+        written = os.writev(fd, group)
+        if written < length:  # a short write (a full disk raises instead): the rest
+            data = memoryview(b"".join(group))
+            while written < length:
+                written += os.write(fd, data[written:])
+        size += length
     return size
 
 
