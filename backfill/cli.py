@@ -257,12 +257,10 @@ def catchup(
 
 def _execute(settings: Settings, keys: list[Key], output: Output, *, force: bool = False,
              dry_run: bool = False) -> None:
-    """Plan or fetch ``keys`` (this shard's, with --shard), report, and exit with the
-    documented code."""
+    """Plan or fetch ``keys`` (the runner keeps this shard's, with --shard), report, and
+    exit with the documented code."""
     import json as json_module
 
-    if settings.shard is not None:
-        keys = [k for k in keys if settings.shard.holds(k)]
     if dry_run:
         from backfill.runner import dry_plan
 

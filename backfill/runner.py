@@ -52,11 +52,13 @@ def plan_keys(store: Store, settings: Settings, keys: list[Key], *, force: bool,
 
 async def backfill(settings: Settings, keys: list[Key], reporter: Reporter, *,
                    force: bool = False, api: ExportApi | None = None) -> Summary:
-    """Fetch ``keys`` into ``settings.out``; finished keys cost nothing unless ``force``.
+    """Fetch ``keys`` (this shard's only, with a shard) into ``settings.out``; finished
+    keys cost nothing unless ``force``.
 
     Raises :class:`Interrupted` on SIGINT/SIGTERM (when called from the main thread),
     once the state is consistent.
     """
+    keys = shard_keys(settings, keys)
     interrupted: list[str] = []
     summary = Summary()
     try:
@@ -178,6 +180,12 @@ def _save_recent_calls(settings: Settings, times: list[float]) -> None:
         (settings.state_folder / RECENT_CALLS).write_text(json.dumps(times))
 
 
+def shard_keys(settings: Settings, keys: list[Key]) -> list[Key]:
+    """This run's share of ``keys``: all of them, or its shard's (``--shard``, ``shard=``)."""
+    shard = settings.shard
+    return keys if shard is None else [k for k in keys if shard.holds(k)]
+
+
 async def _stop_on_signal(scope: anyio.CancelScope, received: list[str]) -> None:
     if threading.current_thread() is not threading.main_thread():
         return  # a library call from a worker thread: signals are its host's to handle
@@ -202,6 +210,7 @@ def known_units(settings: Settings) -> list[UnitRecord]:
 def dry_plan(settings: Settings, keys: list[Key], *, force: bool, now: datetime
              ) -> dict[str, Any]:
     """What a run would do, from the state alone: no call, nothing written."""
+    keys = shard_keys(settings, keys)
     known = {(u.key, u.data_type): u.status for u in known_units(settings)}
     plan = make_plan(keys, settings, known, now, force=force)
     calls = len(plan.tasks)  # one export call per key at the very least

@@ -11,6 +11,7 @@ import pytest
 import backfill
 from backfill.emulator import EmulatorConfig, RunningEmulator, serve
 from backfill.errors import UsageError
+from backfill.store import Status
 from tests.helpers import env_for
 from tests.test_run import days_ago, downloaded_md5s, source_md5s
 
@@ -82,3 +83,20 @@ def test_importing_backfill_stays_light() -> None:
                          check=True).stdout
     assert out.strip() == "[]"
     assert callable(backfill.fetch) and issubclass(backfill.BackfillError, Exception)
+
+
+@pytest.mark.anyio
+async def test_a_shard_given_to_the_library_fetches_only_its_keys(
+        emulator: RunningEmulator, in_a_project: Path) -> None:
+    # The same split as `--shard`: an orchestrator calling fetch() gets its share only.
+    from backfill.keys import Shard
+
+    keys = days_ago(6, 3)
+    shard = Shard(2, 2)
+    summary = await backfill.fetch_async("-6d", "-3d", types=["visit"], shard="2/2",
+                                         single_minter=True)
+    assert summary.exit_code == 0
+    mine = sum(map(shard.holds, keys))
+    assert mine == 2 and summary.statuses[Status.DONE] == mine
+    assert downloaded_md5s(in_a_project / "data") == source_md5s(
+        emulator, [k for k in keys if shard.holds(k)], ("visit",))
