@@ -240,8 +240,15 @@ class Project:
 
 def projects(path: Path | None) -> list[Project]:
     """The ``[[projects]]`` of a config file (``./backfill.toml`` when ``path`` is None)."""
-    source = path if path is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    source = _config_file(path)
     return _read_file(source)[3] if source is not None else []
+
+
+def _config_file(path: Path | None) -> Path | None:
+    """``path``, or ./backfill.toml when none is given and it exists."""
+    if path is not None:
+        return path
+    return DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None
 
 
 def option_names() -> tuple[str, ...]:
@@ -261,7 +268,7 @@ def load(path: Path | None, flags: dict[str, Any], env: dict[str, str] | None = 
     values: dict[str, Any] = {}
     api: dict[str, str] = {}
     storage = Storage()
-    source = path if path is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    source = _config_file(path)
     found: list[Project] = []
     if source is not None:
         values, api, storage, found = _read_file(source)

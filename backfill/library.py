@@ -27,7 +27,7 @@ from typing import Any
 
 import anyio
 
-from backfill.config import Settings, load, option_names
+from backfill.config import Settings, check_token_rule, load, option_names
 from backfill.errors import UsageError
 from backfill.keys import Key, expand, parse_bound
 from backfill.report import Reporter, Summary, make_reporter
@@ -52,7 +52,6 @@ async def fetch_async(first: str, last: str, *, config: Path | str | None = None
                       environ: Mapping[str, str] | None = None, project: str | None = None,
                       **options: Any) -> Summary:
     """:func:`fetch`, for callers that run an event loop (asyncio or trio via anyio)."""
-    from backfill.config import check_token_rule
     from backfill.runner import backfill
 
     unknown = sorted(set(options) - set(option_names()))
