@@ -12,15 +12,18 @@ from typing import Any, Protocol
 
 import aiohttp
 import anyio
+from yarl import URL
 
 from backfill.auth import TokenHolder
 from backfill.config import Settings
-from backfill.errors import AuthError, PermanentError, RetryableError
+from backfill.errors import AuthError, PermanentError, RetryableError, UsageError
 from backfill.keys import Key
+from backfill.layout import redact
 from backfill.outage import ServiceHealth
 from backfill.policy import backoff, retry_after
-from backfill.proxy import proxy_refusal, transport_problem
+from backfill.proxy import proxy_refusal
 from backfill.throttle import RateLimiter
+from backfill.transport import classify, origin
 
 
 @dataclass(frozen=True)
@@ -113,17 +116,18 @@ class GrowingIO:
                 await self._limiter.acquire()
                 self.stats.calls += 1
                 try:
+                    # Redirects are not followed: the credentials go to GIO_BASE_URL's
+                    # origin only (aiohttp would carry X-Client-Id to any host).
                     async with self._session.get(url, headers=headers, proxy=proxy,
                                                  params={"expire": str(self._settings.expire)},
-                                                 timeout=self._timeout) as resp:
+                                                 timeout=self._timeout,
+                                                 allow_redirects=False) as resp:
                         body = await self._read(resp, proxy)
                 except (aiohttp.ClientError, TimeoutError) as exc:
-                    problem = transport_problem(exc, proxy)
-                    raise RetryableError(f"export API unreachable: {problem}",
-                                         outage=self._health.missed(problem)) from exc
-                except ValueError as exc:
-                    raise RetryableError("export API answered something that is not JSON"
-                                         ) from exc
+                    failure = classify(exc, proxy)
+                    raise RetryableError(f"export API unreachable: {failure.words}",
+                                         outage=failure.down and self._health.missed(
+                                             failure.words)) from None
         except _TokenRejected:
             await self.tokens.rejected(generation)  # outside the attempt: it calls too
             raise _TokenReplaced from None
@@ -131,10 +135,28 @@ class GrowingIO:
         return body
 
     async def _read(self, resp: aiohttp.ClientResponse, proxy: str | None) -> Any:
+        wait = retry_after(resp.headers.get("Retry-After"), datetime.now(UTC))
         if resp.status >= 500:
-            raise RetryableError(f"export API error (HTTP {resp.status})",
-                                 outage=self._health.missed(f"HTTP {resp.status}"))
+            if wait is not None:
+                self._limiter.pause(wait)  # the whole run waits, as on a 429
+            raise RetryableError(f"export API error (HTTP {resp.status})", retry_after=wait,
+                                 outage=self._health.missed(f"HTTP {resp.status}",
+                                                            retry_after=wait))
         proxy_refusal(resp.status, proxy)
+        if 300 <= resp.status < 400:
+            raise redirect_refused("the export API", self._settings.credentials.base_url,
+                                   resp)
+        if resp.status == 200:
+            try:
+                body = await resp.json(content_type=None)
+            except ValueError:
+                # A portal or a proxy's page: the API is not reached. Judged by the run as
+                # a miss (every key holds), not retried by each key on its own.
+                problem = not_json(resp)
+                raise RetryableError(f"export API unusable: {problem}",
+                                     outage=self._health.missed(problem)) from None
+            self._health.answered()
+            return body
         self._health.answered()
         if resp.status == 401:
             raise _TokenRejected
@@ -142,11 +164,29 @@ class GrowingIO:
             raise AuthError("GrowingIO denied access to project "
                             f"{self._settings.credentials.ai} (HTTP 403): check GIO_AI")
         if resp.status == 429:
-            wait = retry_after(resp.headers.get("Retry-After"), datetime.now(UTC))
             raise RetryableError("rate limited by the export API (429)", retry_after=wait)
-        if resp.status != 200:
-            raise PermanentError(f"export API refused the request (HTTP {resp.status})")
-        return await resp.json(content_type=None)
+        raise PermanentError(f"export API refused the request (HTTP {resp.status})")
+
+
+def not_json(resp: aiohttp.ClientResponse) -> str:
+    """What a 200 that is not JSON looks like, for one line."""
+    kind = resp.headers.get("Content-Type", "no content type").split(";")[0].strip()
+    return (f"it answered {resp.status} {kind}, not JSON: is a proxy or a portal in the "
+            "way?")
+
+
+def redirect_refused(what: str, base_url: str, resp: aiohttp.ClientResponse) -> UsageError:
+    """The one line for an API redirect, which is never followed (see :func:`origin`)."""
+    location = resp.headers.get("Location", "")
+    target = str(resp.url.join(URL(location))) if location else "nowhere"
+    shown = redact(target) if location else target
+    if location and origin(target) != origin(base_url):
+        scheme, host, port = origin(target)
+        return UsageError(f"{what} at {base_url} redirects to {shown} (HTTP {resp.status}): "
+                          "the credentials are sent only to GIO_BASE_URL's own origin; set "
+                          f"GIO_BASE_URL={scheme}://{host}:{port} if that is GrowingIO")
+    return UsageError(f"{what} at {base_url} redirects to {shown} (HTTP {resp.status}); "
+                      "backfill does not follow API redirects: check GIO_BASE_URL")
 
 
 class _TokenRejected(Exception):

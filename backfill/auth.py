@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
+import re
 import time
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
 
 import aiohttp
 import anyio
@@ -18,7 +23,9 @@ import anyio
 from backfill.config import Settings
 from backfill.errors import AuthError, RetryableError
 from backfill.outage import ServiceHealth
-from backfill.proxy import proxy_refusal, transport_problem
+from backfill.policy import retry_after
+from backfill.proxy import proxy_refusal
+from backfill.transport import classify
 
 TOKEN_PATH = "/auth/token"
 MAX_FRESH_REJECTIONS = 3
@@ -63,6 +70,7 @@ class TokenHolder:
         self._proven = False
         self._fresh_rejections = 0
         self._lock = anyio.Lock()
+        self._failure: AuthError | None = None
         self.fetched = 0
 
     async def current(self) -> tuple[str, int]:
@@ -107,7 +115,10 @@ class TokenHolder:
 
     async def _fetch(self) -> None:
         """Get a new token. Misses during an outage are the run's to judge (one loop for the
-        whole run, since callers hold the lock); other failures count ``attempts``."""
+        whole run, since callers hold the lock); other failures count ``attempts``, and the
+        run's verdict is kept: every later caller gets the same error, with no request."""
+        if self._failure is not None:
+            raise self._failure
         attempt = 0
         while True:
             try:
@@ -119,11 +130,16 @@ class TokenHolder:
                     continue
                 attempt += 1
                 if attempt >= self._attempts:
-                    raise
-            await anyio.sleep(min(30.0, 0.5 * 2**attempt))
+                    self._failure = TokenError(f"{exc} ({attempt} attempts)")
+                    raise self._failure from None
+                await anyio.sleep(max(exc.retry_after or 0.0, min(30.0, 0.5 * 2**attempt)))
+            except AuthError as exc:
+                self._failure = exc
+                raise
 
     async def _ask(self) -> None:
-        """One token request; raises :class:`RetryableError` when no token came of it."""
+        """One token request; raises :class:`RetryableError` when no token came of it, and
+        :class:`AuthError` when the answer says the credentials (or the clock) are wrong."""
         c = self._creds
         url = c.base_url.rstrip("/") + TOKEN_PATH
         proxy = self._proxies.for_url(url)
@@ -132,24 +148,102 @@ class TokenHolder:
         try:
             async with self._session.post(url, data=body.encode(), timeout=self._timeout,
                                           headers={"X-Client-Id": c.client_id},
-                                          proxy=proxy) as resp:
+                                          proxy=proxy, allow_redirects=False) as resp:
+                wait = retry_after(resp.headers.get("Retry-After"), datetime.now(UTC))
                 if resp.status >= 500:
                     problem = f"HTTP {resp.status}"
-                    raise RetryableError(f"{failed}: {problem}",
-                                         outage=self._health.missed(problem))
+                    raise RetryableError(f"{failed}: {problem}", retry_after=wait,
+                                         outage=self._health.missed(problem, retry_after=wait))
                 proxy_refusal(resp.status, proxy)
+                if 300 <= resp.status < 400:
+                    from backfill.api import redirect_refused
+
+                    raise redirect_refused("the token endpoint", c.base_url, resp)
                 self._health.answered()
-                answer = await resp.json(content_type=None) if resp.status == 200 else {}
+                if resp.status == 429:
+                    raise RetryableError(f"{failed}: HTTP 429", retry_after=wait)
+                text = await resp.content.read(MAX_ANSWER)
+                if resp.status != 200:
+                    raise AuthError(self._refusal(resp.status, text, resp.headers.get("Date")))
+                answer = _json(text)
+                if answer is None:
+                    from backfill.api import not_json
+
+                    raise TokenError(f"{failed}: {not_json(resp)}")
         except (aiohttp.ClientError, TimeoutError) as exc:
-            problem = transport_problem(exc, proxy)
-            raise RetryableError(f"{failed}: {problem}",
-                                 outage=self._health.missed(problem)) from None
-        except ValueError:
-            raise RetryableError(f"{failed}: the answer is not JSON") from None
+            failure = classify(exc, proxy)
+            raise RetryableError(f"{failed}: {failure.words}",
+                                 outage=failure.down and self._health.missed(failure.words)
+                                 ) from None
         code = answer.get("code") if isinstance(answer, dict) else None
-        if resp.status != 200 or not isinstance(code, str) or not code:
-            raise AuthError(f"GrowingIO refused the token request (HTTP {resp.status}): check "
-                            "GIO_CLIENT_ID, GIO_SECRET, GIO_PROJECT_UID and GIO_AI")
+        if not isinstance(code, str) or not code:
+            raise TokenError(f"{failed}: the answer is JSON but holds no token "
+                             f"({self._said(text)})")
         self._token, self._proven = code, False
         self._generation += 1
         self.fetched += 1
+
+    def _refusal(self, status: int, text: bytes, date: str | None) -> str:
+        """The one line for a refused token request: what the server said, and a clock
+        that disagrees with the server's, since the signature carries the time."""
+        line = (f"GrowingIO refused the token request (HTTP {status}: {self._said(text)}): "
+                "check GIO_CLIENT_ID, GIO_SECRET, GIO_PROJECT_UID and GIO_AI")
+        if skew := clock_skew(date, datetime.now(UTC)):
+            line += f"; {skew}"
+        return line
+
+    def _said(self, text: bytes) -> str:
+        """The server's message, on one line, without anything of ours that is secret."""
+        said = server_message(text)
+        for secret in (self._creds.secret, self._creds.token):
+            if secret:
+                said = said.replace(secret, "***")
+        return said
+
+
+MAX_ANSWER = 64 * 1024
+"""A token answer is a few dozen bytes; a portal's page is not read past this."""
+
+
+class TokenError(AuthError):
+    """No token could be had: the endpoint answered something unusable, or kept failing.
+    Judged once for the whole run."""
+
+
+def _json(text: bytes) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def server_message(text: bytes, limit: int = 160) -> str:
+    """The gist of an error body: its JSON message field, else its text, on one line."""
+    answer = _json(text)
+    said: Any = None
+    if isinstance(answer, dict):
+        said = next((answer[f] for f in ("message", "errorMsg", "error", "msg")
+                     if isinstance(answer.get(f), str) and answer[f]), None)
+    if said is None:
+        said = re.sub(r"<[^>]*>", " ", text.decode("utf-8", "replace"))
+    line = " ".join(str(said).split()) or "an empty answer"
+    return line if len(line) <= limit else line[:limit - 1] + "…"
+
+
+def clock_skew(date: str | None, now: datetime) -> str | None:
+    """A sentence naming this machine's clock error against a server's ``Date`` header, when
+    it is over a minute."""
+    if not date:
+        return None
+    try:
+        theirs = parsedate_to_datetime(date)
+    except (TypeError, ValueError):
+        return None
+    if theirs.tzinfo is None:
+        theirs = theirs.replace(tzinfo=UTC)
+    ahead = (now - theirs).total_seconds()
+    if abs(ahead) <= 60:
+        return None
+    minutes = round(abs(ahead) / 60)
+    return (f"this machine's clock is {minutes} min {'ahead of' if ahead > 0 else 'behind'} "
+            "GrowingIO's; the token signature carries the time: set the clock right (NTP)")

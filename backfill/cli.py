@@ -447,7 +447,7 @@ async def _check_token(settings: Settings) -> None:
     settings = replace(settings, outage_budget=min(settings.outage_budget, 30.0))
     async with aiohttp.ClientSession() as session:
         client = GrowingIO(session, settings, RateLimiter(settings.rate),
-                           service_health(settings)[0])
+                           service_health(settings))
         await client.tokens.current()
 
 

@@ -12,19 +12,24 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import math
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 import aiohttp
+import anyio
 from isal import isal_zlib
 
 from backfill.errors import IntegrityError, LinkExpiredError, PermanentError, RetryableError
 from backfill.layout import redact
-from backfill.outage import ServiceHealth
-from backfill.proxy import Proxies, proxy_refusal, transport_problem
+from backfill.outage import LinkHosts, ServiceHealth
+from backfill.policy import retry_after
+from backfill.proxy import Proxies, proxy_refusal
+from backfill.transport import MAX_REDIRECTS, Kind, classify, scheme_problem
 
 if TYPE_CHECKING:
     from backfill.destination import PartSink
@@ -72,21 +77,39 @@ Batch = list[bytes]
 """Consecutive chunks of a body, as the socket delivered them."""
 
 
+@dataclass(frozen=True)
+class BodyLimits:
+    """What a body must do to be kept reading: the low-speed abort and the size ceiling."""
+
+    min_speed: float = 4096.0
+    """Bytes per second; a transfer under it for ``min_speed_time`` is cut (0: never)."""
+    min_speed_time: float = 60.0
+    max_size: int = 512 * 1024 * 1024
+    """The most a part may be: a body without a length stops here, and a declared length
+    past it is refused."""
+
+
 class Downloader:
-    """Fetches parts over one shared session; a part's ``watch`` hears every block written."""
+    """Fetches parts over one shared session; a part's ``watch`` hears every block written.
+
+    Links are fetched as stored (no content decoding), only over http(s), following at most
+    :data:`MAX_REDIRECTS` redirects, and never with the API's credentials.
+    """
 
     def __init__(self, session: aiohttp.ClientSession, *, chunk_size: int,
                  checkpoint_bytes: int, connect_timeout: float, read_timeout: float,
-                 health: ServiceHealth, proxies: Proxies | None = None,
-                 deep: bool = False) -> None:
+                 hosts: LinkHosts, proxies: Proxies | None = None,
+                 deep: bool = False, limits: BodyLimits | None = None) -> None:
         self._session = session
         self._deep = deep
         """Inflate every part, even when an MD5 proves its bytes (``--verify full``)."""
-        self._health = health
+        self._hosts = hosts
         self._proxies = proxies or Proxies()
+        self._limits = limits or BodyLimits()
         self._chunk = chunk_size
         self._checkpoint_bytes = checkpoint_bytes
-        # No total: a 64 MB part on a slow line legitimately takes long; a silent socket not.
+        # No total: a 64 MB part on a slow line legitimately takes long; a silent socket not
+        # (and a trickling one is cut by the low-speed abort).
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout,
                                               sock_read=read_timeout)
 
@@ -99,14 +122,17 @@ class Downloader:
 
         Raises :class:`LinkExpiredError` (ask the API again), :class:`RetryableError`
         (try again; ``progress`` says what is kept), :class:`IntegrityError` (the bytes
-        were wrong and are discarded), :class:`PermanentError` or the sink's
-        :class:`OutputError`.
+        were wrong and are discarded), :class:`PermanentError` (this link cannot be
+        fetched: a refused scheme, a bad redirect) or the sink's :class:`OutputError`.
         """
+        shown = shown or redact(link)
+        if problem := scheme_problem(link):
+            raise PermanentError(f"refused the link {shown}: {problem}")
         if not sink.resumable:
             progress.offset, progress.etag = 0, None
         # Kept bytes are checked as the last answer said: an MD5 then (the usual case)
         # means no inflating. _stream corrects it if this answer differs.
-        checker = Checker(shown or redact(link), inflate=self._deep or not progress.etag)
+        checker = Checker(shown, inflate=self._deep or not progress.etag)
         try:
             if progress.offset:
                 # Bytes kept from an earlier attempt are checked again on the way in: the
@@ -120,17 +146,23 @@ class Downloader:
 
     async def _stream(self, link: str, sink: PartSink, progress: Progress,
                       checkpoint: Checkpoint, watch: Watch, checker: Checker) -> Verified:
-        headers = {"Range": f"bytes={progress.offset}-"} if progress.offset else {}
+        # As stored: a part uploaded with Content-Encoding: gzip must not be inflated on
+        # the way, or its length and MD5 could never match.
+        headers = {"Accept-Encoding": "identity"}
+        if progress.offset:
+            headers["Range"] = f"bytes={progress.offset}-"
         shown = checker.shown
         proxy = self._proxies.for_url(link)
+        health = self._hosts.for_url(link)
         verdict: list[Verified] = []
         try:
             # Admitted before the request: a response left unread while the destination
             # catches up would hold a link's connection idle.
-            async with sink.admitted(), self._health.attempt(), self._session.get(
+            async with sink.admitted(), health.attempt(), self._session.get(
                     link, headers=headers, timeout=self._timeout, proxy=proxy,
-                    read_bufsize=self._chunk) as resp:
-                expected = self._check_answer(resp, progress, shown, proxy)
+                    read_bufsize=self._chunk, auto_decompress=False,
+                    max_redirects=MAX_REDIRECTS) as resp:
+                expected = self._check_answer(resp, progress, shown, proxy, health)
                 inflate = self._deep or expected.md5 is None
                 if progress.offset == 0:
                     checker.reset(inflate=inflate)  # from the first byte, whatever was kept
@@ -141,8 +173,12 @@ class Downloader:
                 rest = expected.size - progress.offset if expected.size >= 0 else None
                 watch.started(rest)
                 if rest is not None and rest <= max(self._chunk, sink.whole_limit):
-                    body = await resp.read()
-                    watch.advanced(len(body))
+                    start = progress.offset
+                    try:
+                        pieces = self._batches(resp, progress, watch, checker, expected)
+                        body = b"".join([chunk async for batch in pieces for chunk in batch])
+                    finally:
+                        progress.offset = start  # nothing is written until write_whole
 
                     def check() -> Verified:
                         checker.feed(body)
@@ -155,30 +191,58 @@ class Downloader:
                 await sink.write_stream(batches, checker.feed_batch, progress, checkpoint,
                                         self._checkpoint_bytes)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            problem = transport_problem(exc, proxy)
+            failure = classify(exc, proxy)
+            if failure.kind is Kind.REQUEST:
+                raise PermanentError(f"refused the link {shown}: {failure.words}") from None
             raise RetryableError(f"download of {shown} broke off after {progress.offset} "
-                                 f"bytes ({problem})", outage=self._health.missed(problem)
-                                 ) from exc
+                                 f"bytes ({failure.words})",
+                                 outage=failure.down and health.missed(failure.words)
+                                 ) from None
         return await sink.commit(verdict[0])
 
     async def _batches(self, resp: aiohttp.ClientResponse, progress: Progress, watch: Watch,
                        checker: Checker, expected: _Expected,
-                       verdict: list[Verified]) -> AsyncIterator[Batch]:
+                       verdict: list[Verified] | None = None) -> AsyncIterator[Batch]:
         """The body as batches of the chunks the socket delivered, about ``chunk_size``
         bytes each; the verdict is taken before the last one ends, once the sink has fed
         every batch to the checker, so a sink never commits bad bytes (an object store's
         upload is aborted by the error raised here).
 
+        A body slower than the low-speed limit is cut (:class:`RetryableError`: continue on
+        a fresh connection); one that goes past its length, or past the size ceiling when it
+        has none, is refused (:class:`IntegrityError`).
+
         The chunks are never joined: a join would copy every byte once more on the event
         loop's thread, the one a download's Python work queues on.
         """
         content = resp.content
+        limits = self._limits
+        ceiling = expected.size if expected.size >= 0 else limits.max_size
+        window_start, window_bytes = anyio.current_time(), 0
         batch: Batch = []
         size = 0
         while True:
-            chunk, http_chunk_end = await content.readchunk()
+            chunk, http_chunk_end = b"", True
+            judge_at = window_start + limits.min_speed_time
+            with anyio.move_on_after(max(judge_at - anyio.current_time(), 0)
+                                     if limits.min_speed else math.inf):
+                chunk, http_chunk_end = await content.readchunk()
             end = not chunk and not http_chunk_end  # (b"", True) ends an HTTP chunk only
+            window_bytes += len(chunk)
+            if limits.min_speed and anyio.current_time() >= judge_at:
+                if window_bytes < limits.min_speed * limits.min_speed_time and not end:
+                    rate = window_bytes / limits.min_speed_time
+                    raise RetryableError(
+                        f"download of {expected.shown} too slow: {rate:.0f} bytes/s for "
+                        f"{limits.min_speed_time:g} s, under min_speed "
+                        f"({limits.min_speed:g}); cut, to go on over a fresh connection")
+                window_start, window_bytes = anyio.current_time(), 0
             if chunk:
+                if progress.offset + size + len(chunk) > ceiling:
+                    what = (f"its declared {expected.size} bytes" if expected.size >= 0
+                            else f"max_part_size ({limits.max_size} bytes) without a length")
+                    raise IntegrityError(f"{expected.shown}: the body goes past {what}; "
+                                         "discarded")
                 batch.append(chunk)
                 size += len(chunk)
             if batch and (end or size >= self._chunk):
@@ -188,22 +252,27 @@ class Downloader:
                 batch, size = [], 0
             if end:
                 break
-        verdict.append(checker.verdict(expected.size, expected.md5))
+        if verdict is not None:
+            verdict.append(checker.verdict(expected.size, expected.md5))
 
     def _check_answer(self, resp: aiohttp.ClientResponse, progress: Progress,
-                      shown: str, proxy: str | None) -> _Expected:
+                      shown: str, proxy: str | None, health: ServiceHealth) -> _Expected:
         status = resp.status
+        wait = retry_after(resp.headers.get("Retry-After"), datetime.now(UTC))
         if status >= 500:
             raise RetryableError(f"object store error (HTTP {status}) for {shown}",
-                                 outage=self._health.missed(f"HTTP {status}"))
+                                 retry_after=wait,
+                                 outage=health.missed(f"HTTP {status}", retry_after=wait))
         proxy_refusal(status, proxy)
-        self._health.answered()
+        health.answered()
         if status in (401, 403, 404, 410):
             # Object stores answer an expired signature with 403 (S3) or 410; a new job
             # version can make an old object vanish (404). Fresh links fix all of these.
             raise LinkExpiredError(f"link refused (HTTP {status}): {shown}")
         if status == 429:
-            raise RetryableError(f"object store busy (HTTP {status}) for {shown}")
+            health.pause(wait)  # every part on this host waits, not only this one
+            raise RetryableError(f"object store busy (HTTP {status}) for {shown}",
+                                 retry_after=wait)
         etag = resp.headers.get("ETag")
         if status == 206 and progress.offset:
             match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
@@ -217,6 +286,9 @@ class Downloader:
             total = resp.content_length if resp.content_length is not None else -1
         else:
             raise PermanentError(f"unexpected HTTP {status} for {shown}")
+        if total > self._limits.max_size:
+            raise IntegrityError(f"{shown}: declares {total} bytes, more than max_part_size "
+                                 f"({self._limits.max_size}); not fetched")
         progress.etag = etag
         return _Expected(total, _expected_md5(resp.headers), shown)
 

@@ -19,7 +19,6 @@ The conventions curl, pip, requests and httpx share:
 from __future__ import annotations
 
 import ipaddress
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -88,23 +87,6 @@ def proxy_refusal(status: int, proxy: str | None) -> None:
     if status == 407 and proxy is not None:
         raise UsageError(f"the proxy {redact_proxy(proxy)} wants credentials (HTTP 407): put "
                          "them in the proxy variable, as http://user:password@host:port")
-
-
-def transport_problem(exc: BaseException, proxy: str | None) -> str:
-    """A short, secret-free account of a failed connection, naming the proxy if one was used.
-
-    Raises :class:`UsageError` for a proxy that refused our credentials on a tunnel.
-    aiohttp's own messages can carry the URL, so only the type and errno are kept.
-    """
-    import aiohttp  # here, not at the top: `backfill --help` should not pay for it
-
-    if isinstance(exc, aiohttp.ClientHttpProxyError):
-        proxy_refusal(exc.status, proxy)
-    errno = getattr(exc, "errno", None)
-    text = type(exc).__name__
-    if isinstance(errno, int) and errno > 0:
-        text += f": {os.strerror(errno).lower()}"  # never the URL, unlike str(exc)
-    return f"{text} via the proxy {redact_proxy(proxy)}" if proxy else text
 
 
 def _first(env: Mapping[str, str], name: str) -> str | None:

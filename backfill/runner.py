@@ -21,7 +21,7 @@ from backfill.config import Settings
 from backfill.destination import Destination, open_destination
 from backfill.errors import Interrupted, UsageError, first_error
 from backfill.keys import Granularity, Key, expand, key_at
-from backfill.outage import ServiceHealth
+from backfill.outage import LinkHosts, ServiceHealth
 from backfill.plan import Plan, make_plan
 from backfill.policy import beyond_retention, expected_ready
 from backfill.reconcile import reconcile
@@ -126,23 +126,28 @@ async def _fetch(settings: Settings, store: Store, destination: Destination, pla
     import aiohttp
 
     from backfill.api import GrowingIO
-    from backfill.download import Downloader, block_size
+    from backfill.download import BodyLimits, Downloader, block_size
     from backfill.scheduler import Scheduler
 
     connector = aiohttp.TCPConnector(limit=settings.downloads + settings.polls + 2)
     async with aiohttp.ClientSession(connector=connector) as session:
         limiter = RateLimiter(settings.rate)
         limiter.remember(await anyio.to_thread.run_sync(_load_recent_calls, settings))
-        api_health, link_health = service_health(settings)
+        api_health = service_health(settings)
+        link_hosts = LinkHosts(budget=settings.outage_budget, probe_interval=settings.backoff)
         client = GrowingIO(session, settings, limiter, api_health, random.Random())
+        limits = BodyLimits(min_speed=settings.min_speed,
+                            min_speed_time=settings.min_speed_time,
+                            max_size=settings.max_part_size)
         downloader = Downloader(session,
                                 chunk_size=block_size(settings.chunk_size, settings.downloads),
                                 checkpoint_bytes=settings.checkpoint_bytes,
                                 connect_timeout=settings.connect_timeout,
-                                read_timeout=settings.read_timeout, health=link_health,
-                                proxies=settings.proxies, deep=settings.verify == "full")
+                                read_timeout=settings.read_timeout, hosts=link_hosts,
+                                proxies=settings.proxies, deep=settings.verify == "full",
+                                limits=limits)
         scheduler = Scheduler(settings, store, destination, api or client, downloader,
-                              reporter, summary, services=(api_health, link_health))
+                              reporter, summary, services=(api_health, link_hosts))
         try:
             await scheduler.run(plan.tasks)
         finally:
@@ -152,15 +157,11 @@ async def _fetch(settings: Settings, store: Store, destination: Destination, pla
                 await anyio.to_thread.run_sync(_save_recent_calls, settings, limiter.recent())
 
 
-def service_health(settings: Settings) -> tuple[ServiceHealth, ServiceHealth]:
-    """The run's judgement of the export API (with its token endpoint) and of the hosts
-    that serve the download links: each can go away without the other."""
-    def health(name: str) -> ServiceHealth:
-        return ServiceHealth(name, budget=settings.outage_budget,
-                             probe_interval=settings.backoff)
-
-    return (health(f"the export API at {settings.credentials.base_url}"),
-            health("the download links' host"))
+def service_health(settings: Settings) -> ServiceHealth:
+    """The run's judgement of the export API (with its token endpoint); the hosts that
+    serve the download links are judged apart, each on its own (:class:`LinkHosts`)."""
+    return ServiceHealth(f"the export API at {settings.credentials.base_url}",
+                         budget=settings.outage_budget, probe_interval=settings.backoff)
 
 
 # Back-to-back runs (run, then retry, then catchup) share the server's window: the

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
-from typing import Generic, ParamSpec, TypeVar
+from typing import Generic, ParamSpec, Protocol, TypeVar
 
 import anyio
 
@@ -25,6 +25,7 @@ from backfill.errors import (
     IntegrityError,
     LinkExpiredError,
     OutageError,
+    PermanentError,
     RemoteError,
     RetryableError,
     first_error,
@@ -32,7 +33,6 @@ from backfill.errors import (
 from backfill.keys import Key
 from backfill.layout import key_folder, part_name, redact
 from backfill.manifest import ManifestPart, document
-from backfill.outage import ServiceHealth
 from backfill.plan import KeyTask
 from backfill.policy import Next, backoff, decide, expected_ready, fit_wait, typical
 from backfill.report import Reporter, Summary
@@ -45,6 +45,12 @@ hold a place, so the window must exceed what the API budget serves while a job r
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+
+class Watched(Protocol):
+    """A service whose outage ends the run (see :mod:`backfill.outage`)."""
+
+    async def watch(self) -> OutageError: ...
 
 
 @dataclass(frozen=True)
@@ -82,7 +88,7 @@ class Scheduler:
                  summary: Summary, *,
                  now: Callable[[], datetime] = lambda: datetime.now(UTC),
                  rng: random.Random | None = None,
-                 services: Sequence[ServiceHealth] = ()) -> None:
+                 services: Sequence[Watched] = ()) -> None:
         self._s = settings
         self._services = services
         """The services whose outages end the run (see :mod:`backfill.outage`)."""
@@ -114,7 +120,7 @@ class Scheduler:
         self._deadline = anyio.current_time() + self._s.max_wait
         outages: list[OutageError] = []
 
-        async def watch(service: ServiceHealth, scope: anyio.CancelScope) -> None:
+        async def watch(service: Watched, scope: anyio.CancelScope) -> None:
             outages.append(await service.watch())
             scope.cancel()
 
@@ -330,8 +336,8 @@ class Scheduler:
                         self._summary.retries += 1
                         if exc.outage:
                             continue  # the next attempt waits while the outage lasts
-                        await anyio.sleep(backoff(attempt, self._s.backoff,
-                                                  self._s.max_backoff, self._rng))
+                        await anyio.sleep(max(exc.retry_after or 0.0, backoff(
+                            attempt, self._s.backoff, self._s.max_backoff, self._rng)))
             await self._done_parts.add(DonePart(key.name, job.data_type, job.index,
                                                 verified.size, verified.md5, verified.etag))
             self._summary.parts += 1
@@ -405,8 +411,9 @@ def _recheck_done(present: dict[str, Stored], records: list[PartRecord]) -> list
 
 
 def _worst(failures: list[BaseException]) -> BaseException:
-    """The failure that decides what the key does next: bad bytes, then expiry, then others."""
-    for kind in (IntegrityError, LinkExpiredError):
+    """The failure that decides what the key does next: a link that cannot be fetched (fresh
+    links would not help), then bad bytes, then expiry, then others."""
+    for kind in (PermanentError, IntegrityError, LinkExpiredError):
         for failure in failures:
             if isinstance(failure, kind):
                 return failure

@@ -76,7 +76,7 @@ async def test_a_wrong_secret_exits_3_without_showing_it(emulator: RunningEmulat
     code, out, err = await cli(["run", "--from", "-3d", "--to", "-3d", "--out", "data"],
                                env_for(emulator.url, GIO_SECRET=secret), tmp_path)
     assert code == 3
-    assert "refused the token request (HTTP 401)" in err
+    assert "refused the token request (HTTP 401: signature does not match)" in err
     assert secret not in out + err
     assert emulator.state.stats()["calls"]["token"] == 1  # no retry storm
     state = (tmp_path / "data" / ".backfill" / "state.sqlite").read_bytes()

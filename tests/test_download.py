@@ -14,7 +14,7 @@ from backfill.destination.local import LocalPart
 from backfill.download import Downloader, Progress, block_size, check_part
 from backfill.emulator import EmulatorConfig, serve
 from backfill.errors import IntegrityError, RetryableError
-from backfill.outage import ServiceHealth
+from backfill.outage import LinkHosts
 from tests.helpers import Api
 
 pytestmark = pytest.mark.anyio
@@ -46,7 +46,7 @@ async def test_a_new_process_resumes_from_the_recorded_checkpoint(data_dir: Path
             recorded.append((progress.offset, progress.etag))
 
         first = Downloader(session, chunk_size=16 << 10, checkpoint_bytes=64 << 10,
-                           connect_timeout=5, read_timeout=0.5, health=_health())
+                           connect_timeout=5, read_timeout=0.5, hosts=_hosts())
         with pytest.raises(RetryableError, match="broke off"):
             await first.fetch(link, LocalPart(dest), Progress(), checkpoint, _Quiet())
         assert recorded, "the stalled download wrote checkpoints before it stopped"
@@ -55,7 +55,7 @@ async def test_a_new_process_resumes_from_the_recorded_checkpoint(data_dir: Path
 
         # A new process knows only what the state recorded: the offset and the ETag.
         second = Downloader(session, chunk_size=16 << 10, checkpoint_bytes=64 << 10,
-                            connect_timeout=5, read_timeout=5, health=_health())
+                            connect_timeout=5, read_timeout=5, hosts=_hosts())
         verified = await second.fetch(link, LocalPart(dest), Progress(offset, etag),
                                       checkpoint, _Quiet())
         stats = emulator.state.stats()
@@ -66,8 +66,8 @@ async def test_a_new_process_resumes_from_the_recorded_checkpoint(data_dir: Path
     assert stats["bytes_served"] <= 2 * len(source) + (len(source) - offset)
 
 
-def _health() -> ServiceHealth:
-    return ServiceHealth("the test's links", budget=60.0, probe_interval=0.1)
+def _hosts() -> LinkHosts:
+    return LinkHosts(budget=60.0, probe_interval=0.1)
 
 
 def _ready_hour() -> str:
@@ -103,7 +103,7 @@ async def test_an_md5_proves_the_bytes_and_full_verify_inflates_them_anyway(
         emulator.state.objects[name] = replace(
             stored, file=bad, md5=hashlib.md5(bad.read_bytes()).hexdigest())
         downloader = Downloader(session, chunk_size=16 << 10, checkpoint_bytes=1 << 20,
-                                connect_timeout=5, read_timeout=5, health=_health(),
+                                connect_timeout=5, read_timeout=5, hosts=_hosts(),
                                 deep=deep)
         dest = tmp_path / "part-00000.csv.gz"
 
@@ -184,7 +184,7 @@ async def test_a_body_without_a_length_arrives_in_http_chunks_and_is_checked_to_
 
     async with server, aiohttp.ClientSession() as session:
         downloader = Downloader(session, chunk_size=256 << 10, checkpoint_bytes=1 << 20,
-                                connect_timeout=5, read_timeout=5, health=_health())
+                                connect_timeout=5, read_timeout=5, hosts=_hosts())
         fetch = downloader.fetch(f"http://127.0.0.1:{port}/part", LocalPart(dest),
                                  Progress(), checkpoint, _Quiet())
         if whole:
