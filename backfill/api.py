@@ -33,6 +33,9 @@ class ExportAnswer:
     status: str
     links: dict[str, list[str]] = field(default_factory=dict)
     error: str | None = None
+    absent: tuple[str, ...] = ()
+    """Wanted types an all-types answer did not hold at all (not even an empty list): no
+    news of them, so not an empty unit; ask for each on its own."""
 
 
 class ExportApi(Protocol):
@@ -210,13 +213,15 @@ def parse_answer(body: Any, shape: str, types: tuple[str, ...]) -> ExportAnswer:
     if status != "FINISHED":
         return ExportAnswer(status, {}, error)  # links of a job not FINISHED are never used
     raw = body.get("downlinks") if shape == "v1" else body.get("downloadLinks")
+    absent: tuple[str, ...] = ()
     if shape == "all":
         if not isinstance(raw, dict):
             raise RetryableError("export API answered FINISHED without a links object")
-        links = {t: raw.get(t) or [] for t in types}
+        absent = tuple(t for t in types if raw.get(t) is None)
+        links = {t: raw[t] for t in types if t not in absent}
     else:
         links = {types[0]: raw}
     for group in links.values():
         if not isinstance(group, list) or not all(isinstance(u, str) for u in group):
             raise RetryableError("export API answered FINISHED with malformed links")
-    return ExportAnswer(status, links, error)
+    return ExportAnswer(status, links, error, absent)

@@ -21,7 +21,7 @@ import aiohttp
 import anyio
 
 from backfill.config import Settings
-from backfill.errors import AuthError, RetryableError
+from backfill.errors import AuthError, RetryableError, TokenError
 from backfill.outage import ServiceHealth
 from backfill.policy import retry_after
 from backfill.proxy import proxy_refusal
@@ -203,11 +203,6 @@ class TokenHolder:
 
 MAX_ANSWER = 64 * 1024
 """A token answer is a few dozen bytes; a portal's page is not read past this."""
-
-
-class TokenError(AuthError):
-    """No token could be had: the endpoint answered something unusable, or kept failing.
-    Judged once for the whole run."""
 
 
 def _json(text: bytes) -> Any:

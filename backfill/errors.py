@@ -7,6 +7,7 @@ only that root, prints ``str(error)`` as one line and exits with ``exit_code``::
     ├── UsageError                exit 2  bad flags, dates, config
     │   └── OutputError                   the output folder: unwritable, full, in use
     ├── AuthError                 exit 3  credentials or token rejected
+    │   └── TokenError                    no token to be had: an unusable answer (a portal)
     ├── RemoteError               exit 1  the API or a link answered something unusable
     │   ├── RetryableError                429, 5xx, connection trouble: try again later
     │   │   └── LinkExpiredError          a signed link expired: ask the API again
@@ -52,6 +53,11 @@ class AuthError(BackfillError):
     """The API rejected the credentials or the token."""
 
     exit_code = 3
+
+
+class TokenError(AuthError):
+    """No token could be had: the token endpoint answered something unusable (a portal's
+    page, JSON without a token) or kept failing. Judged once for the whole run."""
 
 
 class RemoteError(BackfillError):

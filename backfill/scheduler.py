@@ -9,6 +9,7 @@ fresh when its parts start; a link that fails anyway is refreshed by asking agai
 from __future__ import annotations
 
 import random
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -57,6 +58,8 @@ class Watched(Protocol):
 class KeyResult:
     status: Status
     detail: str | None = None
+    absent: tuple[str, ...] = ()
+    """Types the all-types answer did not hold: asked again, each on its own endpoint."""
 
 
 @dataclass
@@ -176,16 +179,28 @@ class Scheduler:
         api, name = self._s.api, task.key.name
         await self._db(self._store.set_status, api, name, task.types, Status.ACTIVE, None,
                        attempt=True)
-        try:
-            result = await self._work(_KeyState(task))
-        except RemoteError as exc:
-            result = KeyResult(Status.FAILED, str(exc))
-        if result.status is not Status.DONE:  # done units were recorded one by one
-            await self._db(self._store.set_status, api, name, task.types, result.status,
-                           result.detail)
+        first = await self._attempt(task)
+        outcomes = dict.fromkeys(task.types, first)
+        for data_type in first.absent:
+            # No news of it is not an empty unit: ask its own endpoint, as a key of one type.
+            outcomes[data_type] = await self._attempt(replace(task, types=(data_type,)))
+        by_outcome: dict[KeyResult, list[str]] = defaultdict(list)
+        for data_type, outcome in outcomes.items():
+            by_outcome[outcome].append(data_type)
+        for outcome, types in by_outcome.items():
+            if outcome.status is not Status.DONE:  # done units were recorded one by one
+                await self._db(self._store.set_status, api, name, types, outcome.status,
+                               outcome.detail)
+        result = _worst_result(list(by_outcome))
         self._ended.add(name)
         self._summary.add(name, result.status, result.detail)
         self._reporter.key_done(name, result.status, result.detail)
+
+    async def _attempt(self, task: KeyTask) -> KeyResult:
+        try:
+            return await self._work(_KeyState(task))
+        except RemoteError as exc:
+            return KeyResult(Status.FAILED, str(exc))
 
     async def _work(self, state: _KeyState) -> KeyResult:
         key, types = state.task.key, state.task.types
@@ -225,7 +240,7 @@ class Scheduler:
                 if decision.action is Next.DOWNLOAD:
                     try:
                         await self._download(state, answer)
-                        return KeyResult(Status.DONE)
+                        return KeyResult(Status.DONE, absent=answer.absent)
                     except (LinkExpiredError, IntegrityError, RetryableError) as exc:
                         refreshes += 1
                         if refreshes > self._s.retries:
@@ -258,7 +273,8 @@ class Scheduler:
 
     async def _download(self, state: _KeyState, answer: ExportAnswer) -> None:
         jobs: list[_PartJob] = []
-        for data_type in state.task.types:
+        present = [t for t in state.task.types if t not in answer.absent]
+        for data_type in present:
             # Links are known by their redacted form: that is what the state keeps.
             links = {redact(link): link for link in answer.links.get(data_type, [])}
             records = await self._plan_unit(state, data_type, sorted(links))
@@ -281,7 +297,7 @@ class Scheduler:
                 group.start_soon(self._part, state.task.key, job, failures, spawned)
         if failures:
             raise _worst(failures)
-        for data_type in state.task.types:
+        for data_type in present:
             await self._publish(state.task.key, data_type)
 
     async def _plan_unit(self, state: _KeyState, data_type: str,
@@ -408,6 +424,15 @@ def _recheck_done(present: dict[str, Stored], records: list[PartRecord]) -> list
 
     return [r if not r.done or intact(r) else replace(r, done=False, offset=0)
             for r in records]
+
+
+_SEVERITY = (Status.FAILED, Status.NOT_READY, Status.GONE, Status.DONE)
+
+
+def _worst_result(results: list[KeyResult]) -> KeyResult:
+    """What a key's units add up to: its worst outcome."""
+    return min(results, key=lambda r: _SEVERITY.index(r.status)
+               if r.status in _SEVERITY else 0)
 
 
 def _worst(failures: list[BaseException]) -> BaseException:

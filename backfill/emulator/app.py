@@ -8,6 +8,7 @@ Routes::
     GET  /v2/insights/{export_type}/{ai}/{date}.json          v2, all types
     GET  /gio-raw-export/{object}                             presigned downloads
     GET  /_emulator/stats   POST /_emulator/faults   GET|POST /_emulator/clock
+    GET  /_emulator/redirect?to=URL (or ?loop=1)              hostile links' redirects
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from email.utils import formatdate
 from hmac import compare_digest
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 import anyio
 from aiohttp import web
@@ -68,6 +70,8 @@ class EmulatorState:
         self.statuses: Counter[str] = Counter()
         self.rng = random.Random(f"{config.seed}:order")
         self.generating = asyncio.Lock()
+        self.export_times: list[float] = []
+        """When each export call arrived (``time.monotonic()``), in order."""
 
     def stats(self) -> dict[str, Any]:
         """The counters served at ``/_emulator/stats``."""
@@ -89,6 +93,8 @@ class EmulatorState:
             "downloads_completed": self.counts["downloads_completed"],
             "downloads_expired": self.counts["downloads_expired"],
             "downloads_trap": self.counts["downloads_trap"],
+            "downloads_with_credentials": self.counts["downloads_with_credentials"],
+            "downloads_not_identity": self.counts["downloads_not_identity"],
             "faults": dict(self.config.faults.injected),
             "peak_calls_per_window": self.limiter.peak_offered,
         }
@@ -107,6 +113,7 @@ def create_app(config: EmulatorConfig | None = None) -> web.Application:
         web.get("/v2/insights/{export_type}/{data_type}/{ai}/{date}.json", _v2_type),
         web.get("/v2/insights/{export_type}/{ai}/{date}.json", _v2_all),
         web.get(f"/{BUCKET}/{{object:.+}}", _download),
+        web.get("/_emulator/redirect", _redirect),
         web.get("/_emulator/stats", _stats),
         web.post("/_emulator/faults", _set_faults),
         web.get("/_emulator/clock", _get_clock),
@@ -125,9 +132,21 @@ def _auth_failure(st: EmulatorState, message: str, status: int = 401) -> web.Res
                              status=status)
 
 
-async def _token(request: web.Request) -> web.Response:
+async def _token(request: web.Request) -> web.StreamResponse:
+    response = await _token_answer(request)
+    # The server's own clock, as a real one's Date header would show it.
+    offset = request.app[STATE].config.clock_offset
+    response.headers["Date"] = formatdate(time.time() + offset, usegmt=True)
+    return response
+
+
+async def _token_answer(request: web.Request) -> web.StreamResponse:
     st = request.app[STATE]
     st.counts["calls.token"] += 1
+    if redirect := _api_redirect(request):
+        return redirect
+    if st.config.token_answer == "html":
+        return web.Response(text=_PORTAL, content_type="text/html")
     creds = st.config.credentials
     body = await request.text()
     params = dict(parse_qsl(body, keep_blank_values=True))
@@ -141,7 +160,8 @@ async def _token(request: web.Request) -> web.Response:
         tm = int(params["tm"])
     except ValueError:
         return _auth_failure(st, "tm must be unix milliseconds")
-    if abs(time.time() * 1000 - tm) > st.config.token_skew_seconds * 1000:
+    server_ms = (time.time() + st.config.clock_offset) * 1000
+    if abs(server_ms - tm) > st.config.token_skew_seconds * 1000:
         return _auth_failure(st, "tm is too far from the server's time")
     expected = auth.signature(creds.secret, params["project"], params["ai"], tm)
     if not compare_digest(params["auth"].encode(), expected.encode()):
@@ -151,6 +171,17 @@ async def _token(request: web.Request) -> web.Response:
     st.token = _Token(secrets.token_hex(24), st.clock.time() + lifetime)
     st.counts["tokens_issued"] += 1
     return web.json_response({"status": "success", "code": st.token.code})
+
+
+_PORTAL = ("<!DOCTYPE html><html><head><title>Sign in to the guest network</title></head>"
+           "<body><form action='/login'>Accept the terms to continue</form></body></html>")
+
+
+def _api_redirect(request: web.Request) -> web.Response | None:
+    target = request.app[STATE].config.api_redirect
+    if target is None:
+        return None
+    return web.Response(status=307, headers={"Location": target + request.path_qs})
 
 
 def _check_token(request: web.Request, ai: str) -> web.Response | None:
@@ -201,6 +232,9 @@ async def _export(request: web.Request, family: str, export_type: str,
                   data_type: str | None) -> web.Response:
     st = request.app[STATE]
     st.counts[f"calls.{family}"] += 1
+    st.export_times.append(time.monotonic())
+    if redirect := _api_redirect(request):
+        return redirect
     wait = st.limiter.admit(request.headers.get("X-Client-Id", ""))
     if wait is not None:
         st.counts["rate_limited"] += 1
@@ -209,6 +243,9 @@ async def _export(request: web.Request, family: str, export_type: str,
             status=429, headers={"Retry-After": retry_after_header(wait)})
     if st.config.faults.roll("api_5xx"):
         st.counts["server_errors"] += 1
+        if st.config.retry_after_5xx is not None:
+            return web.json_response({"status": "error", "code": 503}, status=503, headers={
+                "Retry-After": retry_after_header(st.config.retry_after_5xx)})
         code = st.rng.choice((500, 502, 503))
         return web.json_response({"status": "error", "code": code}, status=code)
     ai = request.match_info["ai"]
@@ -244,17 +281,20 @@ async def _export(request: web.Request, family: str, export_type: str,
         trap = answer.status is Status.RUNNING
         if not trap or st.config.trap_links:
             links = await _links(request, key, types, answer, expire, trap=trap)
-    return web.json_response(_body(family, answer, links, export_type, data_type, date_text))
+    return web.json_response(_body(family, answer, links, export_type, data_type, date_text,
+                                   st.config.absent_types))
 
 
 def _body(family: str, answer: Answer, links: dict[str, list[str]], export_type: str,
-          data_type: str | None, date_text: str) -> dict[str, Any]:
+          data_type: str | None, date_text: str, absent: tuple[str, ...] = ()
+          ) -> dict[str, Any]:
     if family == "v1":
         return {"status": answer.status.value,
                 "downlinks": [link for group in links.values() for link in group]}
     return {
         "status": answer.status.value,
-        "downloadLinks": links[data_type] if data_type else links,
+        "downloadLinks": links[data_type] if data_type else {
+            t: group for t, group in links.items() if t not in absent},
         "exportType": export_type,
         "dataType": data_type or "all",
         "exportDate": date_text,
@@ -290,10 +330,29 @@ async def _links(request: web.Request, key: Key, types: tuple[str, ...], answer:
                 path = f"/{BUCKET}/{name}"
                 group.append(f"{origin}{path}?{st.signer.query(path, issued, expire_minutes * 60)}")
         st.rng.shuffle(group)  # the API promises no order between two answers
+        bad = st.config.bad_links.get(key.name)
+        if bad and group and not trap and data_type == types[0]:
+            group[0] = _hostile(group[0], bad, origin)
         links[data_type] = group
         st.counts["links_issued"] += len(group)
         st.counts["trap_links_issued"] += len(group) if trap else 0
     return links
+
+
+def _hostile(link: str, how: str, origin: str) -> str:
+    """``link`` made bad the way ``how`` says (see ``EmulatorConfig.bad_links``)."""
+    if how == "scheme":
+        return "ftp" + link[link.index("://"):]
+    if how == "redirect_scheme":
+        return f"{origin}/_emulator/redirect?{urlencode({'to': 'ftp' + link[link.index('://'):]})}"
+    if how == "redirect_loop":
+        return f"{origin}/_emulator/redirect?loop=1"
+    raise ValueError(f"unknown bad link {how!r}")
+
+
+async def _redirect(request: web.Request) -> web.Response:
+    target = request.path_qs if request.query.get("loop") else request.query.get("to", "/")
+    return web.Response(status=302, headers={"Location": target})
 
 
 def _object_name(ai: str, data_type: str, hour: Key, index: int, job_uuid: uuid.UUID,
@@ -318,6 +377,10 @@ def _s3_denied(code: str, message: str, status: int = 403, *,
 async def _download(request: web.Request) -> web.StreamResponse:
     st = request.app[STATE]
     st.counts["calls.download"] += 1
+    if {"X-Client-Id", "Authorization"} & set(request.headers):
+        st.counts["downloads_with_credentials"] += 1  # the API's headers have no place here
+    if request.headers.get("Accept-Encoding", "identity") != "identity":
+        st.counts["downloads_not_identity"] += 1
     now = st.clock.now()
     check = st.signer.check(request.path, dict(request.query), now)
     if check is LinkCheck.MALFORMED:
@@ -358,6 +421,8 @@ async def _serve(request: web.Request, stored: StoredObject) -> web.StreamRespon
         headers["x-amz-meta-md5-hash"] = stored.md5
     if st.config.content_md5:
         headers["Content-MD5"] = base64.b64encode(bytes.fromhex(stored.md5)).decode()
+    if st.config.content_encoding:
+        headers["Content-Encoding"] = st.config.content_encoding
     status = 200
     if span.start is not None or span.stop is not None:
         st.counts["range_requests"] += 1
@@ -375,7 +440,10 @@ async def _serve(request: web.Request, stored: StoredObject) -> web.StreamRespon
     if fault == "truncate":
         count -= max(1, count // 3)  # a consistent but short answer: only checksums catch it
     response = web.StreamResponse(status=status, headers=headers)
-    response.content_length = count
+    if fault == "endless":
+        response.enable_chunked_encoding()  # no length, and no end
+    else:
+        response.content_length = count
     await response.prepare(request)
     # Opened here, not in a thread: aiohttp cancels handlers of clients that left, and a
     # cancellation landing as the thread returns would leak the handle. Opening a local
@@ -383,6 +451,8 @@ async def _serve(request: web.Request, stored: StoredObject) -> web.StreamRespon
     with stored.file.open("rb") as f:
         if fault in (None, "slow_first_byte", "truncate"):
             await _sendfile(request, f, start, count)
+        elif fault in ("trickle", "endless"):
+            await _unending_body(request, response, f, start, count, fault)
         else:
             await _faulty_body(request, response, f, start, count, fault)
     if request.transport is not None and not request.transport.is_closing():
@@ -436,6 +506,25 @@ async def _faulty_body(request: web.Request, response: web.StreamResponse, f: An
         st.counts["bytes_served"] += len(chunk)
         await response.write(chunk)
         sent += len(chunk)
+
+
+async def _unending_body(request: web.Request, response: web.StreamResponse, f: Any,
+                         offset: int, count: int, fault: str) -> None:
+    """A body that trickles at ``trickle_rate`` bytes/s, or (``endless``) the object's
+    bytes at full speed, then the same bytes again, forever."""
+    st = request.app[STATE]
+    await anyio.to_thread.run_sync(f.seek, offset)
+    data = await anyio.to_thread.run_sync(f.read, count)
+    if fault == "trickle":
+        step = max(1, int(st.config.faults.trickle_rate / 4))
+        for start in range(0, len(data), step):
+            await response.write(data[start:start + step])
+            st.counts["bytes_served"] += len(data[start:start + step])
+            await asyncio.sleep(0.25)
+        return
+    while True:
+        await response.write(data or b"\0" * _CHUNK)
+        st.counts["bytes_served"] += len(data)
 
 
 def _restamped(chunk: bytes, position: int) -> bytes:

@@ -50,11 +50,15 @@ FAULT_KINDS = (
     "corrupt",
     "stall",
     "wrong_object",
+    "trickle",
+    "endless",
 )
 """Fault names, each a rate in [0, 1]. API faults first, then download faults.
 
 ``wrong_object`` serves a valid gzip of the right length that is not the stored object
-(its header's timestamp differs, so its MD5 does): only an MD5 comparison catches it."""
+(its header's timestamp differs, so its MD5 does): only an MD5 comparison catches it.
+``trickle`` sends the body, with its full length announced, at ``trickle_rate`` bytes
+per second. ``endless`` sends it without a length and never ends it."""
 
 
 @dataclass
@@ -75,6 +79,10 @@ class Faults:
     corrupt: float = 0.0
     stall: float = 0.0
     wrong_object: float = 0.0
+    trickle: float = 0.0
+    endless: float = 0.0
+    trickle_rate: float = 256.0
+    """Bytes per second of a trickling body."""
     slow_seconds: float = 2.0
     stall_seconds: float = 30.0
     limit: int = 0
@@ -162,3 +170,21 @@ class EmulatorConfig:
     """Where download links point (``scheme://host:port``), as the real links live on an
     object store apart from the API; ``None``: the host the API was asked on."""
     faults: Faults = field(default_factory=Faults)
+    # --- a hostile server: what real networks and stores do, each switched on alone -----
+    bad_links: dict[str, str] = field(default_factory=dict)
+    """Key name → how one link of its FINISHED answers is bad: ``scheme`` (an ftp:// link),
+    ``redirect_scheme`` (an http link that redirects to ftp://) or ``redirect_loop``."""
+    api_redirect: str | None = None
+    """An origin (``http://host:port``): export and token calls answer 307 to it."""
+    content_encoding: str | None = None
+    """Sent as ``Content-Encoding`` with every download (S3 does, for objects uploaded with
+    that metadata): the bytes are the stored object all the same."""
+    absent_types: tuple[str, ...] = ()
+    """Data types left out of all-types answers entirely (not even an empty list)."""
+    retry_after_5xx: float | None = None
+    """With ``api_5xx``: answer 503 with this ``Retry-After`` (seconds)."""
+    token_answer: str = "json"
+    """``html``: the token endpoint answers 200 with an HTML page, as a captive portal."""
+    clock_offset: float = 0.0
+    """Seconds the server's clock is off from this machine's (negative: behind): the token
+    request's ``tm`` is judged by it, and its ``Date`` header says it."""
