@@ -16,7 +16,6 @@ from aiohttp import web
 from backfill.emulator import EmulatorConfig, Faults, RunningEmulator, serve
 from backfill.errors import TokenError, UsageError
 from backfill.keys import Granularity
-from backfill.runner import backfill
 from backfill.store import Status
 from tests.helpers import assert_no_secrets, cli, env_for
 from tests.test_run import downloaded_md5s, hours_ago, run, settings_for, source_md5s
@@ -113,7 +112,7 @@ async def test_the_token_request_never_follows_a_redirect_either(
         data_dir: Path, tmp_path: Path, elsewhere: tuple[str, list[dict[str, str]]]) -> None:
     origin, seen = elsewhere
     async with serve(_config(data_dir, api_redirect=origin)) as emulator:
-        with pytest.raises(UsageError, match="the token endpoint at .* redirects to"):
+        with pytest.raises(UsageError, match=r"the token endpoint at .* redirects to"):
             await run(_hourly(emulator, tmp_path), hours_ago(5, 5))
     assert not seen
 
