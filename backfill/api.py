@@ -140,8 +140,6 @@ class GrowingIO:
     async def _read(self, resp: aiohttp.ClientResponse, proxy: str | None) -> Any:
         wait = retry_after(resp.headers.get("Retry-After"), datetime.now(UTC))
         if resp.status >= 500:
-            if wait is not None:
-                self._limiter.pause(wait)  # the whole run waits, as on a 429
             raise RetryableError(f"export API error (HTTP {resp.status})", retry_after=wait,
                                  outage=self._health.missed(f"HTTP {resp.status}",
                                                             retry_after=wait))
