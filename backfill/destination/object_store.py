@@ -17,6 +17,7 @@ the first listing) into :class:`OutputError` (exit 2); during a run into
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import getpass
 import json
@@ -62,6 +63,8 @@ PARTS_IN_FLIGHT = 8
 """Parts uploading at once, whatever --downloads says: each holds up to two pieces (one
 filling, one sent), about 9 MB measured, so 16 at once peaked at 210 MB and 8 stay
 under 150. The store, not the download, is usually the bound (see the README)."""
+ABORT_SECONDS = 10.0
+"""How long a stopping run waits for the store to abort an upload in flight."""
 LEASE = f"{STATE_DIR}/lease.json"
 CONTENT_TYPE = "application/gzip"
 
@@ -249,9 +252,30 @@ class ObjectPart:
     async def write_stream(self, batches: AsyncIterator[Batch], check: Callable[[Batch], None],
                            progress: Progress, checkpoint: Callable[[Progress], Awaitable[None]],
                            every: int) -> None:
-        # No checkpoints: an upload cannot be continued by another process. An error from
-        # `batches` (a broken download, bad bytes) makes obstore abort the upload.
-        self._etag = await self._dest._put(self._path, _checked(batches, check))
+        """Stream ``batches`` up as one multipart upload, aborted on any way out but success.
+
+        No checkpoints: an upload cannot be continued by another process. An error from
+        ``batches`` (a broken download, bad bytes) makes obstore abort the upload. A
+        cancellation (SIGTERM, Ctrl-C, a task group) would only drop obstore's future and
+        leave the upload open, invisible and billed: so the upload runs shielded, and a
+        cancellation makes its source raise instead, which obstore answers with an abort;
+        that is waited for, at most ``ABORT_SECONDS``.
+        """
+        stop = asyncio.Event()
+        upload = asyncio.ensure_future(self._dest._put(self._path,
+                                                       _checked(batches, check, stop)))
+        try:
+            self._etag = await asyncio.shield(upload)
+        except BaseException:
+            if not upload.done():
+                stop.set()
+                with anyio.CancelScope(shield=True), anyio.move_on_after(ABORT_SECONDS):
+                    await asyncio.wait({upload})
+                if not upload.done():
+                    upload.cancel()
+                elif not upload.cancelled():
+                    upload.exception()  # the abort's own error: expected, and not the news
+            raise
 
     async def commit(self, verified: Verified) -> Verified:
         return replace(verified, etag=self._etag)
@@ -260,12 +284,32 @@ class ObjectPart:
         pass  # an aborted upload left nothing
 
 
-async def _checked(batches: AsyncIterator[Batch], check: Callable[[Batch], None]
-                   ) -> AsyncIterator[bytes]:
-    async for batch in batches:
-        await anyio.to_thread.run_sync(check, batch)
-        for chunk in batch:
-            yield chunk
+class UploadStopped(Exception):
+    """Raised into an upload's source to make obstore abort it (the run is stopping)."""
+
+
+async def _checked(batches: AsyncIterator[Batch], check: Callable[[Batch], None],
+                   stop: asyncio.Event) -> AsyncIterator[bytes]:
+    """The chunks of ``batches``, each batch checked first; raises :class:`UploadStopped`
+    as soon as ``stop`` is set, even while a batch is still on its way."""
+    source = aiter(batches)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        while True:
+            step = asyncio.ensure_future(anext(source))
+            await asyncio.wait({step, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if not step.done():
+                step.cancel()
+                raise UploadStopped
+            try:
+                batch = step.result()
+            except StopAsyncIteration:
+                return
+            await anyio.to_thread.run_sync(check, batch)
+            for chunk in batch:
+                yield chunk
+    finally:
+        stopped.cancel()
 
 
 @dataclass(frozen=True)
