@@ -100,10 +100,8 @@ class GrowingIO:
                 self.stats.retries += 1
                 if exc.outage:
                     continue  # the run holds every call and judges the outage as a whole
-                delay = exc.retry_after
-                if delay is not None:
-                    self._limiter.pause(delay)  # the budget is spent for every task
-                else:
+                delay = exc.retry_after  # the service (or the budget) holds every task
+                if delay is None:
                     delay = backoff(attempt, self._settings.backoff, self._settings.max_backoff,
                                     self._rng)
                 attempt += 1
@@ -165,6 +163,8 @@ class GrowingIO:
             raise AuthError("GrowingIO denied access to project "
                             f"{self._settings.credentials.ai} (HTTP 403): check GIO_AI")
         if resp.status == 429:
+            if wait is not None:
+                self._limiter.pause(wait)  # the budget is spent for every task
             raise RetryableError("rate limited by the export API (429)", retry_after=wait)
         raise PermanentError(f"export API refused the request (HTTP {resp.status})")
 
