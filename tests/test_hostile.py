@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -210,7 +211,7 @@ async def test_retry_after_on_503_holds_every_call_of_the_run(keys: int, data_di
     if keys == 1:
         # One caller: every call after a 503 waited its Retry-After, the first retries and
         # the probes alike, once three misses in a row made it an outage.
-        gaps = [later - earlier for earlier, later in zip(times[:6], times[1:7], strict=True)]
+        gaps = [later - earlier for earlier, later in pairwise(times[:7])]
         assert min(gaps) >= wait - 0.2, gaps
     else:
         # Keys asked at once (polls=4) got their 503s before any was heard; after that

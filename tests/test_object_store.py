@@ -198,6 +198,33 @@ async def test_large_parts_stream_up_and_kill_9_then_rerun_is_exact(
 
 
 @pytest.mark.usefixtures("fast_polls")
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+async def test_a_stop_mid_upload_aborts_every_upload_in_flight(
+        stop: signal.Signals, data_dir: Path, bucket: Bucket, tmp_path: Path) -> None:
+    # 6 MiB parts that trickle in at 1 MiB/s: each is a multipart upload for seconds.
+    config = EmulatorConfig(data_dir=data_dir, job_seconds=0.0, flat_data=True,
+                            compress_level=1, bytes_per_hour=6 * 1024 * 1024,
+                            faults=Faults(trickle=1.0, trickle_rate=1024 * 1024))
+    async with serve(config) as emulator:
+        env = remote_env(emulator, bucket, tmp_path)
+        process = await start(["run", "--from", "-40h", "--to", "-39h", "--granularity",
+                               "hour", "--types", "visit,page", "--quiet", "--out",
+                               bucket.url(), "--downloads", "4"], env, tmp_path)
+        try:
+            with anyio.fail_after(30):
+                while not bucket.uploads_in_progress():  # noqa: ASYNC110 (another process)
+                    await anyio.sleep(0.05)
+        finally:
+            process.send_signal(stop)
+        assert await wait_for(process, 30) == 130
+        assert process.stderr is not None
+        err = (await process.stderr.receive()).decode()
+    assert bucket.uploads_in_progress() == []
+    assert "raw/.backfill/lease.json" not in bucket.names()
+    assert err.strip().splitlines()[-1].startswith(f"backfill: error: interrupted by {stop.name}")
+
+
+@pytest.mark.usefixtures("fast_polls")
 async def test_a_second_writer_is_refused_by_the_lease(emulator: RunningEmulator, bucket: Bucket,
                                                        tmp_path: Path) -> None:
     emulator.state.config.job_seconds = 3600  # the first run keeps polling

@@ -114,7 +114,15 @@ def test_links_of_unfinished_answers_are_dropped() -> None:
     assert answer.links == {}
     finished = parse_answer({"status": "FINISHED", "downloadLinks": {"visit": ["u"]}}, "all",
                             ("visit", "page"))
-    assert finished.links == {"visit": ["u"], "page": []}
+    assert finished.links == {"visit": ["u"]}
+
+
+def test_absent_is_not_empty() -> None:
+    # An explicit empty list is an empty unit; a type the answer does not hold is no news.
+    answer = parse_answer({"status": "FINISHED", "downloadLinks": {
+        "visit": [], "page": None}}, "all", ("visit", "page", "action"))
+    assert answer.links == {"visit": []}
+    assert answer.absent == ("page", "action")
 
 
 @pytest.mark.parametrize("body", [[], {"status": 1}, {"status": "FINISHED"},
