@@ -9,8 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import random
-import signal
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -26,6 +24,7 @@ from backfill.plan import Plan, make_plan
 from backfill.policy import beyond_retention, expected_ready
 from backfill.reconcile import reconcile
 from backfill.report import Reporter, Summary
+from backfill.stops import stop_on_signal
 from backfill.store import Status, Store, UnitRecord, has_state
 from backfill.throttle import RateLimiter
 
@@ -63,7 +62,7 @@ async def backfill(settings: Settings, keys: list[Key], reporter: Reporter, *,
     summary = Summary()
     try:
         async with anyio.create_task_group() as group:
-            group.start_soon(_stop_on_signal, group.cancel_scope, interrupted)
+            group.start_soon(stop_on_signal, group.cancel_scope, interrupted)
             await _backfill(settings, keys, reporter, force, api, summary)
             group.cancel_scope.cancel()
     except BaseExceptionGroup as errors:
@@ -185,16 +184,6 @@ def shard_keys(settings: Settings, keys: list[Key]) -> list[Key]:
     """This run's share of ``keys``: all of them, or its shard's (``--shard``, ``shard=``)."""
     shard = settings.shard
     return keys if shard is None else [k for k in keys if shard.holds(k)]
-
-
-async def _stop_on_signal(scope: anyio.CancelScope, received: list[str]) -> None:
-    if threading.current_thread() is not threading.main_thread():
-        return  # a library call from a worker thread: signals are its host's to handle
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            received.append(signal.Signals(signum).name)
-            scope.cancel()
-            return
 
 
 def known_units(settings: Settings) -> list[UnitRecord]:

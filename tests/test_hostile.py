@@ -276,7 +276,7 @@ async def test_a_skewed_clock_is_named_with_the_servers_message(data_dir: Path,
     # The server's clock 10 minutes behind this machine's: this one is 10 min ahead.
     async with serve(_config(data_dir, clock_offset=-600.0)) as emulator:
         code, _, err = await cli(["check"], env_for(emulator.url), tmp_path)
-        code_run, _, err_run = await cli(["run", "--from", "-6h", "--to", "-6h", "--out",
+        code_run, _, err_run = await cli(["run", "--from", "-3d", "--to", "-3d", "--out",
                                           "data", "--quiet"], env_for(emulator.url), tmp_path)
     for c, e in ((code, err), (code_run, err_run)):
         assert c == 3, e

@@ -121,6 +121,43 @@ async def test_a_signal_stops_it_cleanly_with_130(emulator: RunningEmulator, tmp
     assert code == 0, err
 
 
+def _catches(pid: int, signum: signal.Signals) -> bool:
+    """Whether process ``pid`` has a handler of its own for ``signum`` (Linux /proc)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = next(line for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(caught.split()[1], 16) >> (signum - 1) & 1)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.15, 0.3, 0.6])
+async def test_a_signal_at_start_up_is_one_line_and_130(emulator: RunningEmulator,
+                                                        tmp_path: Path, delay: float,
+                                                        signum: signal.Signals) -> None:
+    # From the moment backfill's own code runs (its SIGTERM handler is in place), whatever
+    # it is doing then: importing, parsing flags, reading the config, starting the run.
+    emulator.state.config.job_seconds = 3600
+    process = await start(["run", *RANGE, "--out", "data"], env_for(emulator.url), tmp_path)
+    with anyio.fail_after(20):
+        while not _catches(process.pid, signal.SIGTERM):  # noqa: ASYNC110 (another process)
+            await anyio.sleep(0.002)
+    await anyio.sleep(delay)
+    process.send_signal(signum)
+    code = await wait_for(process, 20)
+    assert process.stderr is not None
+    err = b""
+    with contextlib.suppress(anyio.EndOfStream):
+        while True:
+            err += await process.stderr.receive()
+    lines = [line for line in err.decode().splitlines() if line.startswith("backfill: error:")]
+    assert code == 130, err
+    assert len(lines) == 1 and f"interrupted by {signum.name}" in lines[0], err
+    assert b"Traceback" not in err and b"KeyboardInterrupt" not in err
+
+
 async def test_a_second_run_on_the_same_output_is_refused(emulator: RunningEmulator,
                                                           tmp_path: Path) -> None:
     emulator.state.config.job_seconds = 3600

@@ -15,16 +15,83 @@ from typing import Any
 
 def main() -> None:
     """Console entry point."""
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGTERM, _terminate)  # first: nothing else may run before it
+    # Held until the event loop takes them, or until the end (see backfill.stops).
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS) if _CAN_MASK else None
     try:
-        from backfill.cli.shared import app
+        try:
+            code = _run()
+        finally:
+            if before is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, before)  # pending ones: now
+    except KeyboardInterrupt as exc:
+        code = _interrupted(str(exc) or "SIGINT")
+    sys.exit(code)
 
-        load_commands()
-        app()
-    except KeyboardInterrupt as exc:  # a signal during start-up, before any command ran
-        print(f"backfill: error: interrupted by {exc or 'SIGINT'}: nothing was started; run "
-              "the same command again", file=sys.stderr)
-        sys.exit(130)
+
+STOPS = (signal.SIGINT, signal.SIGTERM)
+_CAN_MASK = hasattr(signal, "pthread_sigmask")
+
+
+def _run() -> int:
+    """The app, with click's own error printing replaced by ours: one line, one code."""
+    import typer
+
+    from backfill.cli.shared import app, said
+
+    load_commands()
+    try:
+        result = app(standalone_mode=False)
+    except typer.Abort:
+        return _interrupted("SIGINT")
+    except _usage_errors() as exc:
+        code = int(getattr(exc, "exit_code", 2))
+        if type(exc).__name__ == "NoArgsIsHelpError":  # no arguments at all: the help
+            print(exc.format_message(), file=sys.stderr)  # type: ignore[attr-defined]
+        else:
+            print(f"backfill: error: {usage_line(exc)}", file=sys.stderr)
+        return code
+    code = result if isinstance(result, int) else 0
+    if code == 130 and not said.error:
+        # typer turns an interrupt outside a command (while parsing) into a silent 130.
+        return _interrupted(signal_seen[-1] if signal_seen else "SIGINT")
+    return code
+
+
+signal_seen: list[str] = []
+"""Signals our own handler took (SIGINT is Python's: KeyboardInterrupt)."""
+
+
+def _usage_errors() -> tuple[type[Exception], ...]:
+    """What click raises for bad usage: typer's own copy of click (0.29 and newer) or click."""
+    import typer
+
+    kinds: list[type[Exception]] = []
+    if isinstance(getattr(typer, "TyperException", None), type):
+        kinds.append(typer.TyperException)
+    try:
+        import click
+    except ImportError:
+        pass
+    else:
+        kinds.append(click.ClickException)
+    return tuple(kinds)
+
+
+def usage_line(exc: Any) -> str:
+    """A click usage error as one line, naming the help to read."""
+    line = " ".join(exc.format_message().split())
+    context = getattr(exc, "ctx", None)
+    if context is not None and getattr(exc, "exit_code", 0) == 2:
+        line += f" (see '{context.command_path} --help')"
+    return line
+
+
+def _interrupted(name: str) -> int:
+    from backfill.errors import Interrupted
+
+    print(f"backfill: error: {Interrupted(name)}", file=sys.stderr)
+    return Interrupted.exit_code
 
 
 def load_commands() -> None:
@@ -46,4 +113,5 @@ def __getattr__(name: str) -> Any:
 
 def _terminate(signum: int, frame: object) -> None:
     # Until a run installs its own handling, SIGTERM stops like Ctrl-C: cleanly, exit 130.
+    signal_seen.append("SIGTERM")
     raise KeyboardInterrupt("SIGTERM")

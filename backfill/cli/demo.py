@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from backfill.cli.shared import app, guarded, run_async
-from backfill.errors import UsageError
+from backfill.errors import Interrupted, UsageError
 from backfill.keys import BEIJING, Granularity, key_at
 from backfill.report import make_reporter, print_summary
 
@@ -131,7 +131,6 @@ def emulator(
         help="Inject each fault at most this often (0: no limit).")] = 0,
 ) -> None:
     """Serve the bundled GrowingIO export API emulator (for the demo, tests, trying things)."""
-    import anyio
 
     from backfill.emulator import EmulatorConfig, Faults
 
@@ -148,9 +147,11 @@ def emulator(
         trap_links=trap_links, faults=faults,
     )
     try:
-        anyio.run(_serve_forever, config, host, port)
+        run_async(_serve_forever, config, host, port)
     except OSError as exc:
         raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    except Interrupted:
+        typer.echo("emulator stopped", err=True)  # Ctrl-C is how it is meant to end
 
 
 async def _serve_forever(config: object, host: str, port: int) -> None:

@@ -33,6 +33,7 @@ from backfill.cli.shared import (
     Types_,
     Verify_,
     app,
+    error,
     expand_range,
     guarded,
     load_settings,
@@ -153,7 +154,7 @@ def _execute(settings: Settings, keys: list[Key], output: Output, *, force: bool
     else:
         print_summary(summary)
     if summary.outage:
-        typer.echo(f"backfill: error: {summary.outage}", err=True)
+        error(summary.outage)
     raise typer.Exit(summary.exit_code)
 
 

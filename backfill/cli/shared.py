@@ -45,6 +45,21 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+@dataclass
+class _Said:
+    error: bool = False
+    """An error line went out: the entry point adds none of its own."""
+
+
+said = _Said()
+
+
+def error(text: str) -> None:
+    """The one error line of a command: ``backfill: error: …`` on stderr."""
+    typer.echo(f"backfill: error: {text}", err=True)
+    said.error = True
+
+
 def guarded(command: Callable[P, R]) -> Callable[P, R]:
     """Turn a :class:`BackfillError` into one line on stderr and its documented exit code."""
 
@@ -53,10 +68,10 @@ def guarded(command: Callable[P, R]) -> Callable[P, R]:
         try:
             return command(*args, **kwargs)
         except BackfillError as exc:
-            typer.echo(f"backfill: error: {exc}", err=True)
+            error(str(exc))
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt as exc:  # a signal before or after the run's own handling
-            typer.echo(f"backfill: error: {Interrupted(str(exc) or 'SIGINT')}", err=True)
+            error(str(Interrupted(str(exc) or "SIGINT")))
             raise typer.Exit(EXIT_INTERRUPTED) from None
 
     return run
@@ -155,9 +170,11 @@ def expand_range(first: str, last: str, settings: Settings, *,
 
 
 def run_async(function: Callable[..., Awaitable[R]], *args: object) -> R:
-    import anyio
+    """Run ``function`` on an event loop that SIGINT and SIGTERM stop cleanly at any
+    moment (:class:`Interrupted`, exit 130): see :mod:`backfill.stops`."""
+    from backfill.stops import run_stoppable
 
-    return anyio.run(lambda: function(*args))
+    return run_stoppable(function, *args)
 
 
 
