@@ -90,6 +90,7 @@ class PartWatch(Watch, Protocol):
 
 
 class Reporter(Protocol):
+    def warning(self, text: str) -> None: ...
     def begin(self, to_fetch: int, already_done: int) -> None: ...
     def key_done(self, key: str, status: Status, detail: str | None) -> None: ...
     def part(self, label: str) -> PartWatch: ...
@@ -120,6 +121,9 @@ class PlainReporter:
         self._total = 0
         self._started = time.monotonic()
         self._last = self._started
+
+    def warning(self, text: str) -> None:
+        self._say(f"warning: {text}", event="warning")
 
     def begin(self, to_fetch: int, already_done: int) -> None:
         self._total = to_fetch
@@ -188,6 +192,9 @@ class BarsReporter:
         self._keys: TaskID | None = None
         self._bytes: TaskID | None = None
         self._live_parts = 0
+
+    def warning(self, text: str) -> None:
+        self._console.print(f"[yellow]backfill: warning: {text}[/]", highlight=False)
 
     def begin(self, to_fetch: int, already_done: int) -> None:
         from rich.console import Group

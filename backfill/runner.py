@@ -33,14 +33,18 @@ if TYPE_CHECKING:
 
 
 def open_store(settings: Settings) -> Store:
-    """The state of ``settings.out``, locked for this process."""
-    store = Store(settings.state_folder, owner=settings.out)
-    try:
-        store.lock()
-    except BaseException:
-        store.close()
-        raise
-    return store
+    """The state of ``settings.out``, locked for this process (a damaged one is set aside:
+    ``store.set_aside``)."""
+    return Store(settings.state_folder, owner=settings.out, lock=True)
+
+
+def set_aside_warning(store: Store) -> str | None:
+    """The one warning line for a state file that was damaged and set aside, if one was."""
+    if store.set_aside is None:
+        return None
+    return (f"the state in {store.folder} could not be read and was moved to "
+            f"{store.set_aside.name}; what is done is read again from the destination's "
+            "markers")
 
 
 def plan_keys(store: Store, settings: Settings, keys: list[Key], *, force: bool,
@@ -76,6 +80,8 @@ async def _backfill(settings: Settings, keys: list[Key], reporter: Reporter, for
                     api: ExportApi | None, summary: Summary) -> None:
     started = time.monotonic()
     store = await anyio.to_thread.run_sync(open_store, settings)
+    if warning := set_aside_warning(store):
+        reporter.warning(warning)
     try:
         destination = open_destination(settings)
         # Done units the cache does not know (a fresh CI runner, another machine) cost

@@ -8,6 +8,7 @@ Nothing secret is stored: links are kept without their query.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -112,43 +113,96 @@ class Store:
     a cache of a remote one in the user's state directory.
     """
 
-    def __init__(self, folder: Path, owner: object = None) -> None:
+    def __init__(self, folder: Path, owner: object = None, *, lock: bool = False) -> None:
         self.folder = folder
         self.owner = owner if owner is not None else (
             folder.parent if folder.name == STATE_DIR else folder)
         """What a lock refusal names: the output the state belongs to."""
-        where = (f"output folder {self.owner}" if isinstance(self.owner, Path)
-                 and folder == self.owner / STATE_DIR else f"state folder {folder}")
+        self._where = (f"output folder {self.owner}" if isinstance(self.owner, Path)
+                       and folder == self.owner / STATE_DIR else f"state folder {folder}")
         self._mutex = threading.Lock()
+        self._lock_file: int | None = None
+        self.set_aside: Path | None = None
+        """Where a state file SQLite could not use was moved (it is rebuilt from the
+        destination's markers: the destination is the truth)."""
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.folder / STATE_FILE, check_same_thread=False,
-                                       isolation_level=None)
-        except (OSError, sqlite3.Error) as exc:
-            raise OutputError(f"cannot use {where}: {_reason(exc)}") from None
+        except OSError as exc:
+            raise OutputError(f"cannot use {self._where}: {_reason(exc)}") from None
+        if lock:
+            self.lock()  # first: a damaged file is set aside only by its lock's holder
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db = self._open(check=lock)
+        except _Damaged as damage:
+            self.set_aside = self._put_aside(damage.reason)
+            self._db = self._open(check=False)
+        except BaseException:
+            self._unlock()
+            raise
+
+    def _open(self, *, check: bool) -> sqlite3.Connection:
+        """Connect, migrate, and (``check``) ask SQLite whether every page reads back;
+        raises :class:`_Damaged` for a file it cannot use."""
+        try:
+            db = sqlite3.connect(self.folder / STATE_FILE, check_same_thread=False,
+                                 isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise OutputError(f"cannot use {self._where}: {_reason(exc)}") from None
+        self._db = db
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
             # WAL + NORMAL: a crash never corrupts the state; a power cut may lose the last
             # commits, which only means fetching those parts again (files are checked).
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA synchronous=NORMAL")
             self._migrate()
-        except (OSError, sqlite3.Error) as exc:
-            self._db.close()  # never left for the garbage collector (Python 3.13 warns)
-            raise OutputError(f"cannot use {where}: {_reason(exc)}") from None
+            if check:  # 60 ms for a year of hourly keys of ten types
+                verdict = db.execute("PRAGMA quick_check").fetchone()[0]
+                if verdict != "ok":
+                    raise _Damaged(str(verdict))
+        except sqlite3.DatabaseError as exc:
+            db.close()  # never left for the garbage collector (Python 3.13 warns)
+            if getattr(exc, "sqlite_errorcode", None) in _DAMAGED or _damaged_text(exc):
+                raise _Damaged(str(exc)) from None
+            raise OutputError(f"cannot use {self._where}: {_reason(exc)}") from None
         except BaseException:
-            self._db.close()
+            db.close()
             raise
-        self._lock_file: int | None = None
+        return db
+
+    def _put_aside(self, reason: str) -> Path:
+        """Move the damaged file (and its journal) beside itself, under the lock."""
+        holding = self._lock_file is not None
+        if not holding:
+            self.lock()
+        try:
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+            aside = self.folder / f"{STATE_FILE}.damaged-{stamp}"
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(self.folder / f"{STATE_FILE}{suffix}", f"{aside}{suffix}")
+        except OSError as exc:
+            raise OutputError(f"cannot use {self._where}: its state file is damaged "
+                              f"({reason}) and cannot be moved aside: {_reason(exc)}") from None
+        finally:
+            if not holding:
+                self._unlock()
+        return aside
 
     def close(self) -> None:
         self._db.close()
+        self._unlock()
+
+    def _unlock(self) -> None:
         if self._lock_file is not None:
             os.close(self._lock_file)
             self._lock_file = None
 
     def lock(self) -> None:
         """Take the folder for this process; a second run on it is refused at once."""
-        fd = os.open(self.folder / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.folder / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise OutputError(f"cannot use {self._where}: {_reason(exc)}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -311,6 +365,21 @@ class Store:
                      " WHERE api = ? AND key = ? AND data_type = ? AND idx = ?",
                      (p.size, p.md5, p.size, p.stored_etag, api, p.key, p.data_type, p.index))
                     for p in parts)
+
+
+_DAMAGED = (11, 26)
+"""SQLITE_CORRUPT and SQLITE_NOTADB: a file SQLite cannot use, whatever it holds."""
+
+
+class _Damaged(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _damaged_text(exc: sqlite3.Error) -> bool:
+    text = str(exc).lower()
+    return "not a database" in text or "malformed" in text
 
 
 def _reason(exc: BaseException) -> str:

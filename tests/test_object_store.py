@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import random
 import shutil
@@ -19,6 +20,8 @@ import pytest
 from backfill.config import Settings, parse_out
 from backfill.emulator import DEMO_CREDENTIALS, EmulatorConfig, Faults, RunningEmulator, serve
 from backfill.keys import Granularity, Key
+from backfill.report import PlainReporter
+from backfill.runner import backfill
 from backfill.store import Status
 from tests.helpers import assert_no_secrets, cli, env_for
 from tests.s3 import S3_ENV, Bucket
@@ -110,6 +113,31 @@ async def test_a_lost_cache_costs_no_export_call(emulator: RunningEmulator,
     assert again.exit_code == 0
     assert again.statuses[Status.DONE] == len(keys) and again.parts == 0
     assert emulator.state.stats()["calls"] == before  # not an export call, not a token
+
+
+@pytest.mark.parametrize("damage", ["garbage", "cut in half"])
+async def test_a_damaged_cache_is_set_aside_and_rebuilt_from_the_markers(
+        emulator: RunningEmulator, output: Output, damage: str) -> None:
+    keys = days_ago(5, 3)
+    settings = output.settings(emulator, types=TYPES)
+    assert (await run(settings, keys)).exit_code == 0
+    state = output.state_dir / "state.sqlite"
+    for journal in ("state.sqlite-wal", "state.sqlite-shm"):
+        (output.state_dir / journal).unlink(missing_ok=True)
+    data = state.read_bytes()
+    damaged = (b"\x00garbage, not a database\n" * 512 if damage == "garbage"
+               else data[: len(data) // 2])
+    state.write_bytes(damaged)
+    before = emulator.state.stats()["calls"]
+    lines = io.StringIO()
+    again = await backfill(settings, keys, PlainReporter(lines, interval=3600))
+    assert again.exit_code == 0, again.problems
+    assert again.statuses[Status.DONE] == len(keys) and again.parts == 0
+    assert emulator.state.stats()["calls"] == before  # not an export call, not a token
+    aside = list(output.state_dir.glob("state.sqlite.damaged-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == damaged  # kept for inspection
+    warnings = [line for line in lines.getvalue().splitlines() if "warning:" in line]
+    assert len(warnings) == 1 and aside[0].name in warnings[0], lines.getvalue()
 
 
 async def test_a_unit_without_its_marker_is_fetched_again(emulator: RunningEmulator,
