@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
 
@@ -48,8 +48,12 @@ def expected_ready(key: Key, settings: Settings) -> datetime:
 
 def beyond_retention(key: Key, now: datetime, retention_days: int) -> bool:
     """Whether the service no longer keeps ``key`` (kept through its day + retention)."""
-    today = now.astimezone(BEIJING).date()
-    return key.date < today - timedelta(days=retention_days)
+    return key.date < oldest_kept(now, retention_days)
+
+
+def oldest_kept(now: datetime, retention_days: int) -> date:
+    """The oldest Beijing day the service still keeps."""
+    return now.astimezone(BEIJING).date() - timedelta(days=retention_days)
 
 
 def poll_interval(polls: int, settings: Settings, typical_job: float | None = None) -> float:

@@ -12,7 +12,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol, TextIO
+from typing import TYPE_CHECKING, Protocol, TextIO
 
 from rich.console import Console
 from rich.progress import (
@@ -28,6 +28,9 @@ from rich.progress import (
 from rich.table import Table
 
 from backfill.store import Status
+
+if TYPE_CHECKING:
+    from backfill.keys import Key
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AUTH, EXIT_NOT_READY, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 EXIT_CODES = """\
@@ -50,10 +53,14 @@ class Summary:
     outage: str | None = None
     """Set when an outage outlived its budget and stopped the run: the one line to show."""
 
+    outcomes: dict[str, tuple[Status, str]] = field(default_factory=dict)
+    """Every key that did not end done: its status and why (``problems``, apart)."""
+
     def add(self, key: str, status: Status, detail: str | None = None) -> None:
         self.statuses[status] += 1
         if detail and status is not Status.DONE:
             self.problems[key] = f"{status.value}: {detail}"
+            self.outcomes[key] = (status, detail)
 
     def to_json(self) -> dict[str, object]:
         """The machine-readable report (``--json``)."""
@@ -268,10 +275,54 @@ def print_summary(summary: Summary, console: Console | None = None) -> None:
     table.add_row("duration", f"{summary.seconds:.1f} s")
     table.add_row("exit code", str(summary.exit_code))
     console.print(table)
-    for key, problem in list(summary.problems.items())[:20]:
-        console.print(f"  {key}: {problem}", highlight=False)
-    if len(summary.problems) > 20:
-        console.print(f"  … and {len(summary.problems) - 20} more", highlight=False)
+    lines = problem_lines(summary.outcomes)
+    for line in lines[:SHOWN_LINES]:
+        console.print(f"  {line}", highlight=False)
+    if len(lines) > SHOWN_LINES:
+        console.print(f"  … and {len(lines) - SHOWN_LINES} more lines (--json has every key)",
+                      highlight=False)
+
+
+SHOWN_LINES = 20
+_ORDER = (Status.FAILED, Status.ACTIVE, Status.PENDING, Status.NOT_READY, Status.GONE)
+"""Failures first (they need a look), then what waits, then what is gone for good."""
+
+
+def problem_lines(outcomes: dict[str, tuple[Status, str]]) -> list[str]:
+    """One line per run of consecutive keys with the same outcome and reason (9,240 gone
+    hours are one line), failures first. Pure."""
+    from backfill.keys import Key
+
+    runs: list[tuple[Status, str, Key, Key, int]] = []
+    for name in sorted(outcomes, key=lambda n: (_rank(outcomes[n][0]), outcomes[n][1], n)):
+        status, detail = outcomes[name]
+        key = Key.parse(name)
+        if runs:
+            last_status, last_detail, first, last, count = runs[-1]
+            if (last_status, last_detail) == (status, detail) and (
+                    key.start == last.start + key.granularity.step):
+                runs[-1] = (status, detail, first, key, count + 1)
+                continue
+        runs.append((status, detail, key, key, 1))
+    lines = []
+    for status, detail, first, last, count in sorted(runs, key=lambda r: (_rank(r[0]),
+                                                                          r[2].start)):
+        words = status.value.replace("_", " ")
+        if count == 1:
+            lines.append(f"{shown_key(first)}: {words}: {detail}")
+        else:
+            lines.append(f"{shown_key(first)} … {shown_key(last)}: {count:,} keys {words}: "
+                         f"{detail}")
+    return lines
+
+
+def _rank(status: Status) -> int:
+    return _ORDER.index(status) if status in _ORDER else len(_ORDER)
+
+
+def shown_key(key: Key) -> str:
+    """A key as people write it: ``2026-11-20`` or ``2026-11-20T07`` (Beijing time)."""
+    return key.start.strftime("%Y-%m-%dT%H" if key.hour is not None else "%Y-%m-%d")
 
 
 def human_bytes(count: float) -> str:

@@ -21,7 +21,7 @@ from backfill.errors import Interrupted, UsageError, first_error
 from backfill.keys import Granularity, Key, expand, key_at
 from backfill.outage import LinkHosts, ServiceHealth
 from backfill.plan import Plan, make_plan
-from backfill.policy import beyond_retention, expected_ready
+from backfill.policy import beyond_retention, expected_ready, oldest_kept
 from backfill.reconcile import reconcile
 from backfill.report import Reporter, Summary
 from backfill.stops import stop_on_signal
@@ -116,7 +116,9 @@ def _plan_and_record(store: Store, settings: Settings, keys: list[Key], force: b
 def _record_skipped(store: Store, settings: Settings, plan: Plan, summary: Summary) -> None:
     for key in plan.done:
         summary.add(key.name, Status.DONE)
-    reasons = ((plan.gone, Status.GONE, f"beyond the {settings.retention_days}-day retention"),
+    oldest = oldest_kept(datetime.now(UTC), settings.retention_days)
+    reasons = ((plan.gone, Status.GONE, f"beyond the {settings.retention_days}-day retention "
+                                        f"(the oldest day kept is {oldest:%Y-%m-%d})"),
                (plan.not_due, Status.NOT_READY, "not exportable before --max-wait runs out"))
     for keys, status, reason in reasons:
         store.set_statuses(settings.api, [(k.name, settings.wanted_types) for k in keys],
