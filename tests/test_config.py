@@ -197,3 +197,22 @@ def test_the_readmes_projects_load(tmp_path: Path) -> None:
     beta = load(path, {}, env=env, project="beta")
     assert beta.granularity is Granularity.DAY and beta.credentials.client_id == "beta-id"
     assert str(load(path, {}, env=env, project="acme").out) == "s3://my-lake/acme"
+
+
+def test_the_example_config_documents_every_setting() -> None:
+    import re
+
+    from backfill.config import option_names
+
+    example = (Path(__file__).resolve().parent.parent / "config.example.toml").read_text()
+    documented = set(re.findall(r"^#? ?([a-z_]+) = ", example, flags=re.MULTILINE))
+    assert set(option_names()) - documented == set()
+
+
+def test_sizes_take_units_and_the_example_means_what_it_says(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parent.parent / "config.example.toml"
+    s = load(example, {}, env={})
+    assert (s.min_speed, s.min_speed_time, s.max_part_size) == (4096, 60, 512 << 20)
+    assert load(None, {"max_part_size": "1GB", "min_speed": 0}, env={}).max_part_size == 10**9
+    with pytest.raises(UsageError, match="--max-part-size must be a size such as 512MiB"):
+        load(None, {"max_part_size": "lots"}, env={})
