@@ -221,3 +221,21 @@ async def test_an_outage_past_its_budget_raises_for_callers_and_the_watcher() ->
     assert caught.value.service == error.service == "the export API"
     assert str(error).startswith("the export API has not answered since ")
     assert str(error).endswith("(0 s; last: ClientConnectorError (errno 111))")
+
+
+async def test_each_link_host_is_judged_on_its_own() -> None:
+    from backfill.outage import LinkHosts
+
+    hosts = LinkHosts(budget=0.3, probe_interval=10.0)
+    dead = hosts.for_url("https://bucket-a.example:443/part?sig=1")
+    alive = hosts.for_url("https://bucket-b.example/part")
+    assert hosts.for_url("https://bucket-a.example/other") is dead  # one judgement per host
+    for _ in range(OUTAGE_AFTER):
+        dead.missed("connection refused")
+    assert dead.down and not alive.down
+    with anyio.fail_after(5):
+        async with alive.attempt():  # a healthy host's parts are not held
+            pass
+        error = await hosts.watch()
+    assert error.service == "the download links' host bucket-a.example:443"
+    assert "sig=" not in str(error)
