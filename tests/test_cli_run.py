@@ -114,3 +114,15 @@ async def test_help_documents_exit_codes(tmp_path: Path) -> None:
     code, out, _ = await cli(["run", "--help"], dict(os.environ), tmp_path)
     assert code == 0
     assert "4 some keys not ready yet" in " ".join(out.split())
+
+
+async def test_a_cli_run_that_hangs_fails_its_test_with_the_output_so_far(
+        tmp_path: Path) -> None:
+    from tests import helpers
+
+    # The emulator, standalone, never ends by itself: the helper must stop it.
+    with pytest.raises(pytest.fail.Exception) as caught:
+        await helpers.cli(["emulator", "--port", "0", "--data-dir", str(tmp_path)],
+                          env_for("http://127.0.0.1:9"), tmp_path, timeout=3)
+    assert "still ran after 3 s" in str(caught.value)
+    assert "GrowingIO export API emulator on http://127.0.0.1:" in str(caught.value)

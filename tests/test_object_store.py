@@ -466,6 +466,10 @@ async def test_check_lists_the_bucket_before_asking_for_a_token(
     code, out, err = await cli(["check", "--out", bucket.url()], env, tmp_path)
     assert code == 0, err
     assert f"{bucket.url()} can be listed" in out and "issued a token" in out
-    code, _, err = await cli(["check", "--out", "s3://no-such-bucket-here/x"], env, tmp_path)
-    assert code == 2 and "does not exist" in err
-    assert emulator.state.stats()["tokens_issued"] == 1  # the second check stopped before
+    # Several times: obstore's threads once aborted the interpreter at exit (SIGABRT) in
+    # about one run of seven.
+    for _ in range(5):
+        code, _, err = await cli(["check", "--out", "s3://no-such-bucket-here/x"], env,
+                                 tmp_path)
+        assert code == 2 and "does not exist" in err, (code, err)
+    assert emulator.state.stats()["tokens_issued"] == 1  # the other checks stopped before

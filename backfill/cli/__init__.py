@@ -26,7 +26,22 @@ def main() -> None:
                 signal.pthread_sigmask(signal.SIG_SETMASK, before)  # pending ones: now
     except KeyboardInterrupt as exc:
         code = _interrupted(str(exc) or "SIGINT")
-    sys.exit(code)
+    _exit(code)
+
+
+def _exit(code: int) -> None:
+    """Exit with ``code``. Without finalizing the interpreter once obstore was used: its
+    Rust runtime's threads may still be returning from a call into Python (a future's
+    result), and a thread that asks for the GIL while the interpreter finalizes is ended
+    with pthread_exit, which aborts the process (SIGABRT, measured in 4 of 30 runs of a
+    failed bucket check). Everything of ours is closed and synced by now."""
+    if "obstore" not in sys.modules:
+        sys.exit(code)
+    import os
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 STOPS = (signal.SIGINT, signal.SIGTERM)
