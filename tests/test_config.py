@@ -216,3 +216,15 @@ def test_sizes_take_units_and_the_example_means_what_it_says(tmp_path: Path) -> 
     assert load(None, {"max_part_size": "1GB", "min_speed": 0}, env={}).max_part_size == 10**9
     with pytest.raises(UsageError, match="--max-part-size must be a size such as 512MiB"):
         load(None, {"max_part_size": "lots"}, env={})
+
+
+@pytest.mark.parametrize("shard", ["1/2", "2/2", "3/4", "4/4"])
+def test_every_shard_with_only_a_private_key_is_refused(shard: str) -> None:
+    from backfill.config import check_token_rule
+
+    settings = load(None, {"shard": shard}, env=ENV)  # GIO_SECRET, no GIO_TOKEN
+    with pytest.raises(UsageError, match=f"--shard {shard} with GIO_SECRET"):
+        check_token_rule(settings)
+    check_token_rule(load(None, {"shard": shard}, env={**ENV, "GIO_TOKEN": "console"}))
+    check_token_rule(load(None, {"shard": shard, "single_minter": True}, env=ENV))
+    check_token_rule(load(None, {"shard": "1/1"}, env=ENV))  # one shard mints alone

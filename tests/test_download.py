@@ -53,7 +53,11 @@ async def test_a_new_process_resumes_from_the_recorded_checkpoint(data_dir: Path
         offset, etag = recorded[-1]
         assert 0 < offset < len(source)
 
-        # A new process knows only what the state recorded: the offset and the ETag.
+        # A new process knows only what the state recorded: the offset and the ETag. What
+        # the file holds past that offset was never checked: junk, here.
+        temp = LocalPart(dest).temp
+        with temp.open("ab") as f:
+            f.write(b"junk past the recorded offset" * 100)
         second = Downloader(session, chunk_size=16 << 10, checkpoint_bytes=64 << 10,
                             connect_timeout=5, read_timeout=5, hosts=_hosts())
         verified = await second.fetch(link, LocalPart(dest), Progress(offset, etag),
@@ -64,6 +68,56 @@ async def test_a_new_process_resumes_from_the_recorded_checkpoint(data_dir: Path
     assert stats["range_requests"] == 1
     # The object was served whole once for comparison, and only the rest after the stall.
     assert stats["bytes_served"] <= 2 * len(source) + (len(source) - offset)
+
+
+async def _resume(data_dir: Path, tmp_path: Path, kept: bytes, etag: str | None, *,
+                  range_shift: int = 0) -> tuple[Progress, BaseException | None, bytes]:
+    """Resume a part from ``kept`` bytes recorded with ``etag``; returns the progress, what
+    the attempt raised, and the whole object."""
+    config = EmulatorConfig(data_dir=data_dir, job_seconds=0.0, bytes_per_hour=256 << 10,
+                            range_shift=range_shift)
+    async with serve(config) as emulator, aiohttp.ClientSession() as session:
+        api = Api(session, emulator.url)
+        await api.login()
+        link = (await api.v2(_ready_hour(), data_type="action")).json()["downloadLinks"][0]
+        source = (await api.fetch(link)).body
+        part = LocalPart(tmp_path / "part-00000.csv.gz")
+        part.temp.write_bytes(kept)
+        progress = Progress(len(kept), etag)
+        downloader = Downloader(session, chunk_size=16 << 10, checkpoint_bytes=1 << 20,
+                                connect_timeout=5, read_timeout=5, hosts=_hosts())
+
+        async def checkpoint(progress: Progress) -> None:
+            pass
+
+        raised: BaseException | None = None
+        try:
+            await downloader.fetch(link, part, progress, checkpoint, _Quiet())
+        except (RetryableError, IntegrityError) as exc:
+            raised = exc
+    return progress, raised, source
+
+
+async def test_a_resume_onto_another_object_starts_over(data_dir: Path, tmp_path: Path) -> None:
+    # The kept bytes came from an object whose ETag the store no longer serves.
+    kept = b"\x1f\x8b\x08 bytes of an older job's object" * 64
+    progress, raised, _ = await _resume(data_dir, tmp_path, kept, '"an-older-etag"')
+    assert isinstance(raised, RetryableError) and "object changed" in str(raised)
+    assert (progress.offset, progress.etag) == (0, None)  # never appended to other bytes
+
+
+async def test_a_range_answer_that_starts_elsewhere_starts_over(data_dir: Path,
+                                                                tmp_path: Path) -> None:
+    config = EmulatorConfig(data_dir=data_dir, job_seconds=0.0, bytes_per_hour=256 << 10)
+    async with serve(config) as emulator, aiohttp.ClientSession() as session:
+        api = Api(session, emulator.url)
+        await api.login()
+        link = (await api.v2(_ready_hour(), data_type="action")).json()["downloadLinks"][0]
+        reply = await api.fetch(link)
+    kept, etag = reply.body[:4096], reply.headers["ETag"]
+    progress, raised, _ = await _resume(data_dir, tmp_path, kept, etag, range_shift=100)
+    assert isinstance(raised, RetryableError) and "object changed" in str(raised)
+    assert (progress.offset, progress.etag) == (0, None)
 
 
 def _hosts() -> LinkHosts:

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from backfill.errors import UsageError
-from backfill.keys import BEIJING, Granularity, Key, expand, parse_bound, parse_export_date
+from backfill.keys import BEIJING, Granularity, Key, expand, key_at, parse_bound, parse_export_date
 
 NOW = datetime(2026, 11, 20, 3, 30, tzinfo=UTC)  # 11:30 Beijing
 
@@ -94,3 +94,16 @@ def test_any_date_text_parses_or_is_refused_in_one_line(text: str, granularity: 
         assert "\n" not in str(exc)
     else:
         assert key.granularity is granularity
+
+
+@pytest.mark.parametrize(("moment", "granularity", "name"), [
+    (datetime(2026, 11, 20, 17, 30, tzinfo=UTC), Granularity.HOUR, "2026112101"),
+    (datetime(2026, 11, 20, 17, 30, tzinfo=UTC), Granularity.DAY, "20261121"),
+    (datetime(2026, 11, 20, 15, 59, tzinfo=UTC), Granularity.DAY, "20261120"),
+    (datetime(2026, 11, 20, 16, 0, tzinfo=UTC), Granularity.DAY, "20261121"),
+    (datetime(2026, 11, 21, 1, 30, tzinfo=BEIJING), Granularity.HOUR, "2026112101"),
+])
+def test_the_key_of_a_moment_is_its_beijing_hour_or_day(moment: datetime,
+                                                        granularity: Granularity,
+                                                        name: str) -> None:
+    assert key_at(moment, granularity).name == name

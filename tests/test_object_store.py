@@ -52,6 +52,19 @@ class Output:
         return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*")
                 if p.is_file()}
 
+    def write(self, name: str, data: bytes) -> None:
+        """Change an object behind backfill's back (its path below the output)."""
+        if self.bucket is not None:
+            self.bucket.put(f"raw/{name}", data)
+        else:
+            (Path(self.out) / name).write_bytes(data)
+
+    def remove(self, name: str) -> None:
+        if self.bucket is not None:
+            self.bucket.client.delete_object(Bucket=self.bucket.name, Key=f"raw/{name}")
+        else:
+            (Path(self.out) / name).unlink()
+
 
 @pytest.fixture(params=["local", "s3"])
 def output(request: pytest.FixtureRequest, tmp_path: Path) -> Output:
@@ -99,6 +112,118 @@ async def test_parts_land_byte_identical_then_manifest_then_marker(
     if output.bucket is not None:
         assert not output.bucket.uploads_in_progress()
         assert not [n for n in files if n.startswith(".backfill/")]  # the lease is released
+
+
+@pytest.fixture
+def writes(output: Output, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every object made visible under its final name, in order, as ``folder/name``: the
+    renames of a local folder, the PUTs (and completed uploads) of a bucket."""
+    made: list[str] = []
+    if output.bucket is not None:
+        from backfill.destination.object_store import ObjectStore
+
+        put = ObjectStore._put
+
+        async def recording(self: ObjectStore, path: str, data: Any, **kw: Any) -> str | None:
+            etag = await put(self, path, data, **kw)
+            made.append(path)
+            return etag
+
+        monkeypatch.setattr(ObjectStore, "_put", recording)
+    else:
+        import os
+
+        replace_file = os.replace
+        root = Path(output.out)
+
+        def renaming(source: Any, target: Any) -> None:
+            replace_file(source, target)
+            if Path(target).is_relative_to(root):
+                made.append(Path(target).relative_to(root).as_posix())
+
+        monkeypatch.setattr(os, "replace", renaming)
+    return made
+
+
+async def test_every_unit_commits_parts_then_manifest_then_marker(
+        emulator: RunningEmulator, output: Output, writes: list[str]) -> None:
+    keys = days_ago(4, 3)
+    assert (await run(output.settings(emulator, types=TYPES), keys)).exit_code == 0
+    folders = {w.rpartition("/")[0] for w in writes if "/_SUCCESS" in w}
+    assert len(folders) == len(keys) * len(TYPES)
+    for folder in folders:
+        order = [w.rpartition("/")[2] for w in writes if w.rpartition("/")[0] == folder]
+        assert order[-2:] == ["_manifest.json", "_SUCCESS"], order  # strictly last
+        assert all(name.startswith("part-") for name in order[:-2]) and order[:-2]
+
+
+async def test_a_unit_fetched_again_loses_its_marker_before_any_part_is_written(
+        emulator: RunningEmulator, output: Output) -> None:
+    keys = days_ago(4, 4)
+    settings = output.settings(emulator, types=("visit",))
+    assert (await run(settings, keys)).exit_code == 0
+    marker = f"visit/dt={keys[0].start:%Y-%m-%d}/_SUCCESS"
+    assert marker in output.files()
+    # Forced again, and every download now breaks: the unit is half rewritten at best.
+    emulator.state.config.faults.update(truncate=1.0)
+    again = await run(replace(settings, retries=0), keys, force=True)
+    assert again.exit_code == 1
+    assert marker not in output.files()  # a reader no longer trusts what is there
+
+
+async def test_a_marker_without_its_manifest_is_not_taken_for_a_done_unit(
+        emulator: RunningEmulator, output: Output) -> None:
+    keys = days_ago(4, 3)
+    settings = output.settings(emulator, types=("visit",))
+    assert (await run(settings, keys)).exit_code == 0
+    shutil.rmtree(output.state_dir)  # a fresh runner: the destination is all it knows
+    folder = f"visit/dt={keys[0].start:%Y-%m-%d}"
+    output.remove(f"{folder}/_manifest.json")
+    answered = emulator.state.stats()["answers"]["FINISHED"]
+    again = await run(settings, keys)
+    assert again.exit_code == 0 and again.parts > 0
+    # That unit was asked for again, and only it (the other was adopted from its markers).
+    assert emulator.state.stats()["answers"]["FINISHED"] == answered + 1
+    assert f"{folder}/_manifest.json" in output.files()
+
+
+async def test_verify_compares_every_part_size_with_its_manifest(
+        emulator: RunningEmulator, output: Output) -> None:
+    from backfill.destination import open_destination
+    from backfill.runner import open_store
+    from backfill.verify import verify
+
+    keys = days_ago(4, 3)
+    settings = output.settings(emulator, types=("visit",))
+    assert (await run(settings, keys)).exit_code == 0
+    folder = f"visit/dt={keys[0].start:%Y-%m-%d}"
+    manifest = json.loads(output.files()[f"{folder}/_manifest.json"])
+    for entry in manifest["parts"]:  # the right MD5, no ETag, a size one byte off
+        entry.pop("etag", None)
+    manifest["parts"][0]["size"] += 1
+    output.write(f"{folder}/_manifest.json", json.dumps(manifest).encode())
+    store = open_store(settings)
+    try:
+        report = await verify(store, open_destination(settings), settings, None)
+    finally:
+        store.close()
+    assert list(report.damaged) == [f"{keys[0].name} visit"]
+    assert "expected" in report.damaged[f"{keys[0].name} visit"]
+
+
+async def test_a_done_part_of_another_size_is_fetched_again(emulator: RunningEmulator,
+                                                            output: Output) -> None:
+    keys = days_ago(4, 4)
+    settings = output.settings(emulator, types=("visit",), retries=0)
+    emulator.state.config.faults.update(truncate=1.0, limit=1)  # one part fails, once
+    first = await run(settings, keys)
+    assert first.exit_code == 1 and first.parts > 0  # the others are done and kept
+    done = sorted(name for name in output.files() if name.rpartition("/")[2].startswith(
+        "part-"))
+    output.write(done[0], output.files()[done[0]] + b"one byte more")
+    again = await run(settings, keys)
+    assert again.exit_code == 0, again.problems
+    assert md5s(output.files()) == source_md5s(emulator, keys, ("visit",))
 
 
 async def test_a_lost_cache_costs_no_export_call(emulator: RunningEmulator,

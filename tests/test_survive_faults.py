@@ -135,3 +135,26 @@ async def test_without_an_md5_the_whole_stream_is_inflated(data_dir: Path,
     assert stats["faults"] == {"corrupt": 2}
     assert summary.exit_code == 0, summary.problems
     assert downloaded_md5s(tmp_path) == source_md5s(emulator, keys, ("visit",))
+
+
+@pytest.mark.parametrize("fault", ["reset", "stall", "truncate"])
+async def test_a_key_failed_by_a_broken_download_shows_no_signed_link(
+        fault: str, data_dir: Path, tmp_path: Path) -> None:
+    import io
+
+    from backfill.report import PlainReporter
+    from backfill.runner import backfill
+
+    faults = Faults(**{fault: 1.0}, stall_seconds=5.0)
+    config = EmulatorConfig(data_dir=data_dir, job_seconds=0.0, bytes_per_hour=8 * 1024,
+                            part_size=4 * 1024, faults=faults)
+    async with serve(config) as emulator:
+        settings = settings_for(emulator, tmp_path, types=("visit",), retries=0,
+                                read_timeout=1.0)
+        lines = io.StringIO()
+        summary = await backfill(settings, days_ago(4, 4), PlainReporter(lines, interval=0))
+        token = emulator.state.token.code if emulator.state.token else None
+    assert summary.exit_code == 1
+    problem = next(iter(summary.problems.values()))
+    assert "/gio-raw-export/" in problem  # the link is named...
+    assert_no_secrets([problem, lines.getvalue(), state_text(tmp_path)], token)  # ...unsigned

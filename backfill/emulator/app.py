@@ -410,6 +410,8 @@ async def _serve(request: web.Request, stored: StoredObject) -> web.StreamRespon
     except ValueError:
         return _s3_denied("InvalidArgument", "Invalid Range header", status=400)
     start, stop, _ = span.indices(size)
+    if span.start and st.config.range_shift:
+        start = min(start + st.config.range_shift, size - 1)
     etag = stored.md5 if st.config.etag_md5 else f"{stored.md5[::-1]}-2"  # multipart-like
     headers = {
         "Content-Type": "application/octet-stream",

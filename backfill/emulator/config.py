@@ -185,6 +185,9 @@ class EmulatorConfig:
     """With ``api_5xx``: answer 503 with this ``Retry-After`` (seconds)."""
     token_answer: str = "json"
     """``html``: the token endpoint answers 200 with an HTML page, as a captive portal."""
+    range_shift: int = 0
+    """A 206 answer starts this many bytes after the offset asked for, and says so in its
+    Content-Range (a store that serves another range than the one asked)."""
     clock_offset: float = 0.0
     """Seconds the server's clock is off from this machine's (negative: behind): the token
     request's ``tm`` is judged by it, and its ``Date`` header says it."""
