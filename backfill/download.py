@@ -54,6 +54,7 @@ def block_size(chunk_size: int, downloads: int) -> int:
 _INFLATE_ERROR = cast(type[Exception], isal_zlib.error)  # its stub types it as an instance
 _PLAIN_MD5 = re.compile(r'^"?([0-9a-fA-F]{32})"?$')
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
+_UNSATISFIED = re.compile(r"^bytes \*/(\d+)$")
 
 
 @dataclass
@@ -162,6 +163,9 @@ class Downloader:
                     link, headers=headers, timeout=self._timeout, proxy=proxy,
                     read_bufsize=self._chunk, auto_decompress=False,
                     max_redirects=MAX_REDIRECTS) as resp:
+                if resp.status == 416 and progress.offset:
+                    health.answered()
+                    return await self._kept_whole(resp, sink, progress, checker)
                 expected = self._check_answer(resp, progress, shown, proxy, health)
                 inflate = self._deep or expected.md5 is None
                 if progress.offset == 0:
@@ -199,6 +203,20 @@ class Downloader:
                                  outage=failure.down and health.missed(failure.words)
                                  ) from None
         return await sink.commit(verdict[0])
+
+    async def _kept_whole(self, resp: aiohttp.ClientResponse, sink: PartSink,
+                          progress: Progress, checker: Checker) -> Verified:
+        """A 416 to a resume: nothing is left after the kept bytes if the object is as long
+        as they are (a run stopped between the last byte and the rename). A 416 names no
+        MD5, so the kept bytes are inflated to their end before they are placed."""
+        match = _UNSATISFIED.match(resp.headers.get("Content-Range", ""))
+        if match is None or int(match[1]) != progress.offset:
+            progress.offset, progress.etag = 0, None  # shorter than what is kept: another one
+            raise RetryableError(f"object changed while resuming {checker.shown}")
+        if not checker.inflating:
+            await sink.refeed(checker)
+        verified = checker.verdict(progress.offset, None)
+        return await sink.commit(verified)
 
     async def _batches(self, resp: aiohttp.ClientResponse, progress: Progress, watch: Watch,
                        checker: Checker, expected: _Expected,

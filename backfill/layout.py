@@ -90,3 +90,10 @@ def redact(url: str) -> str:
     if parts.port:
         host = f"{host}:{parts.port}"
     return f"{parts.scheme}://{host}{parts.path}"
+
+
+def object_name(source: str) -> str:
+    """What a (redacted) link names, whatever host serves it: its path. A unit's parts are
+    numbered and matched by it, so a link host that changes (the demo's emulator on a new
+    port, a new CDN) costs no finished part."""
+    return urlsplit(source).path

@@ -32,7 +32,7 @@ from backfill.errors import (
     first_error,
 )
 from backfill.keys import Key
-from backfill.layout import key_folder, part_name, redact
+from backfill.layout import key_folder, object_name, part_name, redact
 from backfill.manifest import ManifestPart, document
 from backfill.plan import KeyTask
 from backfill.policy import Next, backoff, decide, expected_ready, fit_wait, typical
@@ -277,7 +277,7 @@ class Scheduler:
         for data_type in present:
             # Links are known by their redacted form: that is what the state keeps.
             links = {redact(link): link for link in answer.links.get(data_type, [])}
-            records = await self._plan_unit(state, data_type, sorted(links))
+            records = await self._plan_unit(state, data_type, sorted(links, key=object_name))
             for record in records:
                 if not record.done:
                     progress = state.progress.setdefault(
@@ -302,13 +302,19 @@ class Scheduler:
 
     async def _plan_unit(self, state: _KeyState, data_type: str,
                          sources: list[str]) -> list[PartRecord]:
-        """Parts of one unit, numbered by their (sorted, redacted) link; reuse what is done."""
+        """Parts of one unit, numbered by the objects their (sorted, redacted) links name;
+        reuse what is done, whichever host serves the links now."""
         api, key = self._s.api, state.task.key
         folder = key_folder(self._s.layout, key, data_type)
         planned = [(i, str(folder / part_name(i)), src) for i, src in enumerate(sources)]
         records = await self._db(self._store.parts, api, key.name, data_type)
         fresh = state.task.force and data_type not in state.replanned
-        replan = fresh or [(r.index, r.path, r.source) for r in records] != planned
+        replan = fresh or [(r.index, r.path, object_name(r.source)) for r in records] != [
+            (i, path, object_name(src)) for i, path, src in planned]
+        if not replan and [r.source for r in records] != sources:
+            # The same objects from another host: keep what is done, name the new links.
+            await self._db(self._store.rename_sources, api, key.name, data_type, sources)
+            records = [replace(r, source=src) for r, src in zip(records, sources, strict=True)]
         if replan or not all(r.done for r in records):
             # The unit is about to be rewritten: readers must stop trusting it first.
             await self._dest.unpublish(str(folder))
@@ -354,8 +360,12 @@ class Scheduler:
                             continue  # the next attempt waits while the outage lasts
                         await anyio.sleep(max(exc.retry_after or 0.0, backoff(
                             attempt, self._s.backoff, self._s.max_backoff, self._rng)))
-            await self._done_parts.add(DonePart(key.name, job.data_type, job.index,
-                                                verified.size, verified.md5, verified.etag))
+            # In place now: recording it must finish even when the run is being stopped,
+            # or the rerun would fetch a finished part again. A short SQLite write.
+            with anyio.CancelScope(shield=True):
+                await self._done_parts.add(DonePart(key.name, job.data_type, job.index,
+                                                    verified.size, verified.md5,
+                                                    verified.etag))
             self._summary.parts += 1
             self._summary.bytes += verified.size
         except (RemoteError, IntegrityError) as exc:

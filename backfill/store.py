@@ -353,6 +353,12 @@ class Store:
                " (?, ?, ?, ?, ?, ?)", (api, key, data_type, i, p, s)) for i, p, s in parts),
         ])
 
+    def rename_sources(self, api: str, key: str, data_type: str, sources: list[str]) -> None:
+        """The links of a unit's parts, in index order, now served by another host."""
+        self._write(("UPDATE parts SET source = ? WHERE api = ? AND key = ? AND data_type = ?"
+                     " AND idx = ?", (source, api, key, data_type, index))
+                    for index, source in enumerate(sources))
+
     def checkpoint(self, api: str, key: str, data_type: str, index: int, offset: int,
                    etag: str | None) -> None:
         """Bytes of a part safely on disk (fsynced) so far, and the object's ETag."""

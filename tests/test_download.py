@@ -249,3 +249,28 @@ async def test_a_body_without_a_length_arrives_in_http_chunks_and_is_checked_to_
             with pytest.raises(IntegrityError, match="ends early"):
                 await fetch
             assert not dest.exists()
+
+
+async def test_a_resume_of_a_part_already_whole_places_it_without_a_body(
+        data_dir: Path, tmp_path: Path) -> None:
+    # A run stopped after the last byte was written and before the rename: the store
+    # answers the resume with 416, and the kept bytes are checked and placed.
+    config = EmulatorConfig(data_dir=data_dir, job_seconds=0.0, bytes_per_hour=256 << 10)
+    async with serve(config) as emulator, aiohttp.ClientSession() as session:
+        api = Api(session, emulator.url)
+        await api.login()
+        link = (await api.v2(_ready_hour(), data_type="action")).json()["downloadLinks"][0]
+        reply = await api.fetch(link)
+    progress, raised, source = await _resume(data_dir, tmp_path, reply.body,
+                                             reply.headers["ETag"])
+    assert raised is None
+    assert (tmp_path / "part-00000.csv.gz").read_bytes() == source == reply.body
+    assert progress.offset == len(source)
+
+
+async def test_a_resume_past_the_end_of_a_shorter_object_starts_over(
+        data_dir: Path, tmp_path: Path) -> None:
+    kept = b"\x1f\x8b\x08" + b"x" * (4 << 20)  # longer than the object the store has now
+    progress, raised, _ = await _resume(data_dir, tmp_path, kept, '"an-older-etag"')
+    assert isinstance(raised, RetryableError) and "object changed" in str(raised)
+    assert progress.offset == 0

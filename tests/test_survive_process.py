@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import random
 import signal
 import sqlite3
@@ -234,3 +235,76 @@ async def test_a_read_only_output_is_refused(emulator: RunningEmulator, tmp_path
     assert err.strip() == f"backfill: error: cannot use output folder {mount / 'data'}: " \
         "read-only file system"
     assert emulator.state.stats()["calls"]["token"] == 0
+
+
+class _StopAfterParts:
+    """A reporter that sets ``enough`` once ``count`` parts have been written."""
+
+    def __init__(self, count: int) -> None:
+        from backfill.report import PlainReporter
+
+        self._plain = PlainReporter(interval=3600)
+        self.count = count
+        self.enough = anyio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._plain, name)
+
+    def part(self, label: str) -> Any:
+        reporter = self
+
+        class _Watch:
+            def started(self, total: int | None) -> None:
+                pass
+
+            def advanced(self, count: int) -> None:
+                pass
+
+            def finished(self) -> None:
+                reporter.count -= 1
+                if reporter.count <= 0:
+                    reporter.enough.set()
+
+        return _Watch()
+
+
+@pytest.mark.parametrize("size", ["small parts", "large parts"])
+async def test_an_interrupted_run_keeps_every_finished_part_across_a_new_emulator(
+        data_dir: Path, tmp_path: Path, size: str) -> None:
+    from backfill.emulator import Faults
+    from backfill.keys import Granularity
+    from backfill.runner import backfill
+    from tests.test_run import hours_ago, settings_for
+
+    if size == "small parts":
+        config = EmulatorConfig(data_dir=data_dir, job_seconds=0.0, bytes_per_hour=8 * 1024,
+                                part_size=4 * 1024)
+        keys, granularity = days_ago(5, 3), Granularity.DAY
+    else:  # streamed to the disk with checkpoints, and slow enough to be cut mid-part
+        config = EmulatorConfig(data_dir=data_dir, job_seconds=0.0, flat_data=True,
+                                compress_level=1, bytes_per_hour=3 << 20, part_size=2 << 20,
+                                faults=Faults(trickle=1.0, trickle_rate=4 << 20))
+        keys, granularity = hours_ago(8, 5), Granularity.HOUR
+    out = tmp_path / "data"
+    async with serve(config) as first:
+        settings = settings_for(first, out, granularity=granularity, types=("visit", "page"),
+                                checkpoint_bytes=256 << 10, min_speed=0.0)
+        stopping = _StopAfterParts(3)
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as group:
+                group.start_soon(backfill, settings, keys, stopping)
+                await stopping.enough.wait()
+                group.cancel_scope.cancel()  # what SIGINT does to a run
+    complete = {hashlib.md5(p.read_bytes()).hexdigest() for p in out.rglob("part-*.csv.gz")}
+    assert complete, "parts were finished before the stop"
+    # The rerun talks to a new emulator on another port: links from another host.
+    async with serve(config) as second:
+        settings = settings_for(second, out, granularity=granularity, types=("visit", "page"),
+                                min_speed=0.0)
+        with anyio.fail_after(120):
+            summary = await backfill(settings, keys, stopping._plain)
+        served = second.state.downloads_by_object
+        stored = second.state.objects
+    assert summary.exit_code == 0, summary.problems
+    again = [name for name in served if stored[name].md5 in complete]
+    assert again == [], f"{len(again)} finished parts were downloaded again"

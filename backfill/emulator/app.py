@@ -70,6 +70,8 @@ class EmulatorState:
         self.statuses: Counter[str] = Counter()
         self.rng = random.Random(f"{config.seed}:order")
         self.generating = asyncio.Lock()
+        self.downloads_by_object: Counter[str] = Counter()
+        """Download requests by object name, whatever their outcome."""
         self.export_times: list[float] = []
         """When each export call arrived (``time.monotonic()``), in order."""
 
@@ -390,6 +392,7 @@ async def _download(request: web.Request) -> web.StreamResponse:
         return _s3_denied("SignatureDoesNotMatch", "The request signature we calculated does "
                           "not match the signature you provided.")
     stored = st.objects.get(request.match_info["object"])
+    st.downloads_by_object[request.match_info["object"]] += 1
     if stored is None:
         return _s3_denied("NoSuchKey", "The specified key does not exist.", status=404)
     if stored.trap:
