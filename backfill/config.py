@@ -168,6 +168,9 @@ class Settings:
     credentials: Credentials = Credentials()
     proxies: Proxies = field(default_factory=Proxies)
     """From HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY (see :mod:`backfill.proxy`)."""
+    sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    """Where each setting given came from: a file, ``environment GIO_AI``, ``flag --out``
+    (a setting not named here has its default)."""
 
     @property
     def state_folder(self) -> Path:
@@ -244,8 +247,11 @@ class Project:
     values: dict[str, Any] = field(default_factory=dict)
 
     def environ(self, env: Mapping[str, str]) -> dict[str, str]:
-        """``env`` with this project's variables standing for the ``GIO_…`` ones."""
-        mapped = {k: v for k, v in env.items() if k not in ENV.values()}
+        """``env`` with this project's variables standing for the ``GIO_…`` ones. Secrets
+        and identity are the project's own; ``GIO_BASE_URL`` (where GrowingIO is: the
+        emulator, a private deployment) is inherited unless the project sets its own."""
+        inherited = {ENV["base_url"]}
+        mapped = {k: v for k, v in env.items() if k not in ENV.values() or k in inherited}
         for variable in ENV.values():
             value = env.get(self.env_prefix + variable.removeprefix("GIO_"))
             if value:
@@ -254,16 +260,25 @@ class Project:
 
 
 def projects(path: Path | None) -> list[Project]:
-    """The ``[[projects]]`` of a config file (``./backfill.toml`` when ``path`` is None)."""
-    source = _config_file(path)
+    """The ``[[projects]]`` of the config file (see :func:`config_file`)."""
+    source = config_file(path)
     return _read_file(source)[3] if source is not None else []
 
 
-def _config_file(path: Path | None) -> Path | None:
-    """``path``, or ./backfill.toml when none is given and it exists."""
+def config_file(path: Path | None, env: Mapping[str, str] | None = None) -> Path | None:
+    """The config file to read, first found wins: ``path`` (``--config``), then
+    ``$BACKFILL_CONFIG``, ``./backfill.toml``, ``$XDG_CONFIG_HOME/backfill/config.toml``
+    (``~/.config`` without it). The first two must exist; the others are read if there."""
+    env = os.environ if env is None else env
     if path is not None:
         return path
-    return DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None
+    if env.get("BACKFILL_CONFIG"):
+        return Path(env["BACKFILL_CONFIG"]).expanduser()
+    if DEFAULT_CONFIG.exists():
+        return DEFAULT_CONFIG
+    home = Path(env.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    user = home / "backfill" / "config.toml"
+    return user if user.exists() else None
 
 
 def option_names() -> tuple[str, ...]:
@@ -272,21 +287,28 @@ def option_names() -> tuple[str, ...]:
 
 
 def load(path: Path | None, flags: dict[str, Any], env: dict[str, str] | None = None,
-         *, project: str | None = None) -> Settings:
-    """Build settings: defaults < file (``path``, or ./backfill.toml if present) < the
-    file's ``[[projects]]`` entry named ``project`` < env < flags.
+         *, project: str | None = None, origin: str = "flag") -> Settings:
+    """Build settings: defaults < the config file (see :func:`config_file`) < the file's
+    ``[[projects]]`` entry named ``project`` < env < flags.
 
-    ``flags`` holds only the options the user gave (``None`` values are ignored).
+    ``flags`` holds only the options the user gave (``None`` values are ignored);
+    ``origin`` says what they are (``flag``: ``--max-wait``; ``argument``: a library
+    call's keyword). ``Settings.sources`` says where each value came from.
     Raises :class:`UsageError` naming the file and key for anything wrong.
     """
     env = dict(os.environ) if env is None else env
     values: dict[str, Any] = {}
     api: dict[str, str] = {}
     storage = Storage()
-    source = _config_file(path)
+    sources: dict[str, str] = {}
+    source = config_file(path, env)
     found: list[Project] = []
     if source is not None:
         values, api, storage, found = _read_file(source)
+        sources.update(dict.fromkeys(values, str(source)))
+        sources.update({f"growingio.{k}": str(source) for k in api})
+        sources.update({f"storage.{k}": str(source) for k, v in vars(storage).items()
+                        if v not in ("", None)})
     if project is not None:
         chosen = next((p for p in found if p.name == project), None)
         if chosen is None:
@@ -294,27 +316,51 @@ def load(path: Path | None, flags: dict[str, Any], env: dict[str, str] | None = 
             raise UsageError(f"no project {project!r} in {source or 'the config'} "
                              f"([[projects]]: {known})")
         values.update(chosen.values)
+        sources.update(dict.fromkeys(chosen.values, f"{source} [[projects]] {project}"))
         env = chosen.environ(env)
     for name, variable in ENV.items():
         if env.get(variable):
             api[name] = env[variable]
+            sources[f"growingio.{name}"] = f"environment {variable}"
     for name, value in flags.items():
         if value is not None:
             values[name] = _parse_flag(name, value)
+            sources[name] = (f"flag --{name.replace('_', '-')}" if origin == "flag"
+                             else f"{origin} {name}=")
+    if source is not None:
+        values = _relative_to(source.parent, values, sources, str(source))
     settings = replace(Settings(), **values, credentials=Credentials(**api),
-                       storage=storage, proxies=Proxies.from_env(env))
+                       storage=storage, proxies=Proxies.from_env(env), sources=sources)
     if isinstance(settings.out, Remote) and settings.state_dir is None:
         settings = replace(settings, state_dir=user_state_home(env) / "backfill"
                            / settings.out.slug())
-    hourly_ok = "{hour}" in settings.layout or "{key}" in settings.layout
-    if settings.granularity is Granularity.HOUR and not hourly_ok:
-        raise UsageError(f"layout {settings.layout!r} needs {{hour}} (or {{key}}) for hourly keys")
+    check_hourly_layout(settings)
     if settings.api == "v1" and settings.types:
         raise UsageError("--types works with the v2 API only: v1 answers mix all tables")
     if settings.shard is not None:
         # N shards together stay within the project's budget.
         settings = replace(settings, rate=settings.rate / settings.shard.n)
     return settings
+
+
+def check_hourly_layout(settings: Settings) -> None:
+    """Refuse hourly keys with a layout that gives an hour no folder of its own."""
+    hourly_ok = "{hour}" in settings.layout or "{key}" in settings.layout
+    if settings.granularity is Granularity.HOUR and not hourly_ok:
+        raise UsageError(f"layout {settings.layout!r} needs {{hour}} (or {{key}}) for hourly keys")
+
+
+def _relative_to(folder: Path, values: dict[str, Any], sources: dict[str, str],
+                 file: str) -> dict[str, Any]:
+    """Folders a config file names relatively are relative to the file's own folder (flags
+    stay relative to where the command runs)."""
+    fixed = dict(values)
+    for name in ("out", "state_dir"):
+        value = values.get(name)
+        if isinstance(value, Path) and not value.is_absolute() and sources.get(name, "") \
+                .startswith(file):
+            fixed[name] = folder / value
+    return fixed
 
 
 def check_token_rule(settings: Settings) -> None:

@@ -150,6 +150,27 @@ def parse_bound(text: str, granularity: Granularity, *, now: datetime, end: bool
     return key_at(moment, granularity)
 
 
+def date_form(text: str) -> tuple[Granularity, bool]:
+    """The unit a date is written in (``2026-11-30T15`` an hour, ``2026-11-30`` a day,
+    ``-36h`` hours, ``-7d`` and ``today`` days) and whether it is relative to now.
+
+    Raises :class:`UsageError` with the accepted forms when ``text`` is not a date.
+    """
+    lowered = text.strip().lower()
+    if lowered in ("today", "yesterday"):
+        return Granularity.DAY, True
+    if match := _RELATIVE.match(lowered):
+        return (Granularity.DAY if match[2] == "d" else Granularity.HOUR), True
+    for fmt, given in _FORMATS:
+        try:
+            parsed = datetime.strptime(text.strip(), fmt)
+        except ValueError:
+            continue
+        if len(text.strip()) == len(parsed.strftime(fmt)):
+            return given, False
+    raise UsageError(f"invalid date {text!r}: use {DATE_FORMS} (Beijing time)")
+
+
 def _parse_moment(text: str, now: datetime) -> tuple[datetime, Granularity]:
     local_now = now.astimezone(BEIJING)
     lowered = text.lower()

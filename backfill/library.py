@@ -20,6 +20,7 @@ the :class:`Summary` says so (``exit_code`` 1 or 4, ``problems`` per key).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -27,9 +28,9 @@ from typing import Any
 
 import anyio
 
-from backfill.config import Settings, check_token_rule, load, option_names
+from backfill.config import Settings, check_hourly_layout, check_token_rule, load, option_names
 from backfill.errors import UsageError
-from backfill.keys import Key, expand, parse_bound
+from backfill.keys import Granularity, Key, date_form, expand, parse_bound
 from backfill.report import Reporter, Summary, make_reporter
 
 MAX_KEYS = 100_000
@@ -58,10 +59,58 @@ async def fetch_async(first: str, last: str, *, config: Path | str | None = None
     if unknown:
         raise UsageError(f"unknown option {unknown[0]!r} (known: {', '.join(option_names())})")
     settings = load(Path(config) if config is not None else None, options,
-                    dict(environ) if environ is not None else None, project=project)
+                    dict(environ) if environ is not None else None, project=project,
+                    origin="argument")
     check_token_rule(settings)
+    settings = for_range(settings, first, last)
     keys = expand_range(first, last, settings)
     return await backfill(settings, keys, reporter or make_reporter(True), force=force)
+
+
+def for_range(settings: Settings, first: str, last: str) -> Settings:
+    """``settings`` with the granularity the range's dates mean (see
+    :func:`range_granularity`)."""
+    granularity = range_granularity(first, last, settings)
+    if granularity is settings.granularity:
+        return settings
+    changed = replace(settings, granularity=granularity)
+    check_hourly_layout(changed)
+    return changed
+
+
+def range_granularity(first: str, last: str, settings: Settings) -> Granularity:
+    """Days or hours, as the dates say: ``YYYY-MM-DDTHH`` and ``YYYYMMDDHH`` mean hours,
+    ``YYYY-MM-DD`` and ``YYYYMMDD`` days; relative forms (``-36h``, ``-7d``, ``today``)
+    the unit they name, unless the config sets a granularity. An explicit
+    ``--granularity hour`` takes day forms as all their hours; ``day`` refuses an hour.
+
+    Raises :class:`UsageError` for mixed forms or a granularity the dates contradict.
+    """
+    (first_unit, first_relative), (last_unit, last_relative) = (date_form(first),
+                                                                 date_form(last))
+    source = settings.sources.get("granularity", "")
+    if source.startswith(("flag", "argument")):
+        wanted = settings.granularity
+        hour = next((t for t, u in ((first, first_unit), (last, last_unit))
+                     if u is Granularity.HOUR), None)
+        if wanted is Granularity.DAY and hour is not None:
+            raise UsageError(f"--granularity day, but {hour!r} is an hour: give days, or "
+                             "leave --granularity out to fetch hours")
+        return wanted
+    configured = settings.granularity if source else None
+
+    def unit(form: Granularity, relative: bool) -> Granularity:
+        return configured if relative and configured is not None else form
+
+    start, end = unit(first_unit, first_relative), unit(last_unit, last_relative)
+    if start is not end:
+        raise UsageError(f"--from {first} is {_a(start)} and --to {last} is {_a(end)}: give "
+                         "both as days or both as hours (or --granularity hour)")
+    return start
+
+
+def _a(granularity: Granularity) -> str:
+    return "an hour" if granularity is Granularity.HOUR else "a day"
 
 
 def expand_range(first: str, last: str, settings: Settings, *,

@@ -22,7 +22,7 @@ import anyio
 from backfill.config import Settings
 from backfill.destination import Destination, Stored
 from backfill.errors import first_error
-from backfill.keys import Key
+from backfill.keys import Granularity, Key
 from backfill.layout import MANIFEST, MARKER, folder_key, key_folder, literal_prefix
 from backfill.store import Status, Store
 
@@ -100,7 +100,9 @@ async def _list_all(destination: Destination, settings: Settings
     found = []
     for folder, files in listing.items():
         for data_type in settings.wanted_types:
-            key = folder_key(settings.layout, data_type, folder, settings.granularity)
+            # Hour folders and day folders alike: what the destination holds decides.
+            key = (folder_key(settings.layout, data_type, folder, Granularity.HOUR)
+                   or folder_key(settings.layout, data_type, folder, Granularity.DAY))
             if key is not None:
                 found.append((Unit(key, data_type, folder), files))
     return found

@@ -10,6 +10,7 @@ import contextlib
 import json
 import random
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -196,13 +197,26 @@ def shard_keys(settings: Settings, keys: list[Key]) -> list[Key]:
 
 def known_units(settings: Settings) -> list[UnitRecord]:
     """The units in the state, or none when there is no state yet (nothing is created)."""
+    return [u for u in _state_units(settings) if u.api == settings.api]
+
+
+def _state_units(settings: Settings) -> list[UnitRecord]:
     if not has_state(settings.state_folder):
         return []
     store = Store(settings.state_folder)
     try:
-        return store.units(settings.api)
+        return store.units()
     finally:
         store.close()
+
+
+def as_the_state_says(settings: Settings) -> Settings:
+    """``settings`` with the API the state holds units of, unless one was asked for: a
+    folder filled through v1 is looked at through v1 (nothing is created)."""
+    if "api" in settings.sources:
+        return settings
+    apis = {u.api for u in _state_units(settings)}
+    return replace(settings, api=apis.pop()) if len(apis) == 1 else settings
 
 
 def dry_plan(settings: Settings, keys: list[Key], *, force: bool, now: datetime

@@ -100,3 +100,49 @@ async def test_a_shard_given_to_the_library_fetches_only_its_keys(
     assert mine == 2 and summary.statuses[Status.DONE] == mine
     assert downloaded_md5s(in_a_project / "data") == source_md5s(
         emulator, [k for k in keys if shard.holds(k)], ("visit",))
+
+
+@pytest.mark.parametrize(("first", "last", "config", "flag", "expected"), [
+    ("2026-11-30T15", "2026-11-30T18", None, None, "hour"),
+    ("2026113015", "2026113018", None, None, "hour"),
+    ("2026-11-28", "2026-11-30", None, None, "day"),
+    ("-36h", "-2h", None, None, "hour"),
+    ("-7d", "-1d", None, None, "day"),
+    ("yesterday", "today", None, None, "day"),
+    ("-7d", "-1d", "hour", None, "hour"),        # the config sets it for relative forms
+    ("-36h", "-2h", "day", None, "day"),
+    ("2026-11-30T15", "2026-11-30T18", "day", None, "hour"),  # a written hour is an hour
+    ("2026-11-28", "2026-11-30", None, "hour", "hour"),       # days as all their hours
+])
+def test_the_dates_say_days_or_hours(tmp_path: Path, first: str, last: str,
+                                     config: str | None, flag: str | None,
+                                     expected: str) -> None:
+    from backfill.config import load
+    from backfill.library import for_range
+
+    path = None
+    if config:
+        path = tmp_path / "backfill.toml"
+        path.write_text(f'granularity = "{config}"\n')
+    settings = load(path, {"granularity": flag}, env={})
+    assert for_range(settings, first, last).granularity.value == expected
+
+
+@pytest.mark.parametrize(("first", "last", "flag", "message"), [
+    ("2026-11-30", "2026-11-30T18", None,
+     "--from 2026-11-30 is a day and --to 2026-11-30T18 is an hour: give both as days or "
+     "both as hours (or --granularity hour)"),
+    ("-7d", "-2h", None, "--from -7d is a day and --to -2h is an hour"),
+    ("2026-11-30T15", "2026-11-30T18", "day",
+     "--granularity day, but '2026-11-30T15' is an hour: give days, or leave --granularity "
+     "out to fetch hours"),
+])
+def test_mixed_forms_and_a_contradicting_granularity_are_refused(
+        first: str, last: str, flag: str | None, message: str) -> None:
+    from backfill.config import load
+    from backfill.library import for_range
+
+    settings = load(None, {"granularity": flag}, env={})
+    with pytest.raises(UsageError) as caught:
+        for_range(settings, first, last)
+    assert str(caught.value).startswith(message)

@@ -34,10 +34,10 @@ from backfill.cli.shared import (
     Verify_,
     app,
     error,
-    expand_range,
     guarded,
     load_settings,
     optional_range,
+    range_keys,
     retention_window,
     run_async,
     sync_cache,
@@ -65,7 +65,7 @@ def run(
                              downloads=downloads, max_wait=max_wait, verify=verify,
                              state_dir=state_dir, shard=shard,
                              single_minter=single_minter or None)
-    keys = expand_range(from_, to, settings)
+    settings, keys = range_keys(from_, to, settings)
     _execute(settings, keys, Output(quiet, json, log_format), force=force, dry_run=dry_run)
 
 
@@ -87,7 +87,10 @@ def retry(
                              downloads=downloads, max_wait=max_wait, verify=verify,
                              state_dir=state_dir, shard=shard,
                              single_minter=single_minter or None)
-    within = optional_range(from_, to, settings)
+    from backfill.runner import as_the_state_says
+
+    settings = as_the_state_says(settings)
+    settings, within = optional_range(from_, to, settings)
     keys, types = retryable(settings, within, datetime.now(UTC))
     if settings.api == "v2":
         settings = replace(settings, types=types)
@@ -119,6 +122,10 @@ def catchup(
                              state_dir=state_dir, shard=shard,
                              single_minter=single_minter or None)
     now = datetime.now(UTC)
+    if start is not None:
+        from backfill.library import for_range
+
+        settings = for_range(settings, start, start)  # a start of 2026-11-30T15: hours
     if start is None and not isinstance(settings.out, Path):
         # A fresh runner knows nothing: what the bucket holds within the retention says
         # where to start.

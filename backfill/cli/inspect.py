@@ -53,7 +53,10 @@ def status(
 
     settings = load_settings(config, project=project, out=out, granularity=granularity, api=api,
                              state_dir=state_dir)
-    within = optional_range(from_, to, settings)
+    from backfill.runner import as_the_state_says
+
+    settings = as_the_state_says(settings)
+    settings, within = optional_range(from_, to, settings)
     units = run_async(_units, settings, within)
     wanted = {k.name for k in within} if within is not None else None
     report = summarize(units, str(settings.out), settings.api, wanted)
@@ -150,7 +153,10 @@ def verify(
     downloads and re-checks it)."""
     settings = load_settings(config, project=project, out=out, granularity=granularity, api=api,
                              state_dir=state_dir)
-    keys = optional_range(from_, to, settings)
+    from backfill.runner import as_the_state_says
+
+    settings = as_the_state_says(settings)
+    settings, keys = optional_range(from_, to, settings)
     if isinstance(settings.out, Path) and not has_state(settings.state_folder):
         raise UsageError(f"no backfill state in {settings.out}: nothing to verify")
     report = run_async(_verify, settings, keys, deep)

@@ -145,12 +145,15 @@ class Output:
         return make_reporter(self.quiet or self.json, json_lines=self.log_format == "json")
 
 
-def optional_range(first: str | None, last: str | None, settings: Settings) -> list[Key] | None:
+def optional_range(first: str | None, last: str | None, settings: Settings
+                   ) -> tuple[Settings, list[Key] | None]:
+    """The keys of ``--from``/``--to`` when both are given, with the granularity their
+    form says; (settings, None) when neither is."""
     if (first is None) != (last is None):
         raise UsageError("give both --from and --to, or neither")
     if first is None or last is None:
-        return None
-    return expand_range(first, last, settings, check_retention=False)
+        return settings, None
+    return range_keys(first, last, settings, check_retention=False)
 
 
 def load_settings(config: Path | None, *, project: str | None = None,
@@ -162,11 +165,15 @@ def load_settings(config: Path | None, *, project: str | None = None,
     return settings
 
 
-def expand_range(first: str, last: str, settings: Settings, *,
-                 check_retention: bool = True) -> list[Key]:
+def range_keys(first: str, last: str, settings: Settings, *,
+               check_retention: bool = True) -> tuple[Settings, list[Key]]:
+    """The keys from ``first`` to ``last``, and the settings with the granularity the
+    dates mean (``2026-11-30T15`` hours, ``2026-11-30`` days)."""
     from backfill import library
 
-    return library.expand_range(first, last, settings, check_retention=check_retention)
+    settings = library.for_range(settings, first, last)
+    return settings, library.expand_range(first, last, settings,
+                                          check_retention=check_retention)
 
 
 def run_async(function: Callable[..., Awaitable[R]], *args: object) -> R:

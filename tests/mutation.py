@@ -1,0 +1,229 @@
+"""A mutation check of the promises: plant one realistic bug at a time, run the tests that
+should notice it, and count the bugs they catch. A tool for developers, not part of CI.
+
+    python tests/mutation.py            # every mutant (about 10 minutes on 2 cores)
+    python tests/mutation.py lease      # the mutants whose name contains "lease"
+
+Each mutant works on a copy of the tree (the checkout is never touched), with the copy
+first on PYTHONPATH, so the CLI runs that tests start import the mutant too. A mutant whose
+text is no longer in its file is reported as stale: keep the list in step with the code.
+Exit status: 0 when every mutant was caught, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    file: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+    """pytest arguments: the tests that name the promise."""
+
+
+M = Mutant
+MUTANTS = [
+    # --- the API budget and its answers ---------------------------------------------------
+    M("rate limit: one call more per window", "backfill/throttle.py",
+      "if len(self._sent) >= self._limit:", "if len(self._sent) > self._limit:",
+      ("tests/test_run.py::test_the_api_is_treated_with_care",)),
+    M("429: Retry-After ignored", "backfill/api.py",
+      "                self._limiter.pause(wait)  # the budget is spent for every task",
+      "                pass", ("tests/test_survive_faults.py::test_429_bursts_are_waited_out",)),
+    M("5xx: Retry-After ignored", "backfill/outage.py",
+      "        self.pause(retry_after)\n        now", "        now",
+      ("tests/test_hostile.py::test_retry_after_on_503_holds_every_call_of_the_run",)),
+    M("trap links of a RUNNING answer kept", "backfill/api.py",
+      'if status != "FINISHED":', 'if status not in ("FINISHED", "RUNNING"):',
+      ("tests/test_run.py::test_the_api_is_treated_with_care", "tests/test_policy.py")),
+    M("a type absent from the answer taken for an empty unit", "backfill/api.py",
+      "        absent = tuple(t for t in types if raw.get(t) is None)", "        absent = ()",
+      ("tests/test_hostile.py::test_a_type_absent_from_the_answer_is_asked_for_alone",)),
+    M("--max-wait: no last look", "backfill/policy.py",
+      "    return remaining, True, False", "    return wait, last_look, True",
+      ("tests/test_policy.py", "tests/test_run.py")),
+    # --- tokens -----------------------------------------------------------------------------
+    M("token rule: only shard 1 checked", "backfill/config.py",
+      "if shard is None or shard.n == 1 or creds.token",
+      "if shard is None or shard.k != 1 or creds.token",
+      ("tests/test_config.py", "tests/test_shard.py")),
+    M("token endpoint's portal page retried by every key", "backfill/auth.py",
+      '                    raise TokenError(f"{failed}: {not_json(resp)}")',
+      '                    raise RetryableError(f"{failed}: {not_json(resp)}")',
+      ("tests/test_hostile.py::test_a_portal_at_the_token_endpoint_is_judged_once",)),
+    M("token refusal: the server's words dropped", "backfill/auth.py",
+      "(HTTP {status}: {self._said(text)}): ", "(HTTP {status}): ",
+      ("tests/test_hostile.py::test_a_skewed_clock_is_named_with_the_servers_message",
+       "tests/test_cli_run.py")),
+    M("emulator: HMAC not checked", "backfill/emulator/app.py",
+      'if not compare_digest(params["auth"].encode(), expected.encode()):', "if False:",
+      ("tests/test_emulator_auth.py", "tests/test_cli_run.py")),
+    # --- the network: links, redirects, bodies, outages -----------------------------------
+    M("a link's scheme not checked", "backfill/download.py",
+      "        if problem := scheme_problem(link):", "        if problem := None:",
+      ("tests/test_hostile.py::test_one_bad_link_fails_only_its_key",)),
+    M("a bad redirect judged an outage", "backfill/download.py",
+      "            if failure.kind is Kind.REQUEST:", "            if False:",
+      ("tests/test_hostile.py::test_one_bad_link_fails_only_its_key",)),
+    M("API redirects followed with the credentials", "backfill/api.py",
+      "allow_redirects=False) as resp", ") as resp",
+      ("tests/test_hostile.py::test_api_calls_never_follow_a_redirect_to_another_origin",)),
+    M("no low-speed abort", "backfill/download.py",
+      "if limits.min_speed and anyio.current_time() >= judge_at:", "if False:",
+      ("tests/test_hostile.py::test_a_trickling_body_is_cut_and_fetched_again",)),
+    M("no size ceiling", "backfill/download.py",
+      "if progress.offset + size + len(chunk) > ceiling:", "if False:",
+      ("tests/test_hostile.py::test_an_endless_body_is_cut_at_the_ceiling_and_fetched_again",)),
+    M("links decoded in transit", "backfill/download.py", "auto_decompress=False,", "",
+      ("tests/test_hostile.py::"
+       "test_a_part_stored_with_content_encoding_gzip_lands_byte_identical",)),
+    M("outage after one miss more", "backfill/outage.py",
+      "        return self._misses >= OUTAGE_AFTER", "        return self._misses > OUTAGE_AFTER",
+      ("tests/test_outage.py",)),
+    M("NO_PROXY ignored", "backfill/proxy.py",
+      "        if any(_bypasses(entry, parts.hostname.lower(), port) for entry in self.no_proxy):",
+      "        if False:", ("tests/test_proxy.py",)),
+    M("proxy variables: uppercase wins", "backfill/proxy.py",
+      "    for variant in (name, name.upper()):", "    for variant in (name.upper(), name):",
+      ("tests/test_proxy.py",)),
+    # --- the bytes: resume, integrity ----------------------------------------------------------
+    M("resume from the file's size, not the recorded offset", "backfill/destination/local.py",
+      "                with temp.open(\"r+b\") as f:\n"
+      "                    f.truncate(progress.offset)",
+      "                progress.offset = temp.stat().st_size\n"
+      "                with temp.open(\"r+b\") as f:\n"
+      "                    f.truncate(progress.offset)",
+      ("tests/test_download.py::test_a_new_process_resumes_from_the_recorded_checkpoint",)),
+    M("resume: the ETag not compared", "backfill/download.py",
+      "            if match is None or int(match[1]) != progress.offset or (\n"
+      "                    progress.etag and etag != progress.etag):",
+      "            if match is None or int(match[1]) != progress.offset:",
+      ("tests/test_download.py::test_a_resume_onto_another_object_starts_over",)),
+    M("resume: the Content-Range start not compared", "backfill/download.py",
+      "            if match is None or int(match[1]) != progress.offset or (",
+      "            if match is None or (",
+      ("tests/test_download.py::test_a_range_answer_that_starts_elsewhere_starts_over",)),
+    M("a signed link in a broken download's message", "backfill/download.py",
+      'raise RetryableError(f"download of {shown} broke off',
+      'raise RetryableError(f"download of {link} broke off',
+      ("tests/test_survive_faults.py::test_a_key_failed_by_a_broken_download_shows_no_signed_link",)),
+    M("a signed source in the manifest", "backfill/scheduler.py",
+      "            links = {redact(link): link for link in answer.links.get(data_type, [])}",
+      "            links = {link: link for link in answer.links.get(data_type, [])}",
+      ("tests/test_run.py::test_every_part_arrives_byte_identical_with_markers",)),
+    M("a done part of another size trusted", "backfill/scheduler.py",
+      "        return stored is not None and stored.size == record.size",
+      "        return stored is not None",
+      ("tests/test_object_store.py::test_a_done_part_of_another_size_is_fetched_again",)),
+    # --- the commit order and the destination as the truth ------------------------------------
+    M("commit order, folder: _SUCCESS before the manifest", "backfill/manifest.py",
+      "    _atomic_write(folder / MANIFEST, manifest)\n    _atomic_write(folder / MARKER, b\"\")",
+      "    _atomic_write(folder / MARKER, b\"\")\n    _atomic_write(folder / MANIFEST, manifest)",
+      ("tests/test_object_store.py::test_every_unit_commits_parts_then_manifest_then_marker",)),
+    M("commit order, bucket: _SUCCESS before the manifest",
+      "backfill/destination/object_store.py",
+      '        await self._put(f"{folder}/{MANIFEST}", manifest, content_type="application/json")\n'
+      '        await self._put(f"{folder}/{MARKER}", b"", content_type="text/plain")',
+      '        await self._put(f"{folder}/{MARKER}", b"", content_type="text/plain")\n'
+      '        await self._put(f"{folder}/{MANIFEST}", manifest, content_type="application/json")',
+      ("tests/test_object_store.py::test_every_unit_commits_parts_then_manifest_then_marker",)),
+    M("no unpublish before a rewrite", "backfill/scheduler.py",
+      "            await self._dest.unpublish(str(folder))", "            pass",
+      ("tests/test_object_store.py::"
+       "test_a_unit_fetched_again_loses_its_marker_before_any_part_is_written",)),
+    M("reconcile: _SUCCESS without a manifest adopted", "backfill/reconcile.py",
+      "    return files is not None and MARKER in files and MANIFEST in files",
+      "    return files is not None and MARKER in files",
+      ("tests/test_object_store.py::"
+       "test_a_marker_without_its_manifest_is_not_taken_for_a_done_unit",)),
+    M("verify, bucket: sizes not compared", "backfill/destination/object_store.py",
+      "        if listed.size != part.size:", "        if False:",
+      ("tests/test_object_store.py::test_verify_compares_every_part_size_with_its_manifest",)),
+    M("verify, folder: sizes not compared", "backfill/destination/local.py",
+      "lambda: check_part(file, part.size, part.md5, str(file), deep=deep))",
+      "lambda: check_part(file, -1, part.md5, str(file), deep=deep))",
+      ("tests/test_object_store.py::test_verify_compares_every_part_size_with_its_manifest",)),
+    M("a damaged state not set aside", "backfill/store.py",
+      "            self.set_aside = self._put_aside(damage.reason)",
+      "            raise OutputError(damage.reason) from None",
+      ("tests/test_object_store.py::"
+       "test_a_damaged_cache_is_set_aside_and_rebuilt_from_the_markers",)),
+    M("migrations: one edited in place instead of added", "backfill/store.py",
+      "        done INTEGER NOT NULL DEFAULT 0, offset INTEGER NOT NULL DEFAULT 0, etag TEXT,\n"
+      "        PRIMARY KEY (api, key, data_type, idx)\n    );\n    \"\"\",\n"
+      "    \"ALTER TABLE parts ADD COLUMN stored_etag TEXT\",\n)",
+      "        done INTEGER NOT NULL DEFAULT 0, offset INTEGER NOT NULL DEFAULT 0, etag TEXT,\n"
+      "        stored_etag TEXT,\n        PRIMARY KEY (api, key, data_type, idx)\n    );\n"
+      "    \"\"\",\n)",
+      ("tests/test_store.py",)),
+    # --- the lease -------------------------------------------------------------------------------
+    M("lease: a live one taken over", "backfill/destination/object_store.py",
+      "            if datetime.fromisoformat(holder.expires) > _now():", "            if False:",
+      ("tests/test_object_store.py::test_a_second_writer_is_refused_by_the_lease",
+       "tests/test_object_store.py::test_a_live_lease_refuses_with_its_holder")),
+    M("lease: never renewed", "backfill/destination/object_store.py",
+      "            await anyio.sleep(self._seconds / 3)", "            await anyio.sleep_forever()",
+      ("tests/test_object_store.py::test_a_second_writer_is_refused_by_the_lease",)),
+    M("a stop leaves the upload open", "backfill/destination/object_store.py",
+      "                stop.set()", "                upload.cancel()",
+      ("tests/test_object_store.py::test_a_stop_mid_upload_aborts_every_upload_in_flight",)),
+    # --- keys and shards ---------------------------------------------------------------------
+    M("Beijing time: keys from UTC wall time", "backfill/keys.py",
+      "    local = moment.astimezone(BEIJING)",
+      "    local = moment.astimezone(timezone.utc).replace(tzinfo=BEIJING)",
+      ("tests/test_keys.py", "tests/test_policy.py")),
+    M("shards overlap", "backfill/keys.py", "        return number % self.n == self.k - 1",
+      "        return number % self.n in (self.k - 1, self.k % self.n)",
+      ("tests/test_shard.py",)),
+]
+
+
+def main(argv: list[str]) -> int:
+    wanted = [m for m in MUTANTS if not argv or any(a in m.name for a in argv)]
+    caught = survived = stale = 0
+    with tempfile.TemporaryDirectory(prefix="backfill-mutants-") as scratch:
+        for mutant in wanted:
+            copy = Path(scratch) / "tree"
+            shutil.rmtree(copy, ignore_errors=True)
+            shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(
+                ".git", ".venv", "__pycache__", "*.egg-info", ".mypy_cache", ".ruff_cache"))
+            target = copy / mutant.file
+            text = target.read_text()
+            if text.count(mutant.old) != 1:
+                stale += 1
+                print(f"STALE     {mutant.name}: its text is not once in {mutant.file}")
+                continue
+            target.write_text(text.replace(mutant.old, mutant.new))
+            started = time.monotonic()
+            env = {**os.environ, "PYTHONPATH": str(copy)}
+            result = subprocess.run(
+                [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                 *mutant.tests], cwd=copy, env=env, capture_output=True, text=True,
+                check=False)
+            seconds = time.monotonic() - started
+            if result.returncode == 0:
+                survived += 1
+                print(f"SURVIVED  {mutant.name} ({seconds:.0f} s)")
+            else:
+                caught += 1
+                print(f"caught    {mutant.name} ({seconds:.0f} s)")
+    total = caught + survived
+    print(f"\n{caught} of {total} mutants caught" + (f", {stale} stale" if stale else ""))
+    return 0 if survived == 0 and stale == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
