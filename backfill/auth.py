@@ -8,13 +8,16 @@ lowercase hex HMAC-SHA256, keyed with the private key, of
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import json
+import os
 import re
 import time
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -48,6 +51,50 @@ def token_request_body(secret: str, project_uid: str, ai: str, tm: int) -> str:
     return f"project={project_uid}&ai={ai}&tm={tm}&auth={auth}"
 
 
+class MintLock:
+    """A lock per client id in the user's state folder, shared by the runs of this machine
+    that use a token they minted. ``backfill check`` mints only when no run holds it: a new
+    token would revoke theirs."""
+
+    def __init__(self, client_id: str, home: Path | None = None) -> None:
+        from backfill.config import user_state_home
+
+        digest = hashlib.sha256(client_id.encode()).hexdigest()[:16]
+        self.path = (home or user_state_home()) / "backfill" / "tokens" / f"{digest}.lock"
+        self._fd: int | None = None
+
+    def hold(self) -> None:
+        """Take the lock (shared with other runs) until :meth:`release`; never fails a run."""
+        if self._fd is not None:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return  # an unusable state folder must not cost a run its token
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def holder(self) -> str | None:
+        """Who holds the lock, in words, or None (creating nothing)."""
+        try:
+            fd = os.open(self.path, os.O_RDWR)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return "a backfill running on this machine"
+        finally:
+            os.close(fd)
+        return None
+
+
 class TokenHolder:
     """One token for the whole run, shared by every task.
 
@@ -72,6 +119,13 @@ class TokenHolder:
         self._lock = anyio.Lock()
         self._failure: AuthError | None = None
         self.fetched = 0
+        self.fetching = False
+        """A token request is under way (the progress display says so)."""
+        self.mint_lock = MintLock(self._creds.client_id)
+
+    def release(self) -> None:
+        """The run is over: it uses its token no more."""
+        self.mint_lock.release()
 
     async def current(self) -> tuple[str, int]:
         """The token to send, and its generation (pass it back to :meth:`rejected`)."""
@@ -119,6 +173,13 @@ class TokenHolder:
         run's verdict is kept: every later caller gets the same error, with no request."""
         if self._failure is not None:
             raise self._failure
+        self.fetching = True
+        try:
+            await self._fetch_loop()
+        finally:
+            self.fetching = False
+
+    async def _fetch_loop(self) -> None:
         attempt = 0
         while True:
             try:
@@ -182,6 +243,7 @@ class TokenHolder:
         self._token, self._proven = code, False
         self._generation += 1
         self.fetched += 1
+        self.mint_lock.hold()  # from now on `check` on this machine leaves our token be
 
     def _refusal(self, status: int, text: bytes, date: str | None) -> str:
         """The one line for a refused token request: what the server said, and a clock

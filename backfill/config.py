@@ -154,6 +154,8 @@ class Settings:
     """The most one part may be: GrowingIO splits at 64 MB, so this is an 8x margin. A body
     without a length stops here, a declared length past it is refused, and either way the
     attempt is discarded like a bad body."""
+    heartbeat: float = 30.0
+    """Plain and JSON logs say what the run waits for at least this often."""
     chunk_size: int = 1024 * 1024
     checkpoint_bytes: int = 16 * 1024 * 1024
     shard: Shard | None = None
@@ -230,6 +232,7 @@ _FILE_KEYS: dict[str, tuple[str, Any]] = {
     "min_speed": ("bytes per second such as 4KiB (0: never cut)",
                   lambda v: float(parse_size(v, 0, 1 << 40))),
     "min_speed_time": ("a duration such as 60s", _duration),
+    "heartbeat": ("a duration such as 30s", _duration),
     "max_part_size": ("a size such as 512MiB", lambda v: parse_size(v, 1, 1 << 50)),
 }
 _API_KEYS = ("base_url", "client_id", "project_uid", "ai")

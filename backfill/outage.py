@@ -66,6 +66,13 @@ class ServiceHealth:
         """Whether the service is in an outage now."""
         return self._misses >= OUTAGE_AFTER
 
+    def trouble(self) -> str | None:
+        """The outage in words while there is one (for the progress display), else None."""
+        if not self.down:
+            return None
+        since = datetime.fromtimestamp(self._first_miss_wall, UTC)
+        return f"{self.name} is not answering since {since:%H:%M:%S} UTC ({self._last_problem})"
+
     @property
     def deadline(self) -> float:
         """When the current outage outlives the budget (``inf`` when up)."""
@@ -199,6 +206,9 @@ class LinkHosts:
     @property
     def outages(self) -> int:
         return sum(h.outages for h in self._hosts.values())
+
+    def trouble(self) -> str | None:
+        return next((t for h in self._hosts.values() if (t := h.trouble())), None)
 
     async def watch(self) -> OutageError:
         """Wait until the outage of any link host outlives the budget; return its error."""

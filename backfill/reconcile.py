@@ -71,6 +71,20 @@ async def reconcile(store: Store, destination: Destination, settings: Settings,
     return len(rows) + len(gone)
 
 
+async def finished(destination: Destination, settings: Settings, keys: list[Key] | None
+                   ) -> dict[tuple[str, str], tuple[int, int]]:
+    """What the destination shows complete, as {(key, data_type): (parts, bytes)}, for
+    ``keys`` (everything it holds when None). Read-only: the cache is not touched."""
+    if keys is None:
+        listed = await _list_all(destination, settings)
+    else:
+        units = [Unit(k, t, str(key_folder(settings.layout, k, t)))
+                 for k in keys for t in settings.wanted_types]
+        listing = await _listings(destination, listing_prefixes(units))
+        listed = [(u, listing.get(u.folder, {})) for u in units]
+    return {(u.key.name, u.data_type): _count(files) for u, files in listed if complete(files)}
+
+
 async def _list_units(store: Store, destination: Destination, settings: Settings,
                       keys: list[Key]) -> tuple[list[tuple[Unit, dict[str, Stored]]], list[Unit]]:
     known = await anyio.to_thread.run_sync(store.statuses, settings.api, [k.name for k in keys])

@@ -10,9 +10,10 @@ import json
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Protocol, TextIO
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from rich.console import Console
 from rich.progress import (
@@ -26,7 +27,9 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
+from backfill.keys import BEIJING
 from backfill.store import Status
 
 if TYPE_CHECKING:
@@ -85,6 +88,98 @@ class Summary:
         return EXIT_OK
 
 
+@dataclass
+class Activity:
+    """What a run is doing now and what it waits for; the scheduler writes it, reporters
+    read it (the live display's phase line, the heartbeat of plain and JSON logs)."""
+
+    keys_total: int = 0
+    keys_done: int = 0
+    bytes: int = 0
+    running: dict[str, float] = field(default_factory=dict)
+    """Keys whose export job is RUNNING, and when each is asked again (anyio time)."""
+    not_due: dict[str, datetime] = field(default_factory=dict)
+    """Keys not exportable yet, and from when they should be."""
+    downloading: set[str] = field(default_factory=set)
+    asking: int = 0
+    started: float = field(default_factory=time.monotonic)
+    token_pending: Callable[[], bool] = field(default=lambda: False, repr=False)
+    outage: Callable[[], str | None] = field(default=lambda: None, repr=False)
+    """The service that is not answering now, in words, if one is not."""
+
+    def facts(self, now: float) -> dict[str, Any]:
+        """The same as :meth:`describe`, as fields (the JSON heartbeat). ``now`` is anyio's
+        clock, the one ``running`` holds."""
+        soonest = min(self.not_due.values(), default=None)
+        return {
+            "phase": self.phase(),
+            "keys_done": self.keys_done, "keys_total": self.keys_total,
+            "jobs_running": len(self.running),
+            "next_check_seconds": self._next_check(now),
+            "keys_not_exportable": len(self.not_due),
+            "exportable_from": soonest.isoformat(timespec="minutes") if soonest else None,
+            "keys_downloading": len(self.downloading),
+            "bytes": self.bytes, "bytes_per_second": round(self._rate()),
+            "eta_seconds": self._eta(), "outage": self.outage(),
+        }
+
+    def phase(self) -> str:
+        if self.outage():
+            return "outage"
+        if self.token_pending():
+            return "token"
+        if self.downloading:
+            return "downloading"
+        if self.running or self.asking:
+            return "waiting for export jobs"
+        if self.not_due:
+            return "waiting for data"
+        return "finishing" if self.keys_done else "starting"
+
+    def describe(self, now: float) -> str:
+        """One line: ``3 export jobs RUNNING, next check in 12 s; 2 keys not exportable
+        before 15:40 Beijing time; downloading 4 keys at 12.3 MB/s; 10/48 keys done, ETA
+        0:05:12``."""
+        said: list[str] = []
+        if outage := self.outage():
+            said.append(f"{outage}; holding every key")
+        if self.token_pending():
+            said.append("getting a token")
+        if self.running:
+            said.append(f"{len(self.running)} export job{_s(len(self.running))} RUNNING, "
+                        f"next check in {self._next_check(now)} s")
+        elif self.asking:
+            said.append(f"asking the export API about {self.asking} key{_s(self.asking)}")
+        if self.not_due:
+            soonest = min(self.not_due.values()).astimezone(BEIJING)
+            said.append(f"{len(self.not_due)} key{_s(len(self.not_due))} not exportable "
+                        f"before {soonest:%H:%M} Beijing time")
+        if self.downloading:
+            said.append(f"downloading {len(self.downloading)} key{_s(len(self.downloading))} "
+                        f"at {human_bytes(self._rate())}/s")
+        done = f"{self.keys_done}/{self.keys_total} keys done"
+        if (eta := self._eta()) is not None:
+            done += f", ETA {timedelta(seconds=eta)}"
+        return "; ".join([*said, done])
+
+    def _next_check(self, now: float) -> int | None:
+        soonest = min(self.running.values(), default=None)
+        return None if soonest is None else max(round(soonest - now), 0)
+
+    def _rate(self) -> float:
+        return self.bytes / max(time.monotonic() - self.started, 1e-9)
+
+    def _eta(self) -> int | None:
+        left = self.keys_total - self.keys_done
+        if not self.keys_done or not left:
+            return None
+        return round((time.monotonic() - self.started) / self.keys_done * left)
+
+
+def _s(count: int) -> str:
+    return "" if count == 1 else "s"
+
+
 class Watch(Protocol):
     """Hears about one part's download: its size once known, then every chunk."""
 
@@ -98,6 +193,8 @@ class PartWatch(Watch, Protocol):
 
 class Reporter(Protocol):
     def warning(self, text: str) -> None: ...
+    def heartbeat(self, activity: Activity, now: float) -> None:
+        """Called every second or so while a run fetches: say what it waits for."""
     def begin(self, to_fetch: int, already_done: int) -> None: ...
     def key_done(self, key: str, status: Status, detail: str | None) -> None: ...
     def part(self, label: str) -> PartWatch: ...
@@ -115,13 +212,19 @@ class _NoWatch:
         pass
 
 
+_LEVELS = ("error", "warning", "info", "debug")
+
+
 class PlainReporter:
     """A line every ``interval`` seconds, and one per key that did not finish."""
 
     def __init__(self, stream: TextIO | None = None, interval: float = 10.0, *,
-                 json_lines: bool = False) -> None:
+                 json_lines: bool = False, heartbeat: float = 30.0,
+                 level: str = "info") -> None:
         self._stream = stream or sys.stderr
         self._interval = interval
+        self._heartbeat = heartbeat
+        self._level = _LEVELS.index(level)
         self._json = json_lines
         self._bytes = 0
         self._done = 0
@@ -130,7 +233,14 @@ class PlainReporter:
         self._last = self._started
 
     def warning(self, text: str) -> None:
-        self._say(f"warning: {text}", event="warning")
+        self._say(f"warning: {text}", level="warning", event="warning")
+
+    def heartbeat(self, activity: Activity, now: float) -> None:
+        """A line when none came for ``heartbeat`` seconds: what the run waits for."""
+        if time.monotonic() - self._last < self._heartbeat:
+            return
+        self._last = time.monotonic()
+        self._say(activity.describe(now), event="heartbeat", **activity.facts(now))
 
     def begin(self, to_fetch: int, already_done: int) -> None:
         self._total = to_fetch
@@ -139,10 +249,13 @@ class PlainReporter:
 
     def key_done(self, key: str, status: Status, detail: str | None) -> None:
         self._done += 1
-        if status is not Status.DONE or self._json:
-            self._say(f"key {key}: {status.value}" + (f": {detail}" if detail else ""),
-                      event="key", key=key, status=status.value, detail=detail)
+        # Keys that did not finish are worth a warning; finished ones a line at debug, and
+        # in JSON (a machine reads every key's event).
+        level = "warning" if status is not Status.DONE else "info" if self._json else "debug"
+        self._say(f"key {key}: {status.value}" + (f": {detail}" if detail else ""),
+                  level=level, event="key", key=key, status=status.value, detail=detail)
         self._tick()
+
 
     def part(self, label: str) -> PartWatch:
         reporter = self
@@ -167,7 +280,10 @@ class PlainReporter:
                   f"{human_bytes(rate)}/s", event="progress", keys_done=self._done,
                   keys_total=self._total, bytes=self._bytes, bytes_per_second=round(rate))
 
-    def _say(self, text: str, **fields: object) -> None:
+    def _say(self, text: str, *, level: str = "info", **fields: object) -> None:
+        if _LEVELS.index(level) > self._level:
+            return
+        self._last = time.monotonic()
         if self._json:
             line = json.dumps({"time": datetime.now(UTC).isoformat(timespec="milliseconds"),
                                **fields, "message": text})
@@ -199,9 +315,13 @@ class BarsReporter:
         self._keys: TaskID | None = None
         self._bytes: TaskID | None = None
         self._live_parts = 0
+        self._phase = _Line("starting")
 
     def warning(self, text: str) -> None:
         self._console.print(f"[yellow]backfill: warning: {text}[/]", highlight=False)
+
+    def heartbeat(self, activity: Activity, now: float) -> None:
+        self._phase.text = activity.describe(now)  # the live display shows it at once
 
     def begin(self, to_fetch: int, already_done: int) -> None:
         from rich.console import Group
@@ -210,8 +330,8 @@ class BarsReporter:
         self._keys = self._progress.add_task("keys", total=to_fetch,
                                              extra=f"({already_done} already done)")
         self._bytes = self._bytes_bar.add_task("bytes", total=None)
-        self._live = Live(Group(self._progress, self._bytes_bar), console=self._console,
-                          refresh_per_second=8, transient=True)
+        self._live = Live(Group(self._phase, self._progress, self._bytes_bar),
+                          console=self._console, refresh_per_second=8, transient=True)
         self._live.start()
 
     def key_done(self, key: str, status: Status, detail: str | None) -> None:
@@ -252,17 +372,34 @@ class BarsReporter:
             self._live.stop()
 
 
-def make_reporter(quiet: bool, *, json_lines: bool = False) -> Reporter:
-    """Bars when stderr is a terminal and not ``quiet``; plain (or JSON) lines otherwise."""
-    if not quiet and not json_lines and sys.stderr.isatty():
+class _Line:
+    """One line of the live display that changes in place (the run's phase)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __rich__(self) -> Text:
+        return Text(self.text, style="cyan", overflow="ellipsis", no_wrap=True)
+
+
+def make_reporter(quiet: bool, *, json_lines: bool = False, heartbeat: float = 30.0,
+                  level: str = "info") -> Reporter:
+    """Bars when stderr is a terminal and not ``quiet``; plain (or JSON) lines otherwise,
+    with a heartbeat line at least every ``heartbeat`` seconds while the run waits."""
+    if not quiet and not json_lines and sys.stderr.isatty() and level in ("info", "debug"):
         return BarsReporter()
-    return PlainReporter(json_lines=json_lines)
+    return PlainReporter(json_lines=json_lines, heartbeat=heartbeat, level=level)
 
 
-def print_summary(summary: Summary, console: Console | None = None) -> None:
-    """The end-of-run table, then the keys that need attention."""
+def print_summary(summary: Summary, console: Console | None = None, *,
+                  where: tuple[str, str] | None = None) -> None:
+    """The end-of-run table (``where``: the destination and the state), then the keys
+    that need attention."""
     console = console or Console()
     table = Table(title="backfill summary", show_header=False, title_justify="left")
+    if where is not None:
+        table.add_row("destination", where[0])
+        table.add_row("state", where[1])
     table.add_column(style="bold")
     table.add_column(justify="right")
     for status in Status:

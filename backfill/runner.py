@@ -24,7 +24,7 @@ from backfill.outage import LinkHosts, ServiceHealth
 from backfill.plan import Plan, make_plan
 from backfill.policy import beyond_retention, expected_ready, oldest_kept
 from backfill.reconcile import reconcile
-from backfill.report import Reporter, Summary
+from backfill.report import Activity, Reporter, Summary
 from backfill.stops import stop_on_signal
 from backfill.store import Status, Store, UnitRecord, has_state
 from backfill.throttle import RateLimiter
@@ -154,15 +154,33 @@ async def _fetch(settings: Settings, store: Store, destination: Destination, pla
                                 read_timeout=settings.read_timeout, hosts=link_hosts,
                                 proxies=settings.proxies, deep=settings.verify == "full",
                                 limits=limits)
+        activity = Activity(keys_total=len(plan.tasks),
+                            token_pending=lambda: client.tokens.fetching,
+                            outage=lambda: api_health.trouble() or link_hosts.trouble())
         scheduler = Scheduler(settings, store, destination, api or client, downloader,
-                              reporter, summary, services=(api_health, link_hosts))
+                              reporter, summary, services=(api_health, link_hosts),
+                              activity=activity)
         try:
-            await scheduler.run(plan.tasks)
+            async with anyio.create_task_group() as group:
+                group.start_soon(_heartbeat, reporter, activity)
+                await scheduler.run(plan.tasks)
+                group.cancel_scope.cancel()
+        except BaseExceptionGroup as errors:
+            raise first_error(errors) from None
         finally:
+            client.tokens.release()
             summary.api_calls += client.stats.calls
             summary.retries += client.stats.retries
             with anyio.CancelScope(shield=True):  # also when the run is being cancelled
                 await anyio.to_thread.run_sync(_save_recent_calls, settings, limiter.recent())
+
+
+async def _heartbeat(reporter: Reporter, activity: Activity) -> None:
+    """Tell the reporter what the run does, every second: the live display shows it, the
+    plain and JSON logs say it when nothing else was said for a while."""
+    while True:
+        await anyio.sleep(1.0)
+        reporter.heartbeat(activity, anyio.current_time())
 
 
 def service_health(settings: Settings) -> ServiceHealth:
@@ -242,6 +260,8 @@ def dry_plan(settings: Settings, keys: list[Key], *, force: bool, now: datetime
         "rate": settings.rate,
         "shard": str(settings.shard) if settings.shard else None,
         "shards": settings.shard.n if settings.shard else 1,
+        "destination": str(settings.out),
+        "state": str(settings.state_folder),
     }
 
 

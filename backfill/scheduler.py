@@ -12,7 +12,7 @@ import random
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Generic, ParamSpec, Protocol, TypeVar
 
@@ -36,7 +36,7 @@ from backfill.layout import key_folder, object_name, part_name, redact
 from backfill.manifest import ManifestPart, document
 from backfill.plan import KeyTask
 from backfill.policy import Next, backoff, decide, expected_ready, fit_wait, typical
-from backfill.report import Reporter, Summary
+from backfill.report import Activity, PartWatch, Reporter, Summary
 from backfill.store import DonePart, PartRecord, Status, Store
 
 KEYS_IN_FLIGHT = 1024
@@ -91,8 +91,11 @@ class Scheduler:
                  summary: Summary, *,
                  now: Callable[[], datetime] = lambda: datetime.now(UTC),
                  rng: random.Random | None = None,
-                 services: Sequence[Watched] = ()) -> None:
+                 services: Sequence[Watched] = (),
+                 activity: Activity | None = None) -> None:
         self._s = settings
+        self.activity = activity or Activity()
+        """What the run is doing now, for the progress display and the heartbeat."""
         self._services = services
         """The services whose outages end the run (see :mod:`backfill.outage`)."""
         self._ended: set[str] = set()
@@ -192,6 +195,7 @@ class Scheduler:
                 await self._db(self._store.set_status, api, name, types, outcome.status,
                                outcome.detail)
         result = _worst_result(list(by_outcome))
+        self.activity.keys_done += 1
         self._ended.add(name)
         self._summary.add(name, result.status, result.detail)
         self._reporter.key_done(name, result.status, result.detail)
@@ -212,6 +216,7 @@ class Scheduler:
         # waits --max-wait from that answer: its job deserves what an early one gets.
         deadline, late_start = self._deadline, wait <= 0
         asked = last_look = False
+        status: str | None = None  # of the last answer
         pause = 0.0  # before asking for fresh links; it holds no download slot
         while True:
             if pause > 0:
@@ -222,10 +227,10 @@ class Scheduler:
                                                     asked=asked, last_look=last_look)
                 if give_up:
                     return KeyResult(Status.NOT_READY, self._not_ready_reason(polls))
-                await anyio.sleep(wait)
+                await self._wait(key.name, wait, job=status not in (None, "NOT_EXISTS"))
             async with self._key_slots:
                 answer = await self._ask(key, types)
-                asked = True
+                asked, status = True, answer.status
                 if late_start:
                     late_start = False
                     deadline = max(deadline, anyio.current_time() + self._s.max_wait)
@@ -239,7 +244,11 @@ class Scheduler:
                                   typical_job=typical(self._job_seconds))
                 if decision.action is Next.DOWNLOAD:
                     try:
-                        await self._download(state, answer)
+                        self.activity.downloading.add(key.name)
+                        try:
+                            await self._download(state, answer)
+                        finally:
+                            self.activity.downloading.discard(key.name)
                         return KeyResult(Status.DONE, absent=answer.absent)
                     except (LinkExpiredError, IntegrityError, RetryableError) as exc:
                         refreshes += 1
@@ -261,13 +270,31 @@ class Scheduler:
             polls += answer.status == "RUNNING"
             wait = decision.delay
 
+    async def _wait(self, name: str, seconds: float, *, job: bool) -> None:
+        """Sleep before asking about a key again; the activity says why meanwhile: its job
+        is RUNNING (or failed and is asked again), or its data is not exportable yet."""
+        activity = self.activity
+        if job:
+            activity.running[name] = anyio.current_time() + seconds
+        else:
+            activity.not_due[name] = self._now() + timedelta(seconds=seconds)
+        try:
+            await anyio.sleep(seconds)
+        finally:
+            activity.running.pop(name, None)
+            activity.not_due.pop(name, None)
+
     def _not_ready_reason(self, polls: int) -> str:
         what = "export job still running" if polls else "not exportable yet"
         return f"{what} when --max-wait ran out; run again later"
 
     async def _ask(self, key: Key, types: tuple[str, ...]) -> ExportAnswer:
-        async with self._poll_slots:
-            return await self._api.export(key, types)
+        self.activity.asking += 1
+        try:
+            async with self._poll_slots:
+                return await self._api.export(key, types)
+        finally:
+            self.activity.asking -= 1
 
     # --- downloading ---------------------------------------------------------------------
 
@@ -332,7 +359,8 @@ class Scheduler:
     async def _part(self, key: Key, job: _PartJob, failures: list[BaseException],
                     spawned: anyio.Semaphore) -> None:
         api = self._s.api
-        watch = self._reporter.part(f"{key.name} {job.data_type} {part_name(job.index)}")
+        watch = _Counted(self._reporter.part(f"{key.name} {job.data_type} "
+                                             f"{part_name(job.index)}"), self.activity)
 
         async def checkpoint(progress: Progress) -> None:
             await self._db(self._store.checkpoint, api, key.name, job.data_type, job.index,
@@ -387,6 +415,24 @@ class Scheduler:
     async def _db(self, method: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """SQLite off the event loop."""
         return await anyio.to_thread.run_sync(lambda: method(*args, **kwargs))
+
+
+class _Counted:
+    """A part's watch that also counts its bytes into the run's activity."""
+
+    def __init__(self, watch: PartWatch, activity: Activity) -> None:
+        self._watch = watch
+        self._activity = activity
+
+    def started(self, total: int | None) -> None:
+        self._watch.started(total)
+
+    def advanced(self, count: int) -> None:
+        self._activity.bytes += count
+        self._watch.advanced(count)
+
+    def finished(self) -> None:
+        self._watch.finished()
 
 
 class GroupWrite(Generic[T]):

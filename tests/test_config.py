@@ -167,7 +167,8 @@ def test_a_project_brings_its_settings_and_its_own_credentials(tmp_path: Path) -
     assert acme.credentials.client_id == "acme-id" and acme.credentials.token == "acme-token"
     assert acme.credentials.secret == ""  # the top level's key is not the project's
     beta = load(path, {"downloads": 2}, env=env, project="beta")
-    assert beta.out == Path("data/beta") and beta.downloads == 2  # flags still win
+    # flags still win; a folder the file names is relative to the file
+    assert beta.out == tmp_path / "data/beta" and beta.downloads == 2
     assert beta.credentials.client_id == "beta-id"
     assert load(path, {}, env=env).credentials.client_id == "top"  # no project: top level
     with pytest.raises(UsageError, match=r"no project 'gamma' .*acme, beta"):
@@ -228,3 +229,38 @@ def test_every_shard_with_only_a_private_key_is_refused(shard: str) -> None:
     check_token_rule(load(None, {"shard": shard}, env={**ENV, "GIO_TOKEN": "console"}))
     check_token_rule(load(None, {"shard": shard, "single_minter": True}, env=ENV))
     check_token_rule(load(None, {"shard": "1/1"}, env=ENV))  # one shard mints alone
+
+
+def test_the_config_file_is_found_in_the_documented_order(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    from backfill.config import config_file
+
+    monkeypatch.chdir(tmp_path)
+    xdg = tmp_path / "xdg"
+    (xdg / "backfill").mkdir(parents=True)
+    (xdg / "backfill" / "config.toml").write_text('out = "from-xdg"\n')
+    env = {"XDG_CONFIG_HOME": str(xdg)}
+    assert config_file(None, env) == xdg / "backfill" / "config.toml"
+    assert load(None, {}, env=env).out == xdg / "backfill" / "from-xdg"  # relative to it
+    (tmp_path / "backfill.toml").write_text('out = "from-cwd"\n')
+    assert config_file(None, env) == Path("backfill.toml")
+    chosen = tmp_path / "chosen.toml"
+    chosen.write_text('out = "from-env"\n')
+    assert config_file(None, {**env, "BACKFILL_CONFIG": str(chosen)}) == chosen
+    assert config_file(Path("flag.toml"), {**env, "BACKFILL_CONFIG": str(chosen)}) == Path(
+        "flag.toml")
+    # A flag's folder stays relative to where the command runs.
+    assert load(None, {"out": "here"}, env=env).out == Path("here")
+
+
+def test_a_project_inherits_the_base_url_and_keeps_its_secrets() -> None:
+    from backfill.config import Project
+
+    env = {"GIO_BASE_URL": "http://127.0.0.1:8931", "GIO_SECRET": "top-secret",
+           "ACME_GIO_CLIENT_ID": "acme", "ACME_GIO_SECRET": "acme-secret"}
+    mapped = Project("acme", "ACME_GIO_").environ(env)
+    assert mapped["GIO_BASE_URL"] == "http://127.0.0.1:8931"
+    assert mapped["GIO_SECRET"] == "acme-secret" and mapped["GIO_CLIENT_ID"] == "acme"
+    own = Project("beta", "BETA_GIO_").environ({**env, "BETA_GIO_BASE_URL": "https://b"})
+    assert own["GIO_BASE_URL"] == "https://b" and "GIO_SECRET" not in own

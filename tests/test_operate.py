@@ -115,9 +115,11 @@ async def test_json_logs_are_one_object_per_line(emulator: RunningEmulator,
                                 "--log-format", "json", "--json"], env_for(emulator.url),
                                tmp_path)
     assert code == 0
-    events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
-    assert [e["event"] for e in events if e["event"] != "progress"] == ["begin", "key", "key"]
-    assert json.loads(out)["exit_code"] == 0
+    events = [json.loads(line) for line in err.splitlines()]  # stderr is JSON lines only
+    kinds = [e["event"] for e in events if e["event"] not in ("progress", "heartbeat")]
+    assert kinds == ["begin", "key", "key", "summary"]
+    assert events[-1]["exit_code"] == 0 and events[-1]["destination"].endswith("data")
+    assert json.loads(out)["exit_code"] == 0  # and stdout one document
 
 
 async def test_check_asks_for_a_token_only(emulator: RunningEmulator, tmp_path: Path) -> None:
@@ -133,4 +135,5 @@ async def test_check_asks_for_a_token_only(emulator: RunningEmulator, tmp_path: 
 async def test_status_without_state_says_so(tmp_path: Path) -> None:
     code, _, err = await cli(["status", "--out", "data"], {}, tmp_path)
     assert code == 2
-    assert err.strip() == "backfill: error: no backfill state in data: run `backfill run` first"
+    assert err.strip() == ("backfill: error: nothing in data yet: no finished unit and no "
+                           "backfill state; run `backfill run` first")

@@ -9,10 +9,10 @@ from typing import Annotated
 
 import typer
 
-from backfill.cli.shared import app, guarded, run_async
+from backfill.cli.shared import app, guarded, output, reporting, run_async
 from backfill.errors import Interrupted, UsageError
 from backfill.keys import BEIJING, Granularity, key_at
-from backfill.report import make_reporter, print_summary
+from backfill.report import print_summary
 
 
 def _parse_moment(text: str) -> datetime:
@@ -42,12 +42,18 @@ def _parse_faults(specs: list[str]) -> dict[str, float]:
     return rates
 
 
-@app.command()
+@app.command(epilog="""Examples:
+
+\b
+  backfill demo                          # into ./backfill-demo
+  backfill demo --out s3://my-lake/demo  # into a bucket (storage credentials needed)
+  backfill demo --quiet                  # plain lines, as in CI logs
+""")
 @guarded
+@reporting
 def demo(
     out_: Annotated[str, typer.Option(
         "--out", help="Output folder, or s3://BUCKET/PREFIX (gs://, az://).")] = "backfill-demo",
-    quiet: Annotated[bool, typer.Option(help="Plain log lines instead of bars.")] = False,
 ) -> None:
     """Back up a week of data from the bundled emulator: the whole flow, no account needed."""
     from backfill.config import parse_out
@@ -60,8 +66,19 @@ def demo(
 
     typer.echo(f"Starting the bundled GrowingIO emulator and backing up a week of "
                f"{', '.join(DEMO_TYPES)} into {out}/ ...", err=True)
-    summary, stats = run_async(run_demo, out, make_reporter(quiet))
-    print_summary(summary)
+    shown = output()
+    summary, stats = run_async(run_demo, out, shown.reporter())
+    if shown.log_format == "json":
+        shown.event("summary", **summary.to_json(), destination=str(out))
+    else:
+        print_summary(summary, where=(str(out), str(out / ".backfill") if isinstance(
+            out, Path) else "the user's state folder"))
+    if shown.json:
+        import json
+
+        typer.echo(json.dumps({**summary.to_json(), "destination": str(out),
+                               "emulator": stats}))
+        raise typer.Exit(summary.exit_code)
     faults = sum(stats["faults"].values())
     typer.echo(
         f"\nThe emulator saw {stats['export_calls']} export calls, "

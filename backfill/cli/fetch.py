@@ -12,154 +12,166 @@ from rich.console import Console
 
 from backfill.cli.shared import (
     DATE_HELP,
-    Api_,
-    Config_,
-    Downloads_,
     DryRun_,
     Force_,
-    Granularity_,
-    Json_,
-    LogFormat_,
-    MaxWait_,
     OptionalFrom_,
     OptionalTo_,
-    Out_,
-    Output,
-    Project_,
-    Quiet_,
-    Shard_,
-    SingleMinter_,
-    StateDir_,
-    Types_,
-    Verify_,
     app,
+    configured,
     error,
     guarded,
-    load_settings,
     optional_range,
+    output,
     range_keys,
+    reporting,
     retention_window,
     run_async,
+    settings,
     sync_cache,
+    warning,
 )
 from backfill.config import Settings
 from backfill.keys import Key, parse_bound
 from backfill.report import EXIT_CODES, Reporter, Summary, print_summary
 
+FETCHING = ("out", "granularity", "api", "types", "downloads", "max_wait", "verify",
+            "state_dir", "shard", "single_minter")
+"""The settings flags of the commands that fetch (``config show`` takes them too)."""
 
-@app.command(epilog=EXIT_CODES)
+
+@app.command(epilog=f"""Examples:
+
+\b
+  backfill run --from 2026-09-01 --to 2026-11-27              # a quarter of days
+  backfill run --from -36h --to -2h --types visit,page       # hours (the dates say so)
+  backfill run --from -7d --to -1d --out s3://my-lake/gio --dry-run
+
+{EXIT_CODES}""")
 @guarded
+@reporting
+@configured(*FETCHING)
 def run(
     from_: Annotated[str, typer.Option("--from", help=f"First key, inclusive: {DATE_HELP}")],
     to: Annotated[str, typer.Option("--to", help="Last key, inclusive (same forms).")],
-    granularity: Granularity_ = None, api: Api_ = None, types: Types_ = None, out: Out_ = None,
-    config: Config_ = None, project: Project_ = None, downloads: Downloads_ = None,
-    max_wait: MaxWait_ = None,
-    force: Force_ = False, dry_run: DryRun_ = False, quiet: Quiet_ = False, json: Json_ = False,
-    log_format: LogFormat_ = "text", verify: Verify_ = None, state_dir: StateDir_ = None,
-    shard: Shard_ = None, single_minter: SingleMinter_ = False,
+    force: Force_ = False, dry_run: DryRun_ = False,
 ) -> None:
     """Backfill a range of days or hours into the output folder or bucket."""
-    settings = load_settings(config, project=project, out=out, granularity=granularity,
-                             api=api, types=types,
-                             downloads=downloads, max_wait=max_wait, verify=verify,
-                             state_dir=state_dir, shard=shard,
-                             single_minter=single_minter or None)
-    settings, keys = range_keys(from_, to, settings)
-    _execute(settings, keys, Output(quiet, json, log_format), force=force, dry_run=dry_run)
+    chosen, keys = range_keys(from_, to, settings())
+    _execute(chosen, keys, force=force, dry_run=dry_run)
 
 
-@app.command(epilog=EXIT_CODES)
+@app.command(epilog=f"""Examples:
+
+\b
+  backfill retry                         # every key that failed or was not ready
+  backfill retry --from -3d --to -1d     # only those of these days
+  backfill retry --dry-run --json        # what it would fetch, for a script
+
+{EXIT_CODES}""")
 @guarded
-def retry(
-    from_: OptionalFrom_ = None, to: OptionalTo_ = None,
-    granularity: Granularity_ = None, api: Api_ = None, out: Out_ = None,
-    config: Config_ = None, project: Project_ = None, downloads: Downloads_ = None,
-    max_wait: MaxWait_ = None,
-    dry_run: DryRun_ = False, quiet: Quiet_ = False, json: Json_ = False,
-    log_format: LogFormat_ = "text", verify: Verify_ = None, state_dir: StateDir_ = None,
-    shard: Shard_ = None, single_minter: SingleMinter_ = False,
-) -> None:
+@reporting
+@configured(*FETCHING)
+def retry(from_: OptionalFrom_ = None, to: OptionalTo_ = None,
+          dry_run: DryRun_ = False) -> None:
     """Fetch again only the keys that failed, were interrupted or were not ready."""
-    from backfill.runner import retryable
+    from backfill.runner import as_the_state_says, retryable
 
-    settings = load_settings(config, project=project, out=out, granularity=granularity, api=api,
-                             downloads=downloads, max_wait=max_wait, verify=verify,
-                             state_dir=state_dir, shard=shard,
-                             single_minter=single_minter or None)
-    from backfill.runner import as_the_state_says
-
-    settings = as_the_state_says(settings)
-    settings, within = optional_range(from_, to, settings)
-    keys, types = retryable(settings, within, datetime.now(UTC))
-    if settings.api == "v2":
-        settings = replace(settings, types=types)
-    _execute(settings, keys, Output(quiet, json, log_format), dry_run=dry_run)
+    chosen, within = optional_range(from_, to, as_the_state_says(settings()))
+    keys, types = retryable(chosen, within, datetime.now(UTC))
+    if chosen.api == "v2":
+        wanted = set(chosen.types or types)  # --types narrows what is retried
+        chosen = replace(chosen, types=tuple(t for t in types if t in wanted))
+        keys = keys if chosen.types else []
+    if not keys:
+        _nothing_to_retry(chosen)
+    _execute(chosen, keys, dry_run=dry_run)
 
 
-@app.command(epilog=EXIT_CODES)
+def _nothing_to_retry(chosen: Settings) -> None:
+    """One line, exit 0, no call and nothing created."""
+    from backfill.store import has_state
+
+    if has_state(chosen.state_folder):
+        line = f"nothing to retry in {chosen.out}: no key failed, was interrupted or waits"
+    elif isinstance(chosen.out, Path):
+        line = f"nothing to retry: no backfill state in {chosen.out} yet (run `backfill run`)"
+    else:
+        line = (f"nothing to retry: this machine has no state for {chosen.out}; on a fresh "
+                "runner, `backfill catchup` finds from the bucket where to start")
+    if output().json:
+        import json as json_module
+
+        typer.echo(json_module.dumps({"keys": 0, "to_fetch": 0, "message": line}))
+    else:
+        typer.echo(line)
+    raise typer.Exit(0)
+
+
+@app.command(epilog=f"""Examples:
+
+\b
+  backfill catchup --granularity hour --out s3://my-lake/gio --max-wait 20m --json
+  backfill catchup --start 2026-11-20 --lag 3h --quiet      # from cron
+
+Exit 4 (some keys not ready yet) is not a failure: the next run takes them.
+
+{EXIT_CODES}""")
 @guarded
+@reporting
+@configured(*FETCHING)
 def catchup(
     start: Annotated[str | None, typer.Option(
         help="Fetch from this key on [default: the earliest key not complete].")] = None,
     lag: Annotated[str | None, typer.Option(
         help="Only keys that ended this long ago, e.g. 2h [default: the documented "
         "readiness].")] = None,
-    granularity: Granularity_ = None, api: Api_ = None, types: Types_ = None, out: Out_ = None,
-    config: Config_ = None, project: Project_ = None, downloads: Downloads_ = None,
-    max_wait: MaxWait_ = None,
-    dry_run: DryRun_ = False, quiet: Quiet_ = False, json: Json_ = False,
-    log_format: LogFormat_ = "text", verify: Verify_ = None, state_dir: StateDir_ = None,
-    shard: Shard_ = None, single_minter: SingleMinter_ = False,
+    dry_run: DryRun_ = False,
 ) -> None:
     """For cron and CI: fetch everything that should be ready now and is not done yet."""
     from backfill.config import parse_duration
     from backfill.runner import catchup_keys
 
-    settings = load_settings(config, project=project, out=out, granularity=granularity,
-                             api=api, types=types,
-                             downloads=downloads, max_wait=max_wait, verify=verify,
-                             state_dir=state_dir, shard=shard,
-                             single_minter=single_minter or None)
+    chosen = settings()
     now = datetime.now(UTC)
     if start is not None:
         from backfill.library import for_range
 
-        settings = for_range(settings, start, start)  # a start of 2026-11-30T15: hours
-    if start is None and not isinstance(settings.out, Path):
+        chosen = for_range(chosen, start, start)  # a start of 2026-11-30T15: hours
+    if start is None and not isinstance(chosen.out, Path):
         # A fresh runner knows nothing: what the bucket holds within the retention says
         # where to start.
-        run_async(sync_cache, settings, retention_window(settings, now))
-    first = parse_bound(start, settings.granularity, now=now, end=False) if start else None
-    keys, gone = catchup_keys(settings, first, parse_duration(lag) if lag else None, now)
+        run_async(sync_cache, chosen, retention_window(chosen, now))
+    first = parse_bound(start, chosen.granularity, now=now, end=False) if start else None
+    keys, gone = catchup_keys(chosen, first, parse_duration(lag) if lag else None, now)
     if gone:
-        typer.echo(f"backfill: warning: {len(gone)} keys from {gone[0]} to {gone[-1]} are "
-                   f"beyond the {settings.retention_days}-day retention and will never be "
-                   "fetched", err=True)
-    _execute(settings, keys, Output(quiet, json, log_format), dry_run=dry_run)
+        warning(f"{len(gone)} keys from {gone[0]} to {gone[-1]} are beyond the "
+                f"{chosen.retention_days}-day retention and will never be fetched")
+    _execute(chosen, keys, dry_run=dry_run)
 
 
-def _execute(settings: Settings, keys: list[Key], output: Output, *, force: bool = False,
+def _execute(chosen: Settings, keys: list[Key], *, force: bool = False,
              dry_run: bool = False) -> None:
     """Plan or fetch ``keys`` (the runner keeps this shard's, with --shard), report, and
     exit with the documented code."""
     import json as json_module
 
+    out = output()
     if dry_run:
         from backfill.runner import dry_plan
 
-        plan = dry_plan(settings, keys, force=force, now=datetime.now(UTC))
-        if output.json:
-            typer.echo(json_module.dumps(plan))
-        else:
-            typer.echo(_describe_plan(plan))
+        plan = dry_plan(chosen, keys, force=force, now=datetime.now(UTC))
+        typer.echo(json_module.dumps(plan) if out.json else _describe_plan(plan))
         raise typer.Exit(0)
-    summary = run_async(_backfill, settings, keys, output.reporter(), force)
-    if output.json:
-        print_summary(summary, Console(stderr=True))
-        typer.echo(json_module.dumps(summary.to_json()))
+    summary = run_async(_backfill, chosen, keys, out.reporter(chosen.heartbeat), force)
+    report = {**summary.to_json(), "destination": str(chosen.out),
+              "state": str(chosen.state_folder)}
+    if out.log_format == "json":
+        out.event("summary", **report)  # stderr stays JSON lines, the summary too
     else:
-        print_summary(summary)
+        print_summary(summary, Console(stderr=True) if out.json else None,
+                      where=(str(chosen.out), str(chosen.state_folder)))
+    if out.json:
+        typer.echo(json_module.dumps(report))
     if summary.outage:
         error(summary.outage)
     raise typer.Exit(summary.exit_code)
@@ -167,12 +179,13 @@ def _execute(settings: Settings, keys: list[Key], output: Output, *, force: bool
 
 def _describe_plan(plan: dict[str, object]) -> str:
     if not plan["keys"]:
-        return "plan: nothing to fetch"
+        return f"plan: nothing to fetch into {plan['destination']}"
     shard = (f"  shard:                   {plan['shard']}: one key in {plan['shards']} (by "
              f"time), at {plan['rate']:g} calls/s (the budget split {plan['shards']} ways)\n"
              if plan.get("shard") else "")
     return (f"plan: {plan['keys']} keys from {plan['first']} to {plan['last']} "
             f"({plan['granularity']}, {plan['api']}: {plan['types']})\n{shard}"
+            f"  into:                    {plan['destination']} (state in {plan['state']})\n"
             f"  already done:            {plan['done']}\n"
             f"  to fetch:                {plan['to_fetch']} (at least {plan['min_api_calls']} "
             f"export calls, {plan['min_seconds']:.0f} s at {plan['rate']:g} calls/s)\n"
@@ -180,8 +193,8 @@ def _describe_plan(plan: dict[str, object]) -> str:
             f"  not ready by --max-wait: {plan['not_due']}")
 
 
-async def _backfill(settings: Settings, keys: list[Key], reporter: Reporter,
+async def _backfill(chosen: Settings, keys: list[Key], reporter: Reporter,
                     force: bool) -> Summary:
     from backfill.runner import backfill
 
-    return await backfill(settings, keys, reporter, force=force)
+    return await backfill(chosen, keys, reporter, force=force)

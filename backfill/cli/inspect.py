@@ -10,63 +10,61 @@ import typer
 from rich.console import Console
 
 from backfill.cli.shared import (
-    Api_,
-    Config_,
-    Granularity_,
-    Json_,
     OptionalFrom_,
     OptionalTo_,
-    Out_,
-    Project_,
-    StateDir_,
     app,
+    configured,
     guarded,
-    load_settings,
     optional_range,
+    output,
+    reporting,
     run_async,
-    sync_cache,
+    settings,
 )
 from backfill.config import Settings
 from backfill.errors import UsageError
 from backfill.keys import Key
 from backfill.report import EXIT_CODES, EXIT_FAILED
-from backfill.store import UnitRecord, has_state
+from backfill.store import Status, UnitRecord, has_state
 
 if TYPE_CHECKING:
     from backfill.verify import VerifyReport
 
-@app.command()
+LOOKING = ("out", "granularity", "api", "state_dir")
+
+
+@app.command(epilog="""Examples:
+
+\b
+  backfill status                                  # everything the folder holds
+  backfill status --from -2d --to -1d --json       # those days, for a script
+  backfill status --out s3://my-lake/gio           # a bucket, from its markers
+""")
 @guarded
-def status(
-    from_: OptionalFrom_ = None, to: OptionalTo_ = None,
-    granularity: Granularity_ = None, api: Api_ = None, out: Out_ = None,
-    config: Config_ = None, project: Project_ = None, json: Json_ = False,
-    state_dir: StateDir_ = None,
-) -> None:
+@reporting
+@configured(*LOOKING)
+def status(from_: OptionalFrom_ = None, to: OptionalTo_ = None) -> None:
     """What is done, failed or waiting (no API call): counts, calendar, problems.
 
-    For a bucket, what it holds is read from its markers first (a few LIST calls)."""
+    What the destination's markers show complete is done, whatever the local state says
+    (a few LIST calls for a bucket); nothing is created or changed."""
     import json as json_module
 
     from backfill.report import human_bytes
+    from backfill.runner import as_the_state_says
     from backfill.status import SEVERITY, print_calendar, summarize
 
-    settings = load_settings(config, project=project, out=out, granularity=granularity, api=api,
-                             state_dir=state_dir)
-    from backfill.runner import as_the_state_says
-
-    settings = as_the_state_says(settings)
-    settings, within = optional_range(from_, to, settings)
-    units = run_async(_units, settings, within)
+    chosen, within = optional_range(from_, to, as_the_state_says(settings()))
+    units = run_async(_units, chosen, within)
     wanted = {k.name for k in within} if within is not None else None
-    report = summarize(units, str(settings.out), settings.api, wanted)
-    if json:
+    report = summarize(units, str(chosen.out), chosen.api, wanted)
+    if output().json:
         typer.echo(json_module.dumps(report.to_json(), indent=2))
         return
     console = Console()
     counts = report.counts()
-    where = "on disk" if isinstance(settings.out, Path) else "stored"
-    console.print(f"{len(report.keys)} keys in {settings.out} ({settings.api}): "
+    where = "on disk" if isinstance(chosen.out, Path) else "stored"
+    console.print(f"{len(report.keys)} keys in {chosen.out} ({chosen.api}): "
                   + ", ".join(f"{counts[s]} {s.value.replace('_', ' ')}" for s in SEVERITY
                             if counts[s])
                   + f"; {human_bytes(report.bytes)} {where}", highlight=False)
@@ -80,40 +78,88 @@ def status(
         console.print(f"  … and {len(report.problems) - shown} more (backfill status --json)")
 
 
-async def _units(settings: Settings, within: list[Key] | None) -> list[UnitRecord]:
+async def _units(chosen: Settings, within: list[Key] | None) -> list[UnitRecord]:
+    """The state's units, with what the destination's markers show complete counted done
+    (the destination is the truth), read-only."""
     import anyio
 
+    from backfill.destination import open_destination
+    from backfill.reconcile import finished
     from backfill.runner import known_units
 
-    if not isinstance(settings.out, Path):
-        await sync_cache(settings, within)
-    elif not has_state(settings.state_folder):
-        raise UsageError(f"no backfill state in {settings.out}: run `backfill run` first")
-    return await anyio.to_thread.run_sync(known_units, settings)  # SQLite: off the loop
+    known = await anyio.to_thread.run_sync(known_units, chosen)  # SQLite: off the loop
+    exists = not isinstance(chosen.out, Path) or chosen.out.exists()
+    complete = await finished(open_destination(chosen), chosen, within) if exists else {}
+    if not known and not complete:
+        raise UsageError(f"nothing in {chosen.out} yet: no finished unit and no backfill "
+                         "state; run `backfill run` first")
+    by_unit = {(u.key, u.data_type): u for u in known}
+    units = []
+    for (key, data_type), (parts, size) in complete.items():
+        unit = by_unit.pop((key, data_type), None)
+        units.append(UnitRecord(chosen.api, key, data_type, Status.DONE,
+                                unit.attempts if unit else 0, None, parts, size,
+                                unit.updated_at if unit else ""))
+    for unit in by_unit.values():  # recorded done, but no marker there: not done any more
+        units.append(replace(unit, status=Status.PENDING, last_error="no _SUCCESS in the "
+                             "destination") if unit.status is Status.DONE else unit)
+    return sorted(units, key=lambda u: (u.key, u.data_type))
 
 
-@app.command()
+@app.command(epilog="""Examples:
+
+\b
+  backfill check                          # the config, the credentials, the route
+  backfill check --out s3://my-lake/gio   # and that the bucket can be listed
+  backfill check --json
+
+With GIO_SECRET, check mints a token, which revokes the previous one: while a backfill on
+this machine holds a token of the same client id, check asks for none and says so.
+""")
 @guarded
-def check(config: Config_ = None, project: Project_ = None, out: Out_ = None) -> None:
+@reporting
+@configured("out")
+def check() -> None:
     """Check the configuration and the credentials (a token request, no export call), and
-    for a bucket that it can be listed.
+    for a bucket that it can be listed."""
+    import json as json_module
 
-    A new token revokes the previous one: do not run it while a backfill is running.
-    """
-    settings = load_settings(config, project=project, out=out)
-    creds = settings.credentials.require()
-    if not isinstance(settings.out, Path):
+    chosen = settings()
+    creds = chosen.credentials.require()
+    facts: dict[str, object] = {"base_url": creds.base_url, "client_id": creds.client_id,
+                                "ai": creds.ai,
+                                "route": chosen.proxies.describe(creds.base_url)}
+    lines = []
+    if not isinstance(chosen.out, Path):
         # The store first: its answer costs nothing, a token may revoke another's.
-        run_async(_check_store, settings)
-        typer.echo(f"{settings.out} can be listed with the storage credentials")
-    route = f"{creds.base_url} is reached {settings.proxies.describe(creds.base_url)}"
+        run_async(_check_store, chosen)
+        lines.append(f"{chosen.out} can be listed with the storage credentials")
+        facts["bucket"] = "listed"
+    route = f"{creds.base_url} is reached {facts['route']}"
     if not creds.secret:
-        typer.echo(f"configuration ok; GIO_TOKEN is used as is (it can only be checked by an "
-                   f"export call); {route}")
-        return
-    run_async(_check_token, settings)
-    typer.echo(f"configuration ok; {creds.base_url} issued a token for project {creds.ai} "
-               f"(client {creds.client_id}); {route}")
+        facts["token"] = "GIO_TOKEN, used as is"
+        lines.append(f"configuration ok; GIO_TOKEN is used as is (it can only be checked by "
+                     f"an export call); {route}")
+    elif (holder := _token_in_use(creds.client_id)) is not None:
+        facts["token"] = "not asked for: in use by a running backfill"
+        lines.append(f"configuration ok; no token asked for: {holder} uses a token of client "
+                     f"{creds.client_id}, and a new one would revoke it; {route}")
+    else:
+        run_async(_check_token, chosen)
+        facts["token"] = "issued"
+        lines.append(f"configuration ok; {creds.base_url} issued a token for project "
+                     f"{creds.ai} (client {creds.client_id}); {route}")
+    if output().json:
+        typer.echo(json_module.dumps({"ok": True, **facts}))
+    else:
+        typer.echo("\n".join(lines))
+
+
+def _token_in_use(client_id: str) -> str | None:
+    from backfill.auth import MintLock
+
+    holder: str | None = MintLock(client_id).holder()
+    return holder
 
 
 async def _check_store(settings: Settings) -> None:
@@ -137,34 +183,45 @@ async def _check_token(settings: Settings) -> None:
         await client.tokens.current()
 
 
-@app.command(epilog=EXIT_CODES)
+@app.command(epilog=f"""Examples:
+
+\b
+  backfill verify                          # every finished unit: sizes and MD5s
+  backfill verify --from -3d --to -1d --deep
+  backfill verify --out s3://my-lake/gio --json
+
+{EXIT_CODES}""")
 @guarded
+@reporting
+@configured(*LOOKING)
 def verify(
     from_: OptionalFrom_ = None, to: OptionalTo_ = None,
-    granularity: Granularity_ = None, api: Api_ = None, out: Out_ = None,
-    config: Config_ = None, project: Project_ = None,
     deep: Annotated[bool, typer.Option(
         "--deep", help="Read every part and inflate its gzip stream too.")] = False,
-    state_dir: StateDir_ = None,
 ) -> None:
     """Re-check finished keys against their manifests; mark damaged ones for `run`.
 
     On disk every part is read; in a bucket its size and ETag are looked up (--deep
     downloads and re-checks it)."""
-    settings = load_settings(config, project=project, out=out, granularity=granularity, api=api,
-                             state_dir=state_dir)
+    import json as json_module
+
     from backfill.runner import as_the_state_says
 
-    settings = as_the_state_says(settings)
-    settings, keys = optional_range(from_, to, settings)
-    if isinstance(settings.out, Path) and not has_state(settings.state_folder):
-        raise UsageError(f"no backfill state in {settings.out}: nothing to verify")
-    report = run_async(_verify, settings, keys, deep)
-    for unit, problem in report.damaged.items():
-        typer.echo(f"damaged {unit}: {problem}")
-    verdict = (f"{len(report.damaged)} damaged, marked to be fetched again by `backfill run`"
-               if report.damaged else "all intact")
-    typer.echo(f"checked {report.checked} finished units ({report.parts} parts): {verdict}")
+    chosen, keys = optional_range(from_, to, as_the_state_says(settings()))
+    if isinstance(chosen.out, Path) and not has_state(chosen.state_folder):
+        raise UsageError(f"no backfill state in {chosen.out}: nothing to verify")
+    report = run_async(_verify, chosen, keys, deep)
+    if output().json:
+        typer.echo(json_module.dumps({"checked": report.checked, "parts": report.parts,
+                                      "damaged": report.damaged,
+                                      "exit_code": EXIT_FAILED if report.damaged else 0}))
+    else:
+        for unit, problem in report.damaged.items():
+            typer.echo(f"damaged {unit}: {problem}")
+        verdict = (f"{len(report.damaged)} damaged, marked to be fetched again by `backfill "
+                   "run`" if report.damaged else "all intact")
+        typer.echo(f"checked {report.checked} finished units ({report.parts} parts): "
+                   f"{verdict}")
     raise typer.Exit(EXIT_FAILED if report.damaged else 0)
 
 

@@ -8,8 +8,9 @@ verify, check) and :mod:`backfill.cli.demo` (demo, emulator).
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, ParamSpec, TypeVar
@@ -45,19 +46,132 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+LEVELS = ("error", "warning", "info", "debug")
+
+
+@dataclass(frozen=True)
+class Output:
+    """How a command talks: bars or lines, text or JSON lines on stderr, a JSON document
+    on stdout (``--json``), and how much it says (``--log-level``, ``-v``)."""
+
+    quiet: bool = False
+    verbose: bool = False
+    log_level: str | None = None
+    log_format: str = "text"
+    json: bool = False
+
+    def __post_init__(self) -> None:
+        if self.log_format not in ("text", "json"):
+            raise UsageError(f"--log-format must be text or json, got {self.log_format!r}")
+        if self.log_level is not None and self.log_level not in LEVELS:
+            raise UsageError(f"--log-level must be one of {', '.join(LEVELS)}, got "
+                             f"{self.log_level!r}")
+
+    @property
+    def level(self) -> str:
+        return self.log_level or ("debug" if self.verbose else "info")
+
+    def reporter(self, heartbeat: float = 30.0) -> Reporter:
+        return make_reporter(self.quiet or self.json, json_lines=self.log_format == "json",
+                             heartbeat=heartbeat, level=self.level)
+
+    def say(self, kind: str, text: str, **fields: object) -> None:
+        """An ``error`` or ``warning`` line on stderr: text, or a JSON object."""
+        if kind == "warning" and LEVELS.index(self.level) < LEVELS.index("warning"):
+            return
+        if self.log_format == "json":
+            self.event(kind, message=text, **fields)
+        else:
+            typer.echo(f"backfill: {kind}: {text}", err=True)
+
+    def event(self, name: str, **fields: object) -> None:
+        """One JSON line on stderr (``--log-format json``)."""
+        import json
+        from datetime import UTC
+
+        typer.echo(json.dumps({"time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                               "event": name, **fields}), err=True)
+
+
 @dataclass
-class _Said:
+class _Session:
+    output: Output = Output()
+    """The output options of the command being run (see :func:`reporting`)."""
+    flags: dict[str, object] = field(default_factory=dict)
+    """Its settings flags (see :func:`configured`)."""
     error: bool = False
     """An error line went out: the entry point adds none of its own."""
 
 
-said = _Said()
+said = _Session()
 
 
-def error(text: str) -> None:
-    """The one error line of a command: ``backfill: error: …`` on stderr."""
-    typer.echo(f"backfill: error: {text}", err=True)
+def error(text: str, **fields: object) -> None:
+    """The one error line of a command: ``backfill: error: …`` on stderr (a JSON object
+    with ``--log-format json``)."""
+    said.output.say("error", text, **fields)
     said.error = True
+
+
+def warning(text: str) -> None:
+    said.output.say("warning", text)
+
+
+def output() -> Output:
+    """The output options the command was given."""
+    return said.output
+
+
+def reporting(command: Callable[..., R]) -> Callable[..., R]:
+    """Give ``command`` the output options every command takes: ``-q/--quiet``,
+    ``-v/--verbose``, ``--log-level``, ``--log-format`` and ``--json`` (read them with
+    :func:`output`)."""
+    def take(values: dict[str, object]) -> None:
+        said.output = Output(**values)  # type: ignore[arg-type]
+
+    return _with_options(command, _OUTPUT_OPTIONS, take)
+
+
+def configured(*names: str) -> Callable[[Callable[..., R]], Callable[..., R]]:
+    """Give a command the settings flags ``names`` (``out``, ``granularity``…), spelled and
+    explained the same on every command; :func:`settings` reads them."""
+    options = {name: _SETTINGS_OPTIONS[name] for name in ("config", "project", *names)}
+
+    def decorate(command: Callable[..., R]) -> Callable[..., R]:
+        def take(values: dict[str, object]) -> None:
+            said.flags = values
+
+        return _with_options(command, options, take)
+
+    return decorate
+
+
+def settings() -> Settings:
+    """The settings of this command: config file, environment, then its flags."""
+    flags = dict(said.flags)
+    config, project = flags.pop("config", None), flags.pop("project", None)
+    if flags.get("single_minter") is False:
+        flags["single_minter"] = None  # not given
+    return load_settings(config, project=project, **flags)  # type: ignore[arg-type]
+
+
+def _with_options(command: Callable[..., R], options: dict[str, tuple[object, object]],
+                  take: Callable[[dict[str, object]], None]) -> Callable[..., R]:
+    signature = inspect.signature(command, eval_str=True)  # real annotations: typer reads them
+    added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                               annotation=annotation)
+             for name, (annotation, default) in options.items()]
+
+    @functools.wraps(command)
+    def run(*args: object, **kwargs: object) -> R:
+        take({name: kwargs.pop(name) for name in options})
+        return command(*args, **kwargs)
+
+    run.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[*signature.parameters.values(), *added])
+    run.__annotations__ = {**command.__annotations__,
+                           **{name: annotation for name, (annotation, _) in options.items()}}
+    return run
 
 
 def guarded(command: Callable[P, R]) -> Callable[P, R]:
@@ -90,8 +204,9 @@ DATE_HELP = ("YYYY-MM-DD, YYYYMMDD, YYYY-MM-DDTHH, YYYYMMDDHH, today, yesterday,
 
 
 # Options shared by the commands that fetch (run, retry, catchup).
-Granularity_ = Annotated[str | None, typer.Option("--granularity",
-                                                 help="day or hour [default: day].")]
+Granularity_ = Annotated[str | None, typer.Option(
+    "--granularity", help="day or hour [default: what the dates say: 2026-11-30 a day, "
+    "2026-11-30T15 an hour, -7d days, -36h hours].")]
 Api_ = Annotated[str | None, typer.Option("--api", help="v1 or v2 [default: v2].")]
 Types_ = Annotated[str | None, typer.Option(
     "--types", help="v2 data types, comma-separated [default: all].")]
@@ -122,27 +237,30 @@ Verify_ = Annotated[str | None, typer.Option(
     "every part [default: auto].")]
 DryRun_ = Annotated[bool, typer.Option(
     "--dry-run", help="Print the plan and make no API call.")]
-Quiet_ = Annotated[bool, typer.Option("--quiet", help="Plain log lines instead of bars.")]
-Json_ = Annotated[bool, typer.Option(
-    "--json", help="One JSON report on stdout at the end; human output goes to stderr.")]
 OptionalFrom_ = Annotated[str | None, typer.Option("--from", help="Only keys from here.")]
 OptionalTo_ = Annotated[str | None, typer.Option("--to", help="Only keys up to here.")]
-LogFormat_ = Annotated[str, typer.Option(
-    "--log-format", help="text or json (one JSON object per log line).")]
-
-
-@dataclass(frozen=True)
-class Output:
-    """How a fetching command talks: bars or lines, text or JSON."""
-
-    quiet: bool = False
-    json: bool = False
-    log_format: str = "text"
-
-    def reporter(self) -> Reporter:
-        if self.log_format not in ("text", "json"):
-            raise UsageError(f"--log-format must be text or json, got {self.log_format!r}")
-        return make_reporter(self.quiet or self.json, json_lines=self.log_format == "json")
+_SETTINGS_OPTIONS: dict[str, tuple[object, object]] = {
+    "config": (Config_, None), "project": (Project_, None), "out": (Out_, None),
+    "granularity": (Granularity_, None), "api": (Api_, None), "types": (Types_, None),
+    "downloads": (Downloads_, None), "max_wait": (MaxWait_, None), "verify": (Verify_, None),
+    "state_dir": (StateDir_, None), "shard": (Shard_, None),
+    "single_minter": (SingleMinter_, False),
+}
+_OUTPUT_OPTIONS: dict[str, tuple[object, object]] = {
+    "quiet": (Annotated[bool, typer.Option(
+        "--quiet", "-q", help="Plain log lines instead of progress bars.")], False),
+    "verbose": (Annotated[bool, typer.Option(
+        "--verbose", "-v", help="More detail: a line for every key (--log-level debug).")],
+        False),
+    "log_level": (Annotated[str | None, typer.Option(
+        "--log-level", help="error, warning, info or debug [default: info].")], None),
+    "log_format": (Annotated[str, typer.Option(
+        "--log-format", help="text or json: stderr as JSON lines, one object each, the "
+        "summary and errors too.")], "text"),
+    "json": (Annotated[bool, typer.Option(
+        "--json", help="One JSON document on stdout at the end (exit codes unchanged).")],
+        False),
+}
 
 
 def optional_range(first: str | None, last: str | None, settings: Settings
