@@ -25,6 +25,10 @@ V2_TYPES = (
     "ads_track_click", "pvar", "evar", "vstr",
 )  # fmt: skip
 MAX_RATE = 2.0
+HOUR_LAG, LATE_HOUR_LAG, DAY_LAG = 40 * 60.0, 60 * 60.0, 3 * 3600.0
+"""When GrowingIO can export a key, seconds after it ends: an hour after 40 minutes (60 for
+23:00-02:00), a day after 3 hours (the documentation says 30-40 minutes, about 60, and
+2-4 hours). The planner, the dry run and the emulator all use these."""
 DEFAULT_BASE_URL = "https://www.growingio.com"
 DEFAULT_CONFIG = Path("backfill.toml")
 DEFAULT_LAYOUT = "{type}/dt={date}/hour={hour}"
@@ -130,9 +134,9 @@ class Settings:
     expire: int = 60
     """Minutes the requested links stay valid."""
     retention_days: int = 15
-    hour_lag: float = 40 * 60.0
-    late_hour_lag: float = 60 * 60.0
-    day_lag: float = 2 * 3600.0
+    hour_lag: float = HOUR_LAG
+    late_hour_lag: float = LATE_HOUR_LAG
+    day_lag: float = DAY_LAG
     layout: str = DEFAULT_LAYOUT
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
@@ -228,6 +232,9 @@ _FILE_KEYS: dict[str, tuple[str, Any]] = {
     "connect_timeout": ("a duration such as 10s", _duration),
     "read_timeout": ("a duration such as 60s", _duration),
     "outage_budget": ("a duration such as 3m", _duration),
+    "hour_lag": ("a duration such as 40m", _duration),
+    "late_hour_lag": ("a duration such as 60m", _duration),
+    "day_lag": ("a duration such as 3h", _duration),
     "verify": ("auto or full", lambda v: _choice(v, ("auto", "full"))),
     "min_speed": ("bytes per second such as 4KiB (0: never cut)",
                   lambda v: float(parse_size(v, 0, 1 << 40))),
@@ -380,6 +387,17 @@ def check_token_rule(settings: Settings) -> None:
             "process that uses the private key")
 
 
+def did_you_mean(word: str, known: list[str] | tuple[str, ...], *, every: bool = False
+                 ) -> str:
+    """``"; did you mean 'visit'?"`` for a near miss, else the known words (or nothing)."""
+    import difflib
+
+    close = difflib.get_close_matches(word, known, n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean {close[0]!r}?"
+    return f" (known: {', '.join(known)})" if every or len(known) < 40 else ""
+
+
 def _parse_flag(name: str, value: Any) -> Any:
     if name not in _FILE_KEYS:
         return value
@@ -425,8 +443,9 @@ def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, str], Storage, lis
                 api[name] = value
             continue
         if key not in _FILE_KEYS:
-            raise UsageError(f"{path}: unknown key {key!r} (known: growingio, storage, projects, "
-                             f"{', '.join(_FILE_KEYS)})")
+            raise UsageError(f"{path}: unknown key {key!r}"
+                             + did_you_mean(key, [*_FILE_KEYS, "growingio", "storage",
+                                                  "projects"]))
         values[key] = _parse_value(str(path), key, raw)
     return values, api, storage, found
 
@@ -501,6 +520,7 @@ def parse_out(value: Any) -> Path | Remote:
     text = _str(value)
     match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$", text)
     if match is None:
+        _refuse_near_urls(text)
         return Path(text)
     scheme, rest = match[1].lower(), match[2]
     if scheme == "file":
@@ -512,6 +532,18 @@ def parse_out(value: Any) -> Path | Remote:
         return _remote(text.rstrip("/"), REMOTE_SCHEMES[scheme], rest)
     raise UsageError(f"{scheme}:// outputs are not supported; give a local folder, a file:// "
                      "URL or an s3://, gs:// or az:// URL")
+
+
+def _refuse_near_urls(text: str) -> None:
+    """``s3:/bucket/x``, ``s3//bucket``, ``s3:bucket``: an object store's URL with a slip,
+    which would otherwise become a local folder named ``s3:``."""
+    near = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)(:/?|//?)(?!/)(.+)$", text)
+    if near is None or near[1].lower() not in {*REMOTE_SCHEMES, "file"}:
+        return
+    scheme, rest = near[1].lower(), near[3]
+    meant = f"file:///{rest.lstrip('/')}" if scheme == "file" else f"{scheme}://{rest}"
+    raise UsageError(f"{text!r} looks like a URL with a slip; did you mean {meant}? (a "
+                     f"local folder of that name: ./{text})")
 
 
 def _remote(url: str, kind: str, rest: str) -> Remote:
@@ -567,7 +599,8 @@ def parse_types(value: Any) -> tuple[str, ...]:
     names = tuple(dict.fromkeys(t.strip() for t in items if t.strip()))
     unknown = [t for t in names if t not in V2_TYPES]
     if unknown:
-        raise UsageError(f"unknown data type {unknown[0]!r}: use {', '.join(V2_TYPES)}")
+        raise UsageError(f"unknown data type {unknown[0]!r}"
+                         + did_you_mean(unknown[0], V2_TYPES, every=True))
     return names
 
 

@@ -28,7 +28,14 @@ from typing import Any
 
 import anyio
 
-from backfill.config import Settings, check_hourly_layout, check_token_rule, load, option_names
+from backfill.config import (
+    Settings,
+    check_hourly_layout,
+    check_token_rule,
+    did_you_mean,
+    load,
+    option_names,
+)
 from backfill.errors import UsageError
 from backfill.keys import Granularity, Key, date_form, expand, parse_bound
 from backfill.report import Reporter, Summary, make_reporter
@@ -57,7 +64,8 @@ async def fetch_async(first: str, last: str, *, config: Path | str | None = None
 
     unknown = sorted(set(options) - set(option_names()))
     if unknown:
-        raise UsageError(f"unknown option {unknown[0]!r} (known: {', '.join(option_names())})")
+        raise UsageError(f"unknown option {unknown[0]!r}"
+                         + did_you_mean(unknown[0], option_names(), every=True))
     settings = load(Path(config) if config is not None else None, options,
                     dict(environ) if environ is not None else None, project=project,
                     origin="argument")

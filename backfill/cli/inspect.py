@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
+from backfill.cli.fetch import FETCHING
 from backfill.cli.shared import (
     OptionalFrom_,
     OptionalTo_,
@@ -241,3 +242,95 @@ async def _verify(settings: Settings, keys: list[Key] | None, deep: bool) -> Ver
         return await verify_keys(store, destination, settings, keys, deep=deep)
     finally:
         await anyio.to_thread.run_sync(store.close)
+
+
+config_app = typer.Typer(help="The configuration a command would use, and where each value "
+                         "comes from.", no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("show", epilog="""Examples:
+
+\b
+  backfill config show                         # what `backfill run` would use here
+  backfill config show --out s3://lake/gio --granularity hour --json
+  backfill config show --project acme          # one [[projects]] entry
+""")
+@guarded
+@reporting
+@configured(*FETCHING)
+def config_show() -> None:
+    """Every setting a run would use, with where it came from: a flag, the environment,
+    the config file (which one), or the default. Secrets are never shown."""
+    import json as json_module
+
+    from backfill.config import config_file
+
+    chosen = settings()
+    rows = _effective(chosen)
+    source = config_file(said_config())
+    if output().json:
+        typer.echo(json_module.dumps({"config_file": str(source) if source else None,
+                                      "settings": {name: {"value": value, "from": origin}
+                                                   for name, value, origin in rows}},
+                                     indent=2))
+        return
+    typer.echo(f"config file: {source or 'none (defaults, environment and flags)'}")
+    width = max(len(name) for name, _, _ in rows)
+    for name, value, origin in rows:
+        typer.echo(f"  {name:<{width}}  {value:<40}  ({origin})")
+
+
+def said_config() -> Path | None:
+    from backfill.cli.shared import said
+
+    config = said.flags.get("config")
+    return config if isinstance(config, Path) else None
+
+
+def _effective(chosen: Settings) -> list[tuple[str, str, str]]:
+    """(setting, value as written in a config file, where it came from), secrets hidden."""
+    import dataclasses
+
+    from backfill.config import ENV, format_duration, option_names
+    from backfill.proxy import redact_proxy
+
+    durations = {"max_wait", "poll_interval", "max_poll_interval", "not_ready_interval",
+                 "error_retry_delay", "backoff", "max_backoff", "connect_timeout",
+                 "read_timeout", "outage_budget", "lease_time", "min_speed_time",
+                 "heartbeat", "hour_lag", "late_hour_lag", "day_lag"}
+    rows = []
+    for name in option_names():
+        value = getattr(chosen, name)
+        if name in durations:
+            shown = format_duration(value)
+        elif isinstance(value, tuple):
+            shown = ",".join(value) or "(all)"
+        elif value is None:
+            shown = "(none)"
+        elif isinstance(value, bool):
+            shown = str(value).lower()
+        else:
+            shown = str(getattr(value, "value", value))
+        if name == "rate" and chosen.shard is not None:
+            shown += f" (the budget split {chosen.shard.n} ways)"
+        rows.append((name, shown, chosen.sources.get(name, "default")))
+    rows.append(("state_folder", str(chosen.state_folder), "from out and state_dir"))
+    creds = chosen.credentials
+    for name in ("base_url", "client_id", "project_uid", "ai"):
+        rows.append((f"growingio.{name}", getattr(creds, name) or "(not set)",
+                     chosen.sources.get(f"growingio.{name}", "default")))
+    for name in ("secret", "token"):
+        given = bool(getattr(creds, name))
+        rows.append((f"growingio.{name}", "*** (set)" if given else "(not set)",
+                     chosen.sources.get(f"growingio.{name}", f"environment {ENV[name]}"
+                                        if given else "default")))
+    for field in dataclasses.fields(chosen.storage):
+        value = getattr(chosen.storage, field.name)
+        rows.append((f"storage.{field.name}", "(not set)" if value in ("", None) else str(value),
+                     chosen.sources.get(f"storage.{field.name}", "default")))
+    for scheme in ("http", "https"):
+        proxy = getattr(chosen.proxies, scheme)
+        rows.append((f"proxy.{scheme}", redact_proxy(proxy) if proxy else "(none)",
+                     "environment" if proxy else "default"))
+    return rows

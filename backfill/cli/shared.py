@@ -32,7 +32,7 @@ app = typer.Typer(
     "fast, resumable, verified.",
     epilog=EXIT_CODES,
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion, --show-completion: bash, zsh, fish
     pretty_exceptions_show_locals=False,  # locals can hold secrets
     # Plain help, as git and pip print it: rich's help panels cost 0.1 s of imports, a
     # third of `backfill --help`.

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from backfill.config import DAY_LAG, HOUR_LAG, LATE_HOUR_LAG
 from backfill.config import V2_TYPES as V2_TYPES  # the server's list, re-exported
 
 V1_TYPES = (
@@ -144,10 +145,11 @@ class EmulatorConfig:
     """Where the emulated clock starts; ``None`` means the real time."""
     speed: float = 1.0
     """Emulated seconds per real second; 0 freezes the clock."""
-    hour_lag: timedelta = timedelta(minutes=40)
-    late_hour_lag: timedelta = timedelta(minutes=60)
+    hour_lag: timedelta = timedelta(seconds=HOUR_LAG)
+    late_hour_lag: timedelta = timedelta(seconds=LATE_HOUR_LAG)
     """Lag for the hours 23:00–02:00, which the docs say take longer."""
-    day_lag: timedelta = timedelta(hours=3)
+    day_lag: timedelta = timedelta(seconds=DAY_LAG)
+    """The same readiness the client plans with (one truth: backfill.config)."""
     job_seconds: float = 120.0
     """How long (emulated) an export job stays RUNNING after its first request."""
     retention_days: int = 15
