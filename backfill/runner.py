@@ -84,7 +84,8 @@ async def _backfill(settings: Settings, keys: list[Key], reporter: Reporter, for
     if warning := set_aside_warning(store):
         reporter.warning(warning)
     try:
-        destination = open_destination(settings)
+        # Off the loop: finding storage credentials may ask the instance metadata service.
+        destination = await anyio.to_thread.run_sync(open_destination, settings)
         # Done units the cache does not know (a fresh CI runner, another machine) cost
         # no export call: the destination's markers say they are done.
         await reconcile(store, destination, settings, keys)

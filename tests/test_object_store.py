@@ -446,6 +446,47 @@ async def test_a_live_lease_refuses_with_its_holder(emulator: RunningEmulator, b
     assert emulator.state.stats()["export_calls"] == 0
 
 
+async def test_without_credentials_the_line_names_every_source_tried(
+        emulator: RunningEmulator, bucket: Bucket, tmp_path: Path) -> None:
+    # A laptop: no keys, no profile, and an instance metadata service that does not answer
+    # (a dead loopback port: tests never reach a real metadata address).
+    with anyio.fail_after(5):
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        await listener.aclose()
+    env = remote_env(emulator, bucket, tmp_path)
+    del env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]
+    del env["AWS_EC2_METADATA_DISABLED"]
+    env.update(HOME=str(tmp_path), AWS_EC2_METADATA_SERVICE_ENDPOINT=f"http://127.0.0.1:{port}",
+               AWS_METADATA_ENDPOINT=f"http://127.0.0.1:{port}")
+    started = anyio.current_time()
+    code, _, err = await cli(["run", *RANGE, "--out", bucket.url()], env, tmp_path)
+    assert code == 2, err
+    line, = err.splitlines()
+    assert line.startswith("backfill: error: no storage credentials: tried ")
+    for source in ("AWS_ACCESS_KEY_ID", f"{tmp_path}/.aws/credentials (profile default)",
+                   "a web identity", "a container role",
+                   f"instance metadata at http://127.0.0.1:{port} (no answer"):
+        assert source in line, source
+    assert "169.254.169.254" not in line
+    assert anyio.current_time() - started < 30  # bounded: the metadata wait is one second
+
+
+async def test_a_shared_credentials_file_is_read(emulator: RunningEmulator, bucket: Bucket,
+                                                 tmp_path: Path) -> None:
+    env = remote_env(emulator, bucket, tmp_path)
+    key, secret = env.pop("AWS_ACCESS_KEY_ID"), env.pop("AWS_SECRET_ACCESS_KEY")
+    shared = tmp_path / "aws-credentials"
+    shared.write_text(f"[default]\naws_access_key_id = nope\naws_secret_access_key = nope\n"
+                      f"[lake]\naws_access_key_id = {key}\naws_secret_access_key = {secret}\n")
+    env.update(AWS_SHARED_CREDENTIALS_FILE=str(shared), AWS_PROFILE="lake",
+               HOME=str(tmp_path))
+    code, out, err = await cli(["run", *RANGE, "--out", bucket.url()], env, tmp_path)
+    assert code == 0, err
+    assert any(name.endswith("/_SUCCESS") for name in bucket.names())
+    assert secret not in out + err
+
+
 @pytest.mark.parametrize("problem", ["no credentials", "no bucket", "wrong endpoint"])
 async def test_a_store_that_cannot_be_used_is_one_line_exit_2_without_an_export_call(
         emulator: RunningEmulator, bucket: Bucket, tmp_path: Path, problem: str) -> None:
@@ -453,7 +494,9 @@ async def test_a_store_that_cannot_be_used_is_one_line_exit_2_without_an_export_
     url = bucket.url()
     if problem == "no credentials":
         del env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]
-        expected = "no storage credentials: set AWS_ACCESS_KEY_ID"
+        env["HOME"] = str(tmp_path)  # no ~/.aws/credentials of the machine's either
+        expected = ("no storage credentials: tried AWS_ACCESS_KEY_ID and "
+                    "AWS_SECRET_ACCESS_KEY")
     elif problem == "no bucket":
         url = "s3://no-such-bucket-here/raw"
         expected = "the bucket 'no-such-bucket-here' does not exist"

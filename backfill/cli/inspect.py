@@ -90,7 +90,8 @@ async def _units(chosen: Settings, within: list[Key] | None) -> list[UnitRecord]
 
     known = await anyio.to_thread.run_sync(known_units, chosen)  # SQLite: off the loop
     exists = not isinstance(chosen.out, Path) or chosen.out.exists()
-    complete = await finished(open_destination(chosen), chosen, within) if exists else {}
+    destination = await anyio.to_thread.run_sync(open_destination, chosen)
+    complete = await finished(destination, chosen, within) if exists else {}
     if not known and not complete:
         raise UsageError(f"nothing in {chosen.out} yet: no finished unit and no backfill "
                          "state; run `backfill run` first")
@@ -164,9 +165,12 @@ def _token_in_use(client_id: str) -> str | None:
 
 
 async def _check_store(settings: Settings) -> None:
+    import anyio
+
     from backfill.destination import open_destination
 
-    await open_destination(settings).listing(".backfill/")
+    destination = await anyio.to_thread.run_sync(open_destination, settings)
+    await destination.listing(".backfill/")
 
 
 async def _check_token(settings: Settings) -> None:
@@ -236,7 +240,7 @@ async def _verify(settings: Settings, keys: list[Key] | None, deep: bool) -> Ver
 
     store = await anyio.to_thread.run_sync(open_store, settings)
     try:
-        destination = open_destination(settings)
+        destination = await anyio.to_thread.run_sync(open_destination, settings)
         if not isinstance(settings.out, Path):
             await reconcile(store, destination, settings, keys)
         return await verify_keys(store, destination, settings, keys, deep=deep)

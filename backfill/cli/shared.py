@@ -318,7 +318,8 @@ async def sync_cache(settings: Settings, keys: list[Key] | None) -> None:
 
     store = await anyio.to_thread.run_sync(Store, settings.state_folder)
     try:
-        await reconcile(store, open_destination(settings), settings, keys)
+        destination = await anyio.to_thread.run_sync(open_destination, settings)
+        await reconcile(store, destination, settings, keys)
     finally:
         await anyio.to_thread.run_sync(store.close)
 

@@ -25,9 +25,10 @@ import os
 import re
 import secrets
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -454,8 +455,7 @@ def _make_store(settings: Settings) -> ObjectStoreT:
         if remote.kind == "s3":
             endpoint = (storage.endpoint or env.get("AWS_ENDPOINT_URL_S3")
                         or env.get("AWS_ENDPOINT_URL") or "")
-            _require_s3_credentials(env)
-            config: dict[str, Any] = {}
+            config: dict[str, Any] = dict(_s3_credentials(env))
             if storage.endpoint:
                 config["endpoint"] = storage.endpoint
             if storage.region:
@@ -484,17 +484,83 @@ def _proxy_options(settings: Settings, target: str) -> dict[str, str]:
     return {"proxy_url": proxy} if proxy else {}
 
 
-def _require_s3_credentials(env: os._Environ[str] | dict[str, str]) -> None:
-    """Refuse at once when no S3 credential source is configured, instead of waiting for
-    the instance metadata service of a machine that has none."""
-    sources = (
-        env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"),
-        env.get("AWS_WEB_IDENTITY_TOKEN_FILE") and env.get("AWS_ROLE_ARN"),
-        env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
-        or env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI"),
-        env.get("AWS_EC2_METADATA_DISABLED", "").lower() != "true",
-    )
-    if not any(sources):
-        raise OutputError("no storage credentials: set AWS_ACCESS_KEY_ID and "
-                          "AWS_SECRET_ACCESS_KEY (or use a web identity, container or "
-                          "instance role)")
+METADATA_ENDPOINT = "http://169.254.169.254"
+METADATA_WAIT = 1.0
+"""Seconds the instance metadata service gets to answer before it counts as absent: on
+a cloud machine it answers in milliseconds."""
+
+
+def _s3_credentials(env: Mapping[str, str]) -> dict[str, str]:
+    """What obstore needs to be told about credentials beyond the environment it reads
+    itself: the keys of a shared credentials file (``~/.aws/credentials``, a profile), and
+    where the instance metadata service is. Raises :class:`OutputError`, naming every
+    source tried, when there is none, instead of obstore's error about 169.254.169.254."""
+    if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+        return {}
+    if env.get("AWS_WEB_IDENTITY_TOKEN_FILE") and env.get("AWS_ROLE_ARN"):
+        return {}
+    if env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") or env.get(
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI"):
+        return {}
+    shared, profile = _shared_file(env)
+    keys = _profile_keys(shared, profile)
+    if keys:
+        return keys
+    endpoint = (env.get("AWS_EC2_METADATA_SERVICE_ENDPOINT") or env.get("AWS_METADATA_ENDPOINT")
+                or METADATA_ENDPOINT).rstrip("/")
+    disabled = env.get("AWS_EC2_METADATA_DISABLED", "").lower() == "true"
+    if not disabled and _metadata_answers(endpoint):
+        return {"metadata_endpoint": endpoint}
+    metadata = ("instance metadata (disabled)" if disabled
+                else f"instance metadata at {endpoint} (no answer in {METADATA_WAIT:g} s)")
+    raise OutputError(
+        "no storage credentials: tried AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+        f"{shared} (profile {profile}), a web identity (AWS_WEB_IDENTITY_TOKEN_FILE), a "
+        f"container role and {metadata}; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+        "or AWS_PROFILE with a profile in that file")
+
+
+def _shared_file(env: Mapping[str, str]) -> tuple[Path, str]:
+    path = env.get("AWS_SHARED_CREDENTIALS_FILE") or str(Path.home() / ".aws" / "credentials")
+    return Path(path).expanduser(), env.get("AWS_PROFILE") or "default"
+
+
+def _profile_keys(path: Path, profile: str) -> dict[str, str]:
+    """A profile's keys in an AWS shared credentials file, as obstore's config (nothing
+    if the file or the profile is not there)."""
+    import configparser
+
+    parser = configparser.ConfigParser()
+    try:
+        parser.read(path, encoding="utf-8")
+    except (OSError, configparser.Error):
+        return {}
+    if not parser.has_section(profile):
+        return {}
+    section = parser[profile]
+    key, secret = section.get("aws_access_key_id"), section.get("aws_secret_access_key")
+    if not key or not secret:
+        return {}
+    found = {"access_key_id": key, "secret_access_key": secret}
+    if token := section.get("aws_session_token"):
+        found["session_token"] = token
+    return found
+
+
+def _metadata_answers(endpoint: str) -> bool:
+    """Whether an instance metadata service answers at ``endpoint`` (IMDSv2's token call);
+    a machine without one says so within :data:`METADATA_WAIT`."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(endpoint)
+    connection = http.client.HTTPConnection(parts.hostname or "", parts.port or 80,
+                                            timeout=METADATA_WAIT)
+    try:
+        connection.request("PUT", "/latest/api/token",
+                           headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"})
+        return connection.getresponse().status < 500
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        connection.close()
