@@ -130,3 +130,15 @@ def test_absent_is_not_empty() -> None:
 def test_malformed_answers_are_retryable(body: object) -> None:
     with pytest.raises(RetryableError):
         parse_answer(body, "one", ("visit",))
+
+
+@pytest.mark.parametrize("name", ["20261120", "2026112010", "2026112023", "2026112100",
+                                  "2026112101", "2026112102"])
+def test_the_planner_and_the_emulator_share_one_readiness(name: str) -> None:
+    from backfill.config import Settings
+    from backfill.emulator import EmulatorConfig
+    from backfill.emulator.jobs import producible_at
+    from backfill.keys import Key
+
+    key = Key.parse(name)
+    assert expected_ready(key, Settings()) == producible_at(key, EmulatorConfig())

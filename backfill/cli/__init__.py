@@ -56,7 +56,7 @@ def _run() -> int:
 
     load_commands()
     try:
-        result = app(standalone_mode=False)
+        result = app(standalone_mode=False, prog_name="backfill")
     except typer.Abort:
         return _interrupted("SIGINT")
     except _usage_errors() as exc:
