@@ -189,10 +189,10 @@ def test_a_broken_project_is_named(tmp_path: Path, entry: str, message: str) -> 
 def test_the_readmes_projects_load(tmp_path: Path) -> None:
     import re
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme.split("**Many projects in one config.**", 1)[1]
+    page = (Path(__file__).resolve().parent.parent / "docs" / "scale-out.md").read_text()
+    section = page.split("**Many projects in one config.**", 1)[1]
     block = re.search(r"```toml\n(.*?)```", section, flags=re.S)
-    assert block, "the README's [[projects]] example is gone"
+    assert block, "the [[projects]] example of docs/scale-out.md is gone"
     path = write(tmp_path, block[1])
     env = {"BETA_GIO_CLIENT_ID": "beta-id", "XDG_STATE_HOME": str(tmp_path)}
     beta = load(path, {}, env=env, project="beta")

@@ -140,9 +140,9 @@ async def _console_token(emulator: RunningEmulator) -> str:
 
 
 def recipe_commands() -> list[str]:
-    """The `backfill run` command lines of the README's scale-out recipes."""
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme.split("### Run it at scale", 1)[1].split("\n### ", 1)[0]
+    """The `backfill run` command lines of the scale-out recipes (docs/scale-out.md)."""
+    page = (Path(__file__).resolve().parent.parent / "docs" / "scale-out.md").read_text()
+    section = page.split("# Run it at scale", 1)[1].split("\n**Many projects", 1)[0]
     recipes = "\n".join(re.findall(r"```yaml\n(.*?)```", section, flags=re.S))
     commands = [line.split("run: ", 1)[-1].strip() for line in recipes.splitlines()
                 if "backfill run " in line]

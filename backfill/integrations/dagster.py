@@ -1,5 +1,5 @@
 """Dagster: partitioned assets that back up a GrowingIO project (``pip install
-'backfill[dagster]'``)::
+'growingio-backfill[dagster]'``)::
 
     from backfill.integrations.dagster import growingio_asset
 
