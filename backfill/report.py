@@ -397,11 +397,11 @@ def print_summary(summary: Summary, console: Console | None = None, *,
     that need attention."""
     console = console or Console()
     table = Table(title="backfill summary", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(justify="right")
     if where is not None:
         table.add_row("destination", where[0])
         table.add_row("state", where[1])
-    table.add_column(style="bold")
-    table.add_column(justify="right")
     for status in Status:
         if summary.statuses[status]:
             table.add_row(f"keys {status.value.replace('_', ' ')}", str(summary.statuses[status]))
