@@ -55,3 +55,15 @@ def test_a_failure_never_hides_behind_the_gone_keys_and_json_keeps_every_key() -
     assert shown[0] == "2026-11-20: failed: broken"
     assert shown[-1] == "… and 381 more lines (--json has every key)"
     assert len(summary.to_json()["problems"]) == 401  # type: ignore[arg-type]
+
+
+def test_the_summary_names_the_destination_and_the_state_in_its_two_columns() -> None:
+    summary = Summary()
+    summary.add("20261120", Status.DONE)
+    console = Console(file=io.StringIO(), width=100)
+    print_summary(summary, console, where=("s3://lake/gio", "/state/gio"))
+    rows = [line for line in console.file.getvalue().splitlines()  # type: ignore[attr-defined]
+            if line.startswith("│")]
+    assert [cell.strip() for cell in rows[0].split("│")[1:3]] == ["destination",
+                                                                  "s3://lake/gio"]
+    assert all(row.count("│") == 3 for row in rows)  # two columns, none empty
