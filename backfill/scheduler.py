@@ -21,7 +21,7 @@ import anyio
 from backfill.api import ExportAnswer, ExportApi
 from backfill.config import Settings, format_duration
 from backfill.destination import Destination, PartSink, Stored
-from backfill.download import Downloader, Progress
+from backfill.download import Downloader
 from backfill.errors import (
     IntegrityError,
     LinkExpiredError,
@@ -31,6 +31,7 @@ from backfill.errors import (
     RetryableError,
     first_error,
 )
+from backfill.integrity import Progress
 from backfill.keys import Key
 from backfill.layout import key_folder, object_name, part_name, redact
 from backfill.manifest import ManifestPart, document

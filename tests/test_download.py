@@ -11,9 +11,10 @@ import aiohttp
 import pytest
 
 from backfill.destination.local import LocalPart
-from backfill.download import Downloader, Progress, block_size, check_part
+from backfill.download import Downloader, block_size
 from backfill.emulator import EmulatorConfig, serve
 from backfill.errors import IntegrityError, RetryableError
+from backfill.integrity import Progress, check_part
 from backfill.outage import LinkHosts
 from tests.helpers import Api
 

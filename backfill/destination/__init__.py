@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from backfill.config import Settings
-    from backfill.download import Batch, Checker, Progress, Verified
+    from backfill.integrity import Batch, Checker, Progress, Verified
     from backfill.manifest import ManifestPart
 
 

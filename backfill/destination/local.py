@@ -25,7 +25,7 @@ from backfill.manifest import ManifestPart, publish, unpublish
 
 if TYPE_CHECKING:
     from backfill.config import Settings
-    from backfill.download import Batch, Checker, Progress, Verified
+    from backfill.integrity import Batch, Checker, Progress, Verified
 
 
 class LocalFolder:
@@ -59,7 +59,7 @@ class LocalFolder:
     async def check(self, path: str, part: ManifestPart, listed: Stored, *,
                     deep: bool) -> None:
         # Reading a local file is cheap: its MD5 is checked every time, not only its size.
-        from backfill.download import check_part
+        from backfill.integrity import check_part
 
         file = self.root / path
         await anyio.to_thread.run_sync(

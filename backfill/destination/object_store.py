@@ -50,7 +50,7 @@ from backfill.manifest import ManifestPart, is_stale
 
 if TYPE_CHECKING:
     from backfill.config import Remote, Settings
-    from backfill.download import Batch, Checker, Progress, Verified
+    from backfill.integrity import Batch, Checker, Progress, Verified
 
     ObjectStoreT = S3Store | GCSStore | AzureStore
 
@@ -156,7 +156,7 @@ class ObjectStore:
             await self._check_bytes(path, part, shown)
 
     async def _check_bytes(self, path: str, part: ManifestPart, shown: str) -> None:
-        from backfill.download import Checker
+        from backfill.integrity import Checker
 
         checker = Checker(shown, inflate=True)
         try:

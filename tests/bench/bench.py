@@ -225,7 +225,7 @@ def _checked_reference(conn: Connection, urls: list[str], folder: str) -> None:
     and rename. No state, no resume, no progress."""
     import anyio
 
-    from backfill.download import Checker
+    from backfill.integrity import Checker
 
     def write(fd: int, batch: list[bytes], checker: Checker) -> None:
         checker.feed_batch(batch)
@@ -313,7 +313,7 @@ def durable_write(folder: Path, size: int) -> float:
 
 def check_cpu(folder: Path) -> tuple[float, float]:
     """CPU seconds to MD5 the files, and to MD5 plus inflate them (backfill's checks)."""
-    from backfill.download import check_part
+    from backfill.integrity import check_part
 
     files = sorted(folder.glob("*.gz"))
     started = time.process_time()
@@ -334,8 +334,8 @@ def realistic_check(work: Path) -> dict[str, float]:
     (about 4x), where inflating, not MD5, is the cost. ISA-L (ours) against stdlib zlib."""
     import zlib
 
-    from backfill.download import check_part
     from backfill.emulator.data import DataSettings, DataStore
+    from backfill.integrity import check_part
     from backfill.keys import Granularity, key_at
 
     store = DataStore(work / "realistic", DataSettings(seed=1, bytes_per_hour=16 * MiB,
