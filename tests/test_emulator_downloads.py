@@ -14,7 +14,7 @@ import anyio
 import pytest
 
 from backfill.emulator import RunningEmulator
-from backfill.emulator.data import COLUMNS
+from backfill.schema import COLUMNS
 from tests.conftest import EmulatorFactory
 from tests.helpers import Api
 

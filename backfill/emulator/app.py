@@ -59,7 +59,8 @@ class EmulatorState:
         self.data = DataStore(
             config.data_dir or default_data_dir(),
             DataSettings(config.seed, config.bytes_per_hour, config.part_size,
-                         config.compress_level, config.flat_data),
+                         config.compress_level, config.flat_data, config.keep_rows,
+                         frozenset(config.drift_hours), config.long_field),
         )
         self.jobs = JobBook(config)
         self.signer = LinkSigner(secrets.token_bytes(32))

@@ -141,6 +141,12 @@ class EmulatorConfig:
     compress_level: int = 6
     flat_data: bool = False
     """Benchmarks: exactly ``bytes_per_hour`` per type and hour, generated fast."""
+    keep_rows: bool = False
+    """Keep the values of every generated row (``state.data.rows``), for table tests."""
+    drift_hours: tuple[str, ...] = ()
+    """Hour keys whose parts carry one column more (``extraColumn``) and one less."""
+    long_field: int = 0
+    """Now and then a text field this many bytes long."""
     now: datetime | None = None
     """Where the emulated clock starts; ``None`` means the real time."""
     speed: float = 1.0

@@ -22,59 +22,9 @@ from pathlib import Path
 from typing import IO
 
 from backfill.keys import Granularity, Key
+from backfill.schema import COLUMNS, JSON_COLUMNS, TIME_COLUMNS
 
-GENERATOR_VERSION = 1
-
-_CUSTOMER = [f"customerAttributes{i}" for i in range(2, 11)]
-_PAGE_ATTRS = [f"pageAttributes{i}" for i in range(1, 11)]
-
-COLUMNS: dict[str, tuple[str, ...]] = {
-    "visit": (
-        "visitUserId", "sessionId", "accountVersion", "platform", "domain", "page",
-        "queryParameters", "referrer", "language", "screenHeight", "screenWidth", "time",
-        "sendTime", "ip", "userAgent", "operatingSystem", "operatingSystemVersion",
-        "clientVersion", "channel", "deviceBrand", "deviceModel", "deviceType",
-        "deviceOrientation", "latitude", "longitude", "vstRequestId", "idfa", "androidId",
-        "IMEI",
-    ),
-    "page": (
-        "visitUserId", "sessionId", "platform", "domain", "page", "queryParameters",
-        "referrer", "referrerPage", "title", "time", "sendTime", "deviceOrientation",
-        "loginUserId", "pageGroup", "appVariable", *_CUSTOMER, *_PAGE_ATTRS,
-        "pageRequestId", "vstRequestId",
-    ),
-    "action": (
-        "visitUserId", "sessionId", "requestType", "domain", "page", "sendTime", "time",
-        "href", "requestValue", "index", "info", "pageRequestId", "actionRequestId",
-    ),
-    "action_tag": ("sendTime", "actionRequestId", "ruleId"),
-    "custom_event": (
-        "visitUserId", "sessionId", "time", "sendTime", "pageTime", "domain", "page",
-        "queryParameters", "eventName", "eventNumber", "eventVariable", "loginUserId",
-        "pageRequestId",
-    ),
-    "pvar": (
-        "visitUserId", "sessionId", "time", "sendTime", "pageTime", "domain", "page",
-        "pageVariable", "pageRequestId",
-    ),
-    "evar": ("visitUserId", "sessionId", "time", "sendTime", "domain", "conversionVariable"),
-    "ads_track_activation": (
-        "visitUserId", "idfa", "imei", "uuid", "androidId", "ip", "userAgent", "platform",
-        "operatingSystemVersion", "sendTime", "linkId", "campaignId", "channelId", "linkName",
-        "campaignName", "channelName",
-    ),
-    "ads_track_click": (
-        "idfa", "imei", "uuid", "androidId", "ip", "userAgent", "platform",
-        "operatingSystemVersion", "eventTime", "linkId", "campaignId", "channelId", "linkName",
-        "campaignName", "channelName",
-    ),
-    "vstr": ("visitUserId", "time", "sendTime", "visitorVariable"),
-    # v1 only, with the older column names.
-    "custom_attr": (
-        "visitUserId", "sessionId", "time", "sendTime", "domain", "page", "eventName",
-        "attributes", "loginUserId",
-    ),
-}  # fmt: skip
+GENERATOR_VERSION = 2
 
 # Relative volume of each type; the ads tables are sparse and often empty.
 WEIGHTS = {
@@ -98,11 +48,8 @@ _AGENTS = (
     "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 Chrome/124.0 Mobile",
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/124.0",
 )
-_JSON_COLUMNS = frozenset(
-    {"appVariable", "eventVariable", "pageVariable", "conversionVariable", "visitorVariable",
-     "attributes"}
-)  # fmt: skip
-_TIME_COLUMNS = frozenset({"time", "sendTime", "pageTime", "eventTime"})
+_JSON_COLUMNS = JSON_COLUMNS
+_TIME_COLUMNS = TIME_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -122,11 +69,20 @@ class DataSettings:
     compress_level: int
     flat: bool = False
     """Benchmarks: exactly ``bytes_per_hour`` per type and hour, rows recycled for speed."""
+    keep_rows: bool = False
+    """Keep the values of every row beside its part (``DataStore.rows``), for the tests that
+    compare a table with what was generated rather than with a parse of the CSV."""
+    drift: frozenset[str] = frozenset()
+    """Hour keys whose parts drift from the documented columns: one more column
+    (``extraColumn``) and one less (the second documented one)."""
+    long_field: int = 0
+    """Now and then a text field this long (a megabyte and more tests the readers)."""
 
     @property
     def fingerprint(self) -> str:
         text = f"{GENERATOR_VERSION}:{self.seed}:{self.bytes_per_hour}:{self.part_size}:"
-        text += f"{self.compress_level}:{self.flat}"
+        text += f"{self.compress_level}:{self.flat}:{self.keep_rows}:{sorted(self.drift)}:"
+        text += f"{self.long_field}"
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -167,15 +123,31 @@ class DataStore:
             return []  # sparse tables have empty hours: a FINISHED answer with no links
         else:
             target = s.bytes_per_hour * weight * _DAY_CURVE[hour.start.hour] * rng.uniform(0.7, 1.3)
-        rows = _RowMaker(rng, data_type, hour, recycle=s.flat)
+        rows = _RowMaker(rng, data_type, hour, recycle=s.flat,
+                         drift=hour.name in s.drift, long_field=s.long_field)
         parts: list[PartFile] = []
         total = 0
         while total < target:
-            part = _write_part(folder / f"part-{len(parts):05d}.csv.gz", rows, s,
-                               budget=int(target - total))
+            path = folder / f"part-{len(parts):05d}.csv.gz"
+            rows.kept = [] if s.keep_rows else None
+            part = _write_part(path, rows, s, budget=int(target - total))
+            if rows.kept is not None:
+                _atomic_write(path.with_suffix(".rows.json"),
+                              json.dumps([list(rows.columns), *rows.kept]).encode())
             parts.append(part)
             total += part.size
         return parts
+
+    def rows(self, ai: str, data_type: str, hour: Key) -> tuple[tuple[str, ...],
+                                                                 list[list[str]]]:
+        """The header and the values of every row of one type and hour, in order, as they
+        were generated (needs ``keep_rows``)."""
+        header: tuple[str, ...] = ()
+        values: list[list[str]] = []
+        for part in self.parts(ai, data_type, hour):
+            kept = json.loads(part.path.with_suffix(".rows.json").read_text())
+            header, values = tuple(kept[0]), values + kept[1:]
+        return header, values
 
 
 def _write_part(path: Path, rows: _RowMaker, s: DataSettings, budget: int) -> PartFile:
@@ -238,11 +210,17 @@ class _RowMaker:
     """Plausible rows for one data type and hour; times are UTC epoch milliseconds."""
 
     def __init__(self, rng: random.Random, data_type: str, hour: Key, *,
-                 recycle: bool = False) -> None:
+                 recycle: bool = False, drift: bool = False, long_field: int = 0) -> None:
         self.rng = rng
         self.recycle = recycle
+        self.long_field = long_field
         self.batches: list[bytes] = []
-        self.columns = COLUMNS[data_type]
+        self.kept: list[list[str]] | None = None
+        columns = COLUMNS[data_type]
+        if drift:  # the vendor added a column and dropped one
+            columns = (columns[0], *columns[2:], "extraColumn") if len(columns) > 2 else (
+                *columns, "extraColumn")
+        self.columns = columns
         start = hour.start.astimezone(UTC)
         self.t0 = int(start.timestamp() * 1000)
         self.span = int(timedelta(hours=1).total_seconds() * 1000)
@@ -255,7 +233,10 @@ class _RowMaker:
         if self.recycle and len(self.batches) >= 64:
             # 64 distinct batches span more than deflate's 32 KB window: no false gain.
             return self.batches[self.rng.randrange(64)]
-        data = self._encode([self._row() for _ in range(count)])
+        rows = [self._row() for _ in range(count)]
+        if self.kept is not None:
+            self.kept.extend(rows)
+        data = self._encode(rows)
         if self.recycle:
             self.batches.append(data)
         return data
@@ -281,10 +262,13 @@ class _RowMaker:
         if column in _TIME_COLUMNS:
             return str(t + (rng.randrange(3000) if column == "sendTime" else 0))
         if column in _JSON_COLUMNS:
-            keys = rng.sample(("color", "size", "campaign", "level", "tab", "note"), 2)
-            values = {k: rng.choice(('red', 'XL', 'spring "sale"', 'a,b', '3', 'x\\y'))
+            keys = rng.sample(("color", "size", "campaign", "level", "tab", "note", "城市"), 2)
+            values = {k: rng.choice(('red', 'XL', 'spring "sale"', 'a,b', '3', 'x\\y',
+                                     '北京 "旗舰店"', 'line\nbreak', ''))
                       for k in keys}
             return json.dumps(values, ensure_ascii=False)
+        if self.long_field and column == "userAgent" and rng.random() < 0.02:
+            return "L" * self.long_field
         if column == "visitUserId":
             return rng.choice(self.users)
         if column.endswith(("Id", "RequestId")) or column in ("idfa", "imei", "uuid", "IMEI"):
@@ -301,12 +285,16 @@ class _RowMaker:
             return rng.choice(_AGENTS)
         if column == "ip":
             return f"203.0.113.{rng.randrange(1, 255)}"  # documentation range
-        if column in ("screenHeight", "screenWidth", "index", "eventNumber", "accountVersion"):
-            return str(rng.randrange(1, 2000))
+        if column in ("screenHeight", "screenWidth", "index"):
+            return rng.choice((str(rng.randrange(1, 4000)), ""))  # an empty one is a null
+        if column == "eventNumber":
+            return rng.choice((str(rng.randrange(1, 2000)), f"{rng.uniform(0, 500):.2f}", ""))
         if column in ("latitude", "longitude"):
             return f"{rng.uniform(-90, 90):.5f}"
         if column == "queryParameters":
             return rng.choice(("", "utm_source=newsletter&utm_medium=email", "q=shoes"))
         if column == "title":
-            return rng.choice(("Home", "Search results", "Cart, 3 items", "Help & FAQ"))
-        return rng.choice(("", "a", "b", "zh-CN", "en-US", "v1.2.3", "phone", "portrait"))
+            return rng.choice(("Home", "Search results", "Cart, 3 items", "Help & FAQ",
+                               'He said "hi"', "two\nlines", "back\\slash", "商品详情"))
+        return rng.choice(("", "a", "b", "zh-CN", "en-US", "v1.2.3", "phone", "portrait",
+                           "00123", "NULL", "NA", "x,y"))

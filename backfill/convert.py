@@ -1,0 +1,190 @@
+"""Verified CSV parts to typed Arrow batches, streaming: the stage between the checked bytes
+and a table (``--format parquet|delta``). Blocking: a worker thread's job.
+
+GrowingIO's dialect is read exactly: ``,`` separator, ``"`` quote, ``\\`` escape (no doubled
+quotes), quoted fields holding commas, quotes, newlines, and fields longer than a megabyte.
+Every value is read as text first, so nothing is guessed: ``00123`` and ``NULL`` stay text.
+Then the documented columns get their types (:mod:`backfill.schema`); an empty field of a
+typed column is a null. A column the schema does not know is kept, as text; a documented
+column a part lacks is null; no row is dropped. A value a typed column cannot hold fails
+the unit, naming the row by its number, never its content.
+
+Needs the ``tables`` extra (pyarrow, deltalake): :func:`require_tables` says so in one line.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from backfill.errors import IntegrityError, UsageError
+from backfill.schema import COLUMNS, column_kind
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+BLOCK = 1 << 20
+"""Bytes of CSV per batch: memory stays flat however large a part inflates."""
+MAX_BLOCK = 1 << 30
+"""The longest row a part may hold (the reader's block grows to it, four times each step)."""
+FORMATS = ("csv", "parquet", "delta")
+
+
+def require_tables(fmt: str) -> None:
+    """Raise :class:`UsageError` (one line, how to install it) when ``fmt`` needs the
+    tables extra and it is not installed."""
+    if fmt == "csv":
+        return
+    try:
+        import pyarrow  # noqa: F401
+        if fmt == "delta":
+            import deltalake  # noqa: F401
+    except ImportError:
+        raise UsageError(f"--format {fmt} needs the tables extra: pip install "
+                         "'growingio-backfill[tables]'") from None
+
+
+def header(path: Path) -> list[str]:
+    """The column names of a verified gzip CSV part (its first record)."""
+    with gzip.open(path, "rt", encoding="utf-8", newline="") as text:
+        reader = csv.reader(text, delimiter=",", quotechar='"', escapechar="\\",
+                            doublequote=False)
+        return next(reader, [])
+
+
+@dataclass(frozen=True)
+class UnitSchema:
+    """The columns of one data type's table: the documented ones, typed, in their order,
+    then every other column a part brought, as text."""
+
+    data_type: str
+    extra: tuple[str, ...] = ()
+
+    def arrow(self, partitions: tuple[str, ...] = ()) -> pa.Schema:
+        import pyarrow as pa
+
+        fields = [pa.field(c, _arrow_type(column_kind(c))) for c in documented(self.data_type)]
+        fields += [pa.field(c, pa.string()) for c in self.extra]  # unknown: kept, as text
+        return pa.schema([*fields, *(pa.field(p, pa.string()) for p in partitions)])
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return (*documented(self.data_type), *self.extra)
+
+    @classmethod
+    def of(cls, data_type: str, headers: list[list[str]]) -> UnitSchema:
+        known = set(documented(data_type))
+        extra: dict[str, None] = {}
+        for names in headers:
+            extra.update(dict.fromkeys(n for n in names if n not in known))
+        return cls(data_type, tuple(extra))
+
+
+def documented(data_type: str) -> tuple[str, ...]:
+    return COLUMNS.get(data_type, ())
+
+
+def batches(path: Path, schema: UnitSchema, *, shown: str,
+            partitions: dict[str, str] | None = None) -> Iterator[pa.RecordBatch]:
+    """The rows of one verified part as batches of ``schema`` (plus constant
+    ``partitions`` columns), about :data:`BLOCK` bytes of CSV each.
+
+    Raises :class:`IntegrityError` naming ``shown`` and the row for a value its column's
+    type cannot hold, or for CSV that does not parse.
+    """
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    names = header(path)
+    parse = pacsv.ParseOptions(delimiter=",", quote_char='"', escape_char="\\",
+                               double_quote=False, newlines_in_values=True)
+    convert = pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()),
+                                   strings_can_be_null=False, quoted_strings_can_be_null=False,
+                                   null_values=[])
+    target = schema.arrow(tuple(partitions or ()))
+    seen, block = 0, BLOCK
+    while True:
+        # A row longer than a block (a field of megabytes) makes the reader give up: it
+        # starts again after the rows already given, with blocks four times as large.
+        read = pacsv.ReadOptions(block_size=block, column_names=names, skip_rows=1,
+                                 skip_rows_after_names=seen, use_threads=False)
+        try:
+            reader = pacsv.open_csv(pa.input_stream(str(path), compression="gzip"),
+                                    read_options=read, parse_options=parse,
+                                    convert_options=convert)
+            for batch in reader:
+                typed = _typed(batch, target, partitions or {}, seen, shown)
+                seen += batch.num_rows
+                yield typed
+            return
+        except pa.ArrowInvalid as exc:
+            if "straddl" in str(exc) and block < MAX_BLOCK:
+                block *= 4
+                continue
+            raise IntegrityError(f"{shown}: not CSV of GrowingIO's dialect after row {seen} "
+                                 f"({_first_line(exc)})") from None
+
+
+def _typed(batch: pa.RecordBatch, target: pa.Schema, partitions: dict[str, str], seen: int,
+           shown: str) -> pa.RecordBatch:
+    import pyarrow as pa
+
+    columns = []
+    present = set(batch.schema.names)
+    for field in target:
+        if field.name in partitions:
+            columns.append(pa.array([partitions[field.name]] * batch.num_rows, pa.string()))
+        elif field.name in present:
+            columns.append(_cast(batch.column(field.name), field, seen, shown))
+        else:  # a documented column this part lacks, or an extra another part has
+            columns.append(pa.nulls(batch.num_rows, field.type))
+    return pa.RecordBatch.from_arrays(columns, schema=target)
+
+
+def _cast(text: pa.Array, field: pa.Field, seen: int, shown: str) -> pa.Array:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if pa.types.is_string(field.type):
+        return text
+    values = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
+    timestamp = pa.types.is_timestamp(field.type)
+    try:
+        if timestamp:
+            return pc.cast(pc.cast(values, pa.int64()), field.type)
+        return pc.cast(values, field.type)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        row = _first_bad(values, field.type)
+        what = "an epoch-milliseconds time" if timestamp else f"a {field.type}"
+        raise IntegrityError(f"{shown}: row {seen + row + 1} has a {field.name} that is not "
+                             f"{what}") from None
+
+
+def _first_bad(values: pa.Array, target: pa.DataType) -> int:
+    import pyarrow as pa
+
+    wanted = pa.int64() if pa.types.is_timestamp(target) else target
+    for index, value in enumerate(values.to_pylist()):
+        if value is None:
+            continue
+        try:
+            pa.array([value]).cast(wanted)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return index
+    return 0
+
+
+def _arrow_type(kind: str) -> Any:
+    import pyarrow as pa
+
+    return {"timestamp": pa.timestamp("ms", tz="UTC"), "integer": pa.int64(),
+            "double": pa.float64()}.get(kind, pa.string())
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:200]
