@@ -140,6 +140,9 @@ class Settings:
     layout: str = DEFAULT_LAYOUT
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
+    format: str = "csv"
+    """``csv``: the raw parts; ``parquet``: typed Parquet in the same layout; ``delta``: a
+    Delta Lake table per data type (the ``tables`` extra)."""
     verify: str = "auto"
     """``auto``: inflate a part's gzip stream only when no MD5 proves its bytes (else check
     its framing); ``full``: inflate every part."""
@@ -236,6 +239,7 @@ _FILE_KEYS: dict[str, tuple[str, Any]] = {
     "late_hour_lag": ("a duration such as 60m", _duration),
     "day_lag": ("a duration such as 3h", _duration),
     "verify": ("auto or full", lambda v: _choice(v, ("auto", "full"))),
+    "format": ("csv, parquet or delta", lambda v: _choice(v, ("csv", "parquet", "delta"))),
     "min_speed": ("bytes per second such as 4KiB (0: never cut)",
                   lambda v: float(parse_size(v, 0, 1 << 40))),
     "min_speed_time": ("a duration such as 60s", _duration),
@@ -334,7 +338,7 @@ def load(path: Path | None, flags: dict[str, Any], env: dict[str, str] | None = 
             sources[f"growingio.{name}"] = f"environment {variable}"
     for name, value in flags.items():
         if value is not None:
-            values[name] = _parse_flag(name, value)
+            values[name] = parse_flag(name, value)
             sources[name] = (f"flag --{name.replace('_', '-')}" if origin == "flag"
                              else f"{origin} {name}=")
     if source is not None:
@@ -347,6 +351,10 @@ def load(path: Path | None, flags: dict[str, Any], env: dict[str, str] | None = 
     check_hourly_layout(settings)
     if settings.api == "v1" and settings.types:
         raise UsageError("--types works with the v2 API only: v1 answers mix all tables")
+    if settings.api == "v1" and settings.format != "csv":
+        raise UsageError(f"--format {settings.format} needs the v2 API: a v1 answer mixes "
+                         "seven tables in one list of links, and which table a part holds is "
+                         "not certain; use --api v2, or --format csv for v1")
     if settings.shard is not None:
         # N shards together stay within the project's budget.
         settings = replace(settings, rate=settings.rate / settings.shard.n)
@@ -398,7 +406,7 @@ def did_you_mean(word: str, known: list[str] | tuple[str, ...], *, every: bool =
     return f" (known: {', '.join(known)})" if every or len(known) < 40 else ""
 
 
-def _parse_flag(name: str, value: Any) -> Any:
+def parse_flag(name: str, value: Any) -> Any:
     if name not in _FILE_KEYS:
         return value
     expected, parse = _FILE_KEYS[name]

@@ -33,7 +33,8 @@ def demo_keys(now: datetime) -> list[Any]:
     return expand(key_at(last.start - timedelta(days=DEMO_DAYS - 1), Granularity.DAY), last)
 
 
-async def run_demo(out: Path | Remote, reporter: Reporter) -> tuple[Summary, dict[str, Any]]:
+async def run_demo(out: Path | Remote, reporter: Reporter, fmt: str = "csv"
+                   ) -> tuple[Summary, dict[str, Any]]:
     """Serve the emulator on a free loopback port and back a week up from it.
 
     Returns the run's summary and the emulator's own counters.
@@ -45,6 +46,7 @@ async def run_demo(out: Path | Remote, reporter: Reporter) -> tuple[Summary, dic
             out=out,
             granularity=Granularity.DAY,
             types=DEMO_TYPES,
+            format=fmt,
             poll_interval=1.0,
             max_poll_interval=2.0,
             backoff=0.2,

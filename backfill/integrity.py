@@ -56,9 +56,11 @@ class Checker:
     that GrowingIO stored a valid gzip, at several times the MD5's cost on real CSV.
     """
 
-    def __init__(self, shown: str, *, inflate: bool = True) -> None:
+    def __init__(self, shown: str, *, inflate: bool = True, gzip: bool = True) -> None:
         self.shown = shown
-        self._inflate = inflate
+        self._gzip = gzip
+        """Whether the bytes are a gzip stream at all (a part; not a Parquet file)."""
+        self._inflate = inflate and gzip
         self.reset()
 
     @property
@@ -102,7 +104,7 @@ class Checker:
         if self._inflater is not None:
             if not self._inflater.eof:
                 raise IntegrityError(f"{self.shown}: the gzip stream ends early")
-        elif problem := self._framing_problem():
+        elif self._gzip and (problem := self._framing_problem()):
             raise IntegrityError(f"{self.shown}: not a gzip file ({problem})")
         return Verified(self.size, found)
 
@@ -117,6 +119,11 @@ class Checker:
         return None
 
 
+def is_gzip(name: str) -> bool:
+    """Whether a file of this name is a gzip stream (a raw part), not a table's file."""
+    return name.endswith(".gz")
+
+
 def check_part(path: Path, size: int, md5: str | None, shown: str, *,
                deep: bool = False) -> Verified:
     """Read ``path`` once: its length (if ``size`` ≥ 0), MD5 (if given) and gzip stream
@@ -124,7 +131,7 @@ def check_part(path: Path, size: int, md5: str | None, shown: str, *,
 
     Raises :class:`IntegrityError` naming ``shown`` for the first check that fails.
     """
-    checker = Checker(shown, inflate=deep or not md5)
+    checker = Checker(shown, inflate=deep or not md5, gzip=is_gzip(path.name))
     with path.open("rb") as f:
         while block := f.read(1 << 20):
             checker.feed(block)

@@ -28,6 +28,11 @@ class ManifestPart:
     etag: str | None = None
     """The object store's ETag of the stored part (none on local disk): ``verify`` compares
     it without reading the part."""
+    rows: int | None = None
+    """Typed output: the rows of the file."""
+    source_md5: str | None = None
+    """Typed output: the MD5 of the verified source part the file was converted from."""
+    source_size: int | None = None
 
 
 def document(*, key: str, data_type: str, api: str, parts: list[ManifestPart]) -> bytes:
@@ -46,7 +51,8 @@ def parse(data: bytes) -> list[ManifestPart]:
     """The parts a manifest lists; raises ``ValueError`` if it is not one of ours."""
     try:
         entries = json.loads(data)["parts"]
-        return [ManifestPart(e["file"], int(e["size"]), e["md5"], e["source"], e.get("etag"))
+        return [ManifestPart(e["file"], int(e["size"]), e["md5"], e["source"], e.get("etag"),
+                             e.get("rows"), e.get("source_md5"), e.get("source_size"))
                 for e in entries]
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"not a manifest: {exc}") from None

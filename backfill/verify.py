@@ -50,7 +50,7 @@ async def verify(store: Store, destination: Destination, settings: Settings,
         if problem:
             report.damaged[f"{key} {data_type}"] = problem
             # Readers must stop trusting it, and the destination (the truth) says so too.
-            await destination.unpublish(folder)
+            await destination.withdraw(folder)
             await anyio.to_thread.run_sync(store.mark_damaged, settings.api, key, data_type,
                                            problem)
 

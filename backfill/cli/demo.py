@@ -54,6 +54,8 @@ def _parse_faults(specs: list[str]) -> dict[str, float]:
 def demo(
     out_: Annotated[str, typer.Option(
         "--out", help="Output folder, or s3://BUCKET/PREFIX (gs://, az://).")] = "backfill-demo",
+    fmt: Annotated[str, typer.Option(
+        "--format", help="csv, parquet or delta (the tables extra).")] = "csv",
 ) -> None:
     """Back up a week of data from the bundled emulator: the whole flow, no account needed."""
     from backfill.config import parse_out
@@ -67,7 +69,12 @@ def demo(
     typer.echo(f"Starting the bundled GrowingIO emulator and backing up a week of "
                f"{', '.join(DEMO_TYPES)} into {out}/ ...", err=True)
     shown = output()
-    summary, stats = run_async(run_demo, out, shown.reporter())
+    from backfill.config import parse_flag
+    from backfill.convert import require_tables
+
+    fmt = parse_flag("format", fmt)
+    require_tables(fmt)
+    summary, stats = run_async(run_demo, out, shown.reporter(), fmt)
     if shown.log_format == "json":
         shown.event("summary", **summary.to_json(), destination=str(out))
     else:
@@ -84,29 +91,37 @@ def demo(
         f"\nThe emulator saw {stats['export_calls']} export calls, "
         f"{stats['rate_limited']} over the 2 calls/s limit, {stats['downloads_trap']} downloads "
         f"of unfinished parts, and injected {faults} faults that the run recovered from.")
-    typer.echo(_demo_next_steps(out) if isinstance(out, Path) else f"""
+    typer.echo(_demo_next_steps(out, fmt) if isinstance(out, Path) else f"""
 Try next:
   backfill demo --out {out}     # again: everything is done, so no API call at all
   backfill status --out {out}   # what the bucket holds, from its markers""")
     raise typer.Exit(summary.exit_code)
 
 
-def _demo_next_steps(out: Path) -> str:
-    query = (f"SELECT dt, count(*) AS visits FROM read_csv('{out}/visit/*/*.csv.gz', "
-             "hive_partitioning = true, escape = '\\') GROUP BY dt ORDER BY dt")
-    try:
-        import duckdb  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        duckdb_part = ("  # read it with DuckDB: pip install duckdb, then in python3:\n"
-                       f'  #   import duckdb; duckdb.sql(r"{query}").show()')
-    else:
-        duckdb_part = f"  # DuckDB reads it as is:\n{duckdb.sql(query)}"
+def _demo_next_steps(out: Path, fmt: str) -> str:
+    reader = {"csv": f"read_csv('{out}/visit/**/*.csv.gz', hive_partitioning = true, "
+                     "escape = '\\')",
+              "parquet": f"read_parquet('{out}/visit/**/*.parquet', hive_partitioning = true)",
+              "delta": f"delta_scan('{out}/visit')"}[fmt]
+    query = f"SELECT dt, count(*) AS visits FROM {reader} GROUP BY dt ORDER BY dt"
+    files = {"csv": "part-NNNNN.csv.gz", "parquet": "part-NNNNN.parquet",
+             "delta": "Delta Lake files; _delta_log/ holds the commits"}[fmt]
+    read = ("  # read it with DuckDB (pip install duckdb; delta_scan needs its delta "
+            "extension), in python3:\n"
+            f'  #   import duckdb; duckdb.sql(r"{query}").show()')
+    if fmt != "delta":
+        try:
+            import duckdb  # type: ignore[import-not-found,unused-ignore]
+
+            read = f"  # DuckDB reads it as is:\n{duckdb.sql(query)}"
+        except Exception:  # not installed, or too old: say how instead
+            pass
     return f"""
 Try next:
   backfill demo --out {out}     # again: everything is done, so no API call at all
-  ls {out}/visit/               # Hive layout: <type>/dt=YYYY-MM-DD/part-NNNNN.csv.gz
-  head -c 600 {out}/visit/dt=*/_manifest.json | head -20
-{duckdb_part}
+  ls {out}/visit/               # Hive layout: <type>/dt=YYYY-MM-DD/ ({files})
+  backfill status --out {out}   # what it holds, from its markers
+{read}
   backfill emulator             # serve the emulator, then `backfill run` against it
                                 # with config.example.toml"""
 

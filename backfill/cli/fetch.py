@@ -34,8 +34,8 @@ from backfill.config import Settings
 from backfill.keys import Key, parse_bound
 from backfill.report import EXIT_CODES, Reporter, Summary, print_summary
 
-FETCHING = ("out", "granularity", "api", "types", "downloads", "max_wait", "verify",
-            "state_dir", "shard", "single_minter")
+FETCHING = ("out", "granularity", "api", "types", "format", "downloads", "max_wait",
+            "verify", "state_dir", "shard", "single_minter")
 """The settings flags of the commands that fetch (``config show`` takes them too)."""
 
 

@@ -31,7 +31,7 @@ from backfill.store import Status, UnitRecord, has_state
 if TYPE_CHECKING:
     from backfill.verify import VerifyReport
 
-LOOKING = ("out", "granularity", "api", "state_dir")
+LOOKING = ("out", "granularity", "api", "format", "state_dir")
 
 
 @app.command(epilog="""Examples:

@@ -235,6 +235,10 @@ Force_ = Annotated[bool, typer.Option("--force", help="Fetch keys again even if 
 Verify_ = Annotated[str | None, typer.Option(
     "--verify", help="auto: inflate a part only when no MD5 proves its bytes; full: inflate "
     "every part [default: auto].")]
+Format_ = Annotated[str | None, typer.Option(
+    "--format", help="csv: the raw parts; parquet: typed Parquet in the same layout; delta: "
+    "a Delta Lake table per data type (pip install 'growingio-backfill[tables]') "
+    "[default: csv].")]
 DryRun_ = Annotated[bool, typer.Option(
     "--dry-run", help="Print the plan and make no API call.")]
 OptionalFrom_ = Annotated[str | None, typer.Option("--from", help="Only keys from here.")]
@@ -243,6 +247,7 @@ _SETTINGS_OPTIONS: dict[str, tuple[object, object]] = {
     "config": (Config_, None), "project": (Project_, None), "out": (Out_, None),
     "granularity": (Granularity_, None), "api": (Api_, None), "types": (Types_, None),
     "downloads": (Downloads_, None), "max_wait": (MaxWait_, None), "verify": (Verify_, None),
+    "format": (Format_, None),
     "state_dir": (StateDir_, None), "shard": (Shard_, None),
     "single_minter": (SingleMinter_, False),
 }

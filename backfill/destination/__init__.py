@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -98,16 +99,30 @@ class Destination(Protocol):
     def hold(self, settings: Settings) -> AbstractAsyncContextManager[None]:
         """Be this destination's only writer while the context lasts (raise if taken)."""
 
+    async def place(self, path: str, file: Path) -> Stored:
+        """Make a finished local ``file`` visible at ``path`` (it is moved or uploaded)."""
+
+    async def withdraw(self, folder: str) -> None:
+        """A unit found damaged: readers and later runs must no longer take it as done."""
+
 
 def open_destination(settings: Settings) -> Destination:
-    """The destination ``settings.out`` names. Raises :class:`UsageError` for a store that
-    cannot be configured (no credentials, a bad endpoint)."""
-    from pathlib import Path
-
+    """The destination ``settings.out`` names, in ``settings.format``. Raises
+    :class:`UsageError` for a store that cannot be configured (no credentials, a bad
+    endpoint), or a table format without its extra."""
+    inner: Destination
     if isinstance(settings.out, Path):
         from backfill.destination.local import LocalFolder
 
-        return LocalFolder(settings.out)
-    from backfill.destination.object_store import ObjectStore
+        inner = LocalFolder(settings.out)
+    else:
+        from backfill.destination.object_store import ObjectStore
 
-    return ObjectStore.open(settings)
+        inner = ObjectStore.open(settings)
+    if settings.format == "csv":
+        return inner
+    from backfill.convert import require_tables
+    from backfill.destination.tables import TableDestination
+
+    require_tables(settings.format)
+    return TableDestination(inner, settings.format, settings)

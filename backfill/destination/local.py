@@ -9,7 +9,9 @@ out of the folder.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -63,11 +65,42 @@ class LocalFolder:
 
         file = self.root / path
         await anyio.to_thread.run_sync(
-            lambda: check_part(file, part.size, part.md5, str(file), deep=deep))
+            lambda: check_part(file, part.size, part.md5 or None, str(file), deep=deep))
 
     @contextlib.asynccontextmanager
     async def hold(self, settings: Settings) -> AsyncIterator[None]:
         yield  # the state's file lock, taken with the state, covers the folder
+
+    async def place(self, path: str, file: Path) -> Stored:
+        target = self.root / path
+        try:
+            return await anyio.to_thread.run_sync(_move_in, file, target)
+        except OSError as exc:
+            raise OutputError.from_os_error(exc, target.parent) from None
+
+    async def withdraw(self, folder: str) -> None:
+        await self.unpublish(folder)
+
+
+def _move_in(file: Path, target: Path) -> Stored:
+    """``file`` (fsynced) under ``target``'s name: renamed, or copied then renamed when the
+    two are on different file systems (a state folder elsewhere)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(file, target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        temp = target.with_name(partial_name(target.name))
+        shutil.copyfile(file, temp)
+        fd = os.open(temp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, target)
+        file.unlink(missing_ok=True)
+    return Stored(target.stat().st_size)
 
 
 def _walk(root: Path, prefix: str) -> dict[str, dict[str, Stored]]:

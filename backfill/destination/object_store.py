@@ -156,16 +156,16 @@ class ObjectStore:
             await self._check_bytes(path, part, shown)
 
     async def _check_bytes(self, path: str, part: ManifestPart, shown: str) -> None:
-        from backfill.integrity import Checker
+        from backfill.integrity import Checker, is_gzip
 
-        checker = Checker(shown, inflate=True)
+        checker = Checker(shown, inflate=True, gzip=is_gzip(path))
         try:
             result = await obstore.get_async(self._store, path)
             async for chunk in result.stream(min_chunk_size=1 << 20):
                 await anyio.to_thread.run_sync(checker.feed, bytes(chunk))
         except BaseError as exc:
             raise self._error(exc, f"read {path}") from None
-        checker.verdict(part.size, part.md5)
+        checker.verdict(part.size, part.md5 or None)
 
     @contextlib.asynccontextmanager
     async def hold(self, settings: Settings) -> AsyncIterator[None]:
@@ -186,14 +186,30 @@ class ObjectStore:
             with anyio.CancelScope(shield=True):
                 await lease.release()
 
+    async def place(self, path: str, file: Path) -> Stored:
+        size = (await anyio.Path(file).stat()).st_size
+        try:
+            # A small file in one PUT; a large one streams up as a multipart upload.
+            data: bytes | Path = (await anyio.Path(file).read_bytes() if size <= SINGLE_PUT
+                                  else file)
+            etag = await self._put(path, data, content_type="application/vnd.apache.parquet",
+                                   multipart=size > SINGLE_PUT)
+            return Stored(size, etag)
+        finally:
+            await anyio.Path(file).unlink(missing_ok=True)
+
+    async def withdraw(self, folder: str) -> None:
+        await self.unpublish(folder)
+
     # --- plumbing --------------------------------------------------------------------------
 
-    async def _put(self, path: str, data: bytes | AsyncIterator[bytes], *,
+    async def _put(self, path: str, data: bytes | Path | AsyncIterator[bytes], *,
                    content_type: str = CONTENT_TYPE, metadata: dict[str, str] | None = None,
-                   mode: Any = None) -> str | None:
+                   mode: Any = None, multipart: bool | None = None) -> str | None:
         """Upload ``data`` to ``path``; returns the new object's ETag."""
         attributes: dict[str, str] = {"Content-Type": content_type, **(metadata or {})}
-        multipart = not isinstance(data, bytes)
+        if multipart is None:
+            multipart = not isinstance(data, bytes)
         result = await self._call(f"write {path}", obstore.put_async(
             self._store, path, data, attributes=attributes,
             mode=mode, use_multipart=multipart, chunk_size=UPLOAD_CHUNK,
