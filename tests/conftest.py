@@ -12,7 +12,7 @@ import pytest
 from backfill.emulator import EmulatorConfig, RunningEmulator, serve
 from backfill.keys import BEIJING
 from tests.helpers import Api
-from tests.s3 import S3_ENV, Bucket, s3_server
+from tests.s3 import S3_ENV, Bucket, s3_server, s3_server_process
 
 # A fixed, frozen emulated "now": tests move the clock themselves.
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=BEIJING)
@@ -60,6 +60,21 @@ def s3_endpoint() -> Any:
     """One S3 server (moto) on loopback for the whole session."""
     with s3_server() as endpoint:
         yield endpoint
+
+
+@pytest.fixture(scope="session")
+def s3_process_endpoint() -> Any:
+    """One S3 server (moto) in a process of its own, for the table tests (delta-rs)."""
+    with s3_server_process() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def process_bucket(s3_process_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Bucket:
+    """A fresh bucket on the S3 server of its own process."""
+    for name, value in {**S3_ENV, "AWS_ENDPOINT_URL": s3_process_endpoint}.items():
+        monkeypatch.setenv(name, value)
+    return Bucket.create(s3_process_endpoint)
 
 
 @pytest.fixture

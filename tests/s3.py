@@ -34,6 +34,38 @@ def s3_server() -> Iterator[str]:
         server.stop()
 
 
+@contextlib.contextmanager
+def s3_server_process() -> Iterator[str]:
+    """moto's S3 in a process of its own, on 127.0.0.1: for clients that hold the GIL while
+    they wait for an answer (delta-rs opening a table), which an in-process server could
+    then never give."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+                                "-p", str(port)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError("moto's server did not start") from None
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
 @dataclass
 class Bucket:
     """One bucket of the server, seen through boto3 (not through the code under test)."""

@@ -1,0 +1,401 @@
+"""Typed tables (``--format parquet|delta``): the real client, the real emulator, a folder
+and a real S3 server (moto). Tables are compared with the rows the emulator generated,
+not with a parse of the CSV."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+import shutil
+import signal
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from backfill.config import V2_TYPES, Settings, parse_out
+from backfill.emulator import DEMO_CREDENTIALS, EmulatorConfig, Faults, RunningEmulator, serve
+from backfill.errors import IntegrityError
+from backfill.keys import Granularity, Key
+from backfill.schema import COLUMNS, column_kind
+from tests.helpers import cli, env_for
+from tests.s3 import S3_ENV, Bucket
+from tests.test_run import hours_ago, run, settings_for
+from tests.test_survive_process import start, wait_for
+
+pytestmark = pytest.mark.anyio
+pa = pytest.importorskip("pyarrow")
+deltalake = pytest.importorskip("deltalake")
+
+
+@pytest.fixture
+async def emulator(data_dir: Path) -> AsyncIterator[RunningEmulator]:
+    async with serve(EmulatorConfig(data_dir=data_dir, job_seconds=0.0, keep_rows=True,
+                                    bytes_per_hour=24 * 1024, part_size=8 * 1024,
+                                    drift_hours=(_drifting(),))) as running:
+        yield running
+
+
+def _drifting() -> str:
+    return hours_ago(9, 9)[0].name
+
+
+class Table:
+    """Where a test writes a table, and what a reader reads back."""
+
+    def __init__(self, fmt: str, out: str, state: Path, bucket: Bucket | None) -> None:
+        self.fmt, self.out, self.state, self.bucket = fmt, out, state, bucket
+
+    def settings(self, emulator: RunningEmulator, **changes: Any) -> Settings:
+        return settings_for(emulator, parse_out(self.out), state_dir=self.state,
+                            format=self.fmt, granularity=Granularity.HOUR, **changes)
+
+    def options(self) -> dict[str, str]:
+        assert self.bucket is not None
+        return {"AWS_ENDPOINT_URL": self.bucket.endpoint, "AWS_ALLOW_HTTP": "true",
+                "AWS_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": S3_ENV["AWS_ACCESS_KEY_ID"],
+                "AWS_SECRET_ACCESS_KEY": S3_ENV["AWS_SECRET_ACCESS_KEY"]}
+
+    def delta(self, data_type: str) -> Any:
+        if self.bucket is None:
+            return deltalake.DeltaTable(f"{self.out}/{data_type}")
+        return deltalake.DeltaTable(f"{self.out}/{data_type}", storage_options=self.options())
+
+    def rows(self, data_type: str, key: Key) -> list[dict[str, Any]]:
+        """The rows of one unit, as a reader gets them, in file order."""
+        dt, hour = key.start.strftime("%Y-%m-%d"), key.start.strftime("%H")
+        if self.fmt == "delta":
+            table = self.delta(data_type).to_pyarrow_table(
+                filters=[("dt", "=", dt), ("hour", "=", hour)])
+            return [{k: v for k, v in r.items() if k not in ("dt", "hour")}
+                    for r in table.to_pylist()]
+        import pyarrow.parquet as pq
+
+        files = self.files(f"{data_type}/dt={dt}/hour={hour}/")
+        return [row for name in sorted(files) if name.endswith(".parquet")
+                for row in pq.read_table(pa.BufferReader(files[name])).to_pylist()]
+
+    def files(self, prefix: str = "") -> dict[str, bytes]:
+        if self.bucket is not None:
+            return {k.removeprefix(f"raw/{prefix}"): v
+                    for k, v in self.bucket.files("raw/").items() if k.startswith(prefix)}
+        root = Path(self.out) / prefix
+        return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*")
+                if p.is_file()} if root.exists() else {}
+
+
+@pytest.fixture(params=["parquet local", "delta local", "parquet s3", "delta s3"])
+def table(request: pytest.FixtureRequest, tmp_path: Path) -> Table:
+    fmt, where = request.param.split()
+    if where == "local":
+        return Table(fmt, str(tmp_path / "lake"), tmp_path / "lake" / ".backfill", None)
+    # Its own process: delta-rs holds the GIL while it opens a table.
+    bucket: Bucket = request.getfixturevalue("process_bucket")
+    return Table(fmt, bucket.url(), tmp_path / "cache", bucket)
+
+
+def expected(emulator: RunningEmulator, data_type: str, key: Key) -> list[dict[str, Any]]:
+    """What the emulator generated for one unit, typed as the schema says."""
+    columns, rows = emulator.state.data.rows(DEMO_CREDENTIALS.ai, data_type, key)
+    documented = COLUMNS[data_type]
+    typed = []
+    for values in rows:
+        row: dict[str, Any] = dict.fromkeys(documented)
+        for column, value in zip(columns, values, strict=True):
+            kind = column_kind(column) if column in documented else "text"
+            if kind == "text":
+                row[column] = value
+            elif value == "":
+                row[column] = None
+            elif kind == "timestamp":
+                row[column] = datetime.fromtimestamp(int(value) / 1000, UTC)
+            else:
+                row[column] = int(value) if kind == "integer" else float(value)
+        typed.append(row)
+    return typed
+
+
+def _canonical(row: dict[str, Any]) -> str:
+    return json.dumps({k: v.timestamp() if isinstance(v, datetime) else v
+                       for k, v in sorted(row.items())}, default=str)
+
+
+def _same(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> None:
+    """The same rows, each exactly (a table promises no order within a partition)."""
+    assert len(got) == len(want)
+    columns = set(want[0]) if want else set()
+    got = sorted(got, key=lambda r: _canonical({k: r.get(k) for k in columns}))
+    want = sorted(want, key=_canonical)
+    for index, (g, w) in enumerate(zip(got, want, strict=True)):
+        for column, value in w.items():
+            actual = g.get(column)
+            if isinstance(value, datetime):
+                assert actual is not None and actual.timestamp() == value.timestamp(), (
+                    index, column)
+            else:
+                assert actual == value, (index, column, value, actual)
+
+
+# --- exact typed rows ------------------------------------------------------------------
+
+async def test_every_type_lands_as_exactly_the_rows_generated(emulator: RunningEmulator,
+                                                              table: Table) -> None:
+    keys = hours_ago(7, 6)
+    summary = await run(table.settings(emulator, types=V2_TYPES), keys)
+    assert summary.exit_code == 0, summary.problems
+    for key in keys:
+        for data_type in V2_TYPES:
+            _same(table.rows(data_type, key), expected(emulator, data_type, key))
+    if table.fmt == "parquet":
+        files = table.files()
+        assert not [n for n in files if n.endswith(".csv.gz")]  # no raw part left
+        folder = f"visit/dt={keys[0].start:%Y-%m-%d}/hour={keys[0].start:%H}"
+        manifest = json.loads(files[f"{folder}/_manifest.json"])
+        assert manifest["format"] == "parquet"
+        assert manifest["rows"] == len(expected(emulator, "visit", keys[0]))
+        sources = {p.md5 for h in keys[0].hours() for p in emulator.state.data.parts(
+            DEMO_CREDENTIALS.ai, "visit", h)}
+        assert {p["source_md5"] for p in manifest["parts"]} == sources
+        assert all(p["rows"] >= 0 and p["md5"] and p["size"] for p in manifest["parts"])
+
+
+async def test_a_type_folder_reads_as_one_table_in_duckdb_and_polars(
+        emulator: RunningEmulator, tmp_path: Path) -> None:
+    import duckdb
+    import polars as pl
+
+    keys = hours_ago(7, 5)
+    for fmt in ("parquet", "delta"):
+        out = tmp_path / fmt
+        settings = settings_for(emulator, out, format=fmt, granularity=Granularity.HOUR,
+                                types=("custom_event",))
+        assert (await run(settings, keys)).exit_code == 0
+        want = sum(len(expected(emulator, "custom_event", k)) for k in keys)
+        if fmt == "parquet":
+            connection = duckdb.connect()
+            try:
+                got = connection.sql(f"SELECT count(*), count(DISTINCT typeof(time)) FROM "
+                                     f"read_parquet('{out}/custom_event/**/*.parquet', "
+                                     "hive_partitioning = true)").fetchone()
+            finally:
+                connection.close()
+            assert got == (want, 1)
+            frame = pl.read_parquet(f"{out}/custom_event/**/*.parquet", hive_partitioning=True)
+        else:
+            frame = pl.read_delta(str(out / "custom_event"))
+        assert frame.height == want
+        assert frame.schema["eventNumber"] == pl.Float64
+        assert frame.schema["time"] == pl.Datetime("ms", "UTC") or str(
+            frame.schema["time"]).startswith("Datetime")
+
+
+# --- commits -----------------------------------------------------------------------------
+
+async def test_delta_commits_once_per_unit_a_rerun_adds_none_and_force_replaces_its_own(
+        emulator: RunningEmulator, tmp_path: Path) -> None:
+    keys = hours_ago(8, 6)
+    settings = settings_for(emulator, tmp_path / "lake", format="delta",
+                            granularity=Granularity.HOUR, types=("visit",))
+    assert (await run(settings, keys)).exit_code == 0
+    table = deltalake.DeltaTable(str(tmp_path / "lake" / "visit"))
+    assert len(table.history()) == len(keys)  # one commit per unit
+    units = [c["backfill.unit"] for c in table.history()]
+    assert sorted(units) == sorted(f"{k.name} visit" for k in keys)
+    assert (await run(settings, keys)).exit_code == 0
+    assert len(deltalake.DeltaTable(str(tmp_path / "lake" / "visit")).history()) == len(keys)
+    before = _partition_files(tmp_path / "lake" / "visit")
+    assert (await run(settings, keys[1:2], force=True)).exit_code == 0
+    table = deltalake.DeltaTable(str(tmp_path / "lake" / "visit"))
+    assert len(table.history()) == len(keys) + 1
+    after = _partition_files(tmp_path / "lake" / "visit")
+    forced = f"dt={keys[1].start:%Y-%m-%d}/hour={keys[1].start:%H}"
+    assert {k: v for k, v in before.items() if forced not in k} == {
+        k: v for k, v in after.items() if forced not in k}  # no other partition touched
+    assert [k for k in after if forced in k] != [k for k in before if forced in k]
+    for key in keys:
+        _same(Table("delta", str(tmp_path / "lake"), tmp_path, None).rows("visit", key),
+              expected(emulator, "visit", key))
+
+
+def _partition_files(root: Path) -> dict[str, int]:
+    table = deltalake.DeltaTable(str(root))
+    actions = pa.table(table.get_add_actions(flatten=True)).to_pydict()
+    return dict(zip(actions["path"], actions["size_bytes"], strict=True))
+
+
+async def test_a_fresh_runner_reads_the_table_and_makes_no_call(emulator: RunningEmulator,
+                                                                table: Table) -> None:
+    keys = hours_ago(8, 6)
+    settings = table.settings(emulator, types=("visit", "page"))
+    assert (await run(settings, keys)).exit_code == 0
+    shutil.rmtree(table.state)
+    before = emulator.state.stats()["calls"]
+    again = await run(settings, keys)
+    assert again.exit_code == 0 and again.parts == 0
+    assert emulator.state.stats()["calls"] == before  # not an export call, not a token
+
+
+# --- faults, drift, kill -9 ------------------------------------------------------------------
+
+@pytest.mark.parametrize("fault", ["api_5xx", "reset", "truncate", "corrupt", "wrong_object"])
+async def test_faults_still_give_exact_tables(fault: str, data_dir: Path,
+                                              tmp_path: Path) -> None:
+    keys = hours_ago(7, 6)
+    config = EmulatorConfig(data_dir=data_dir, job_seconds=0.0, keep_rows=True,
+                            bytes_per_hour=24 * 1024, part_size=8 * 1024,
+                            faults=Faults(seed=3, **{fault: 0.3}))
+    async with serve(config) as emulator:
+        for fmt in ("parquet", "delta"):
+            out = tmp_path / fmt
+            settings = settings_for(emulator, out, format=fmt, granularity=Granularity.HOUR,
+                                    types=("visit", "page"), retries=20)
+            assert (await run(settings, keys)).exit_code == 0
+            for key in keys:
+                for data_type in ("visit", "page"):
+                    _same(Table(fmt, str(out), tmp_path, None).rows(data_type, key),
+                          expected(emulator, data_type, key))
+
+
+async def test_schema_drift_keeps_the_new_column_and_nulls_the_missing_one(
+        emulator: RunningEmulator, table: Table) -> None:
+    drifting = Key.parse(_drifting())
+    keys = [drifting, Key(drifting.start.replace(hour=(drifting.start.hour + 1) % 24)
+                          if drifting.start.hour < 23 else drifting.start, Granularity.HOUR)]
+    keys = sorted(set(keys))
+    assert (await run(table.settings(emulator, types=("visit",)), keys)).exit_code == 0
+    rows = table.rows("visit", drifting)
+    want = expected(emulator, "visit", drifting)
+    assert rows and all(r["extraColumn"] is not None for r in rows)  # kept, as text
+    missing = COLUMNS["visit"][1]
+    assert all(r[missing] is None for r in rows)  # documented, absent: null
+    _same(rows, want)
+    if table.fmt == "delta":
+        assert "extraColumn" in table.delta("visit").schema().to_arrow().names
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "delta"])
+async def test_kill_9_at_any_moment_then_rerun_leaves_every_row_exactly_once(
+        fmt: str, data_dir: Path, tmp_path: Path) -> None:
+    config = EmulatorConfig(data_dir=data_dir, job_seconds=0.2, keep_rows=True,
+                            bytes_per_hour=24 * 1024, part_size=4 * 1024,
+                            faults=Faults(slow_first_byte=0.3, slow_seconds=0.1))
+    async with serve(config) as emulator:
+        env = env_for(emulator.url)
+        args = ["run", "--from", hours_ago(12, 12)[0].start.strftime("%Y-%m-%dT%H"), "--to",
+                hours_ago(5, 5)[0].start.strftime("%Y-%m-%dT%H"), "--types", "visit",
+                "--format", fmt, "--out", "lake", "--quiet"]
+        rng = random.Random(fmt)
+        for _ in range(2):
+            process = await start(args, env, tmp_path)
+            await anyio.sleep(rng.uniform(1.0, 3.0))
+            process.send_signal(signal.SIGKILL)
+            await wait_for(process, 20)
+        code, _, err = await cli(args, env, tmp_path)
+        assert code == 0, err
+        keys = hours_ago(12, 5)
+        out = Table(fmt, str(tmp_path / "lake"), tmp_path, None)
+        for key in keys:
+            _same(out.rows("visit", key), expected(emulator, "visit", key))
+        if fmt == "delta":
+            committed = [c["backfill.unit"] for c in out.delta("visit").history()
+                         if "backfill.unit" in c]
+            assert sorted(set(committed)) == sorted(f"{k.name} visit" for k in keys)
+
+
+# --- verify, status, refusals ------------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt", ["parquet", "delta"])
+async def test_verify_finds_a_damaged_table_file_and_run_repairs_it(
+        emulator: RunningEmulator, tmp_path: Path, fmt: str) -> None:
+    env = env_for(emulator.url)
+    first, last = (k.start.strftime("%Y-%m-%dT%H") for k in (hours_ago(7, 7)[0],
+                                                                hours_ago(6, 6)[0]))
+    args = ["--from", first, "--to", last, "--types", "visit", "--format", fmt, "--out", "lake"]
+    assert (await cli(["run", *args], env, tmp_path))[0] == 0
+    code, out, _ = await cli(["verify", "--out", "lake", "--format", fmt, "--json"], env,
+                             tmp_path)
+    assert code == 0 and json.loads(out)["checked"] == 2
+    data = sorted((tmp_path / "lake" / "visit").rglob("*.parquet"))
+    data[0].write_bytes(data[0].read_bytes()[:-10])  # a table file cut short
+    code, out, _ = await cli(["verify", "--out", "lake", "--format", fmt, "--json"], env,
+                             tmp_path)
+    report = json.loads(out)
+    assert code == 1 and len(report["damaged"]) == 1
+    code, _, err = await cli(["run", *args], env, tmp_path)
+    assert code == 0, err
+    table = Table(fmt, str(tmp_path / "lake"), tmp_path, None)
+    for key in hours_ago(7, 6):
+        _same(table.rows("visit", key), expected(emulator, "visit", key))
+    code, out, _ = await cli(["status", "--out", "lake", "--format", fmt, "--json"], env,
+                             tmp_path)
+    assert json.loads(out)["keys"]["done"] == 2
+
+
+async def test_typed_output_refuses_v1_and_says_how_to_get_the_extra(tmp_path: Path) -> None:
+    env = env_for("http://127.0.0.1:9")
+    code, _, err = await cli(["run", "--from", "-3d", "--to", "-3d", "--api", "v1",
+                              "--format", "delta"], env, tmp_path)
+    assert code == 2 and "--format delta needs the v2 API" in err and err.count("\n") == 1
+    blocker = tmp_path / "no-tables"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(
+        "import sys\nsys.modules['pyarrow'] = None\nsys.modules['deltalake'] = None\n")
+    code, _, err = await cli(["run", "--from", "-3d", "--to", "-3d", "--format", "parquet"],
+                             {**env, "PYTHONPATH": str(blocker)}, tmp_path)
+    assert code == 2
+    assert err.strip() == ("backfill: error: --format parquet needs the tables extra: pip "
+                           "install 'growingio-backfill[tables]'")
+
+
+def test_a_value_a_typed_column_cannot_hold_fails_with_its_row_never_its_content(
+        tmp_path: Path) -> None:
+    from backfill.convert import UnitSchema, batches
+
+    part = tmp_path / "part-00000.csv.gz"
+    with gzip.open(part, "wt", newline="") as f:
+        f.write("sendTime,actionRequestId,ruleId\n1763600000000,a,b\nsecret-junk,c,d\n")
+    with pytest.raises(IntegrityError) as caught:
+        list(batches(part, UnitSchema("action_tag"), shown="the part"))
+    assert str(caught.value) == ("the part: row 2 has a sendTime that is not an "
+                                 "epoch-milliseconds time")
+    assert "secret-junk" not in str(caught.value)
+
+
+def test_a_field_longer_than_a_megabyte_and_every_escape_read_exactly(tmp_path: Path) -> None:
+    import csv
+
+    from backfill.convert import UnitSchema, batches
+
+    long = "x" * (3 << 20)
+    variable = json.dumps({"城市": '北京 "旗舰店"', "a": "b,c\nd", "path": "x\\y"},
+                          ensure_ascii=False)
+    part = tmp_path / "part-00000.csv.gz"
+    with gzip.open(part, "wt", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, quotechar='"', escapechar="\\", doublequote=False,
+                            lineterminator="\n")  # GrowingIO's dialect, as the emulator's
+        writer.writerows([["visitUserId", "time", "sendTime", "visitorVariable"],
+                          ["u1", "1763600000000", "1763600000001", long],
+                          ["u2", "1763600000002", "", variable],
+                          ["NULL", "1763600000003", "1763600000004", 'two\nlines "q" \\']])
+    rows = [r for b in batches(part, UnitSchema("vstr"), shown="p") for r in b.to_pylist()]
+    assert rows[0]["visitorVariable"] == long
+    assert rows[1]["sendTime"] is None and rows[1]["visitorVariable"] == variable
+    assert rows[2]["visitUserId"] == "NULL"  # text, not a null
+    assert rows[2]["visitorVariable"] == 'two\nlines "q" \\'
+
+
+async def test_the_readme_tables_command_runs(emulator: RunningEmulator, tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("### Tables: Parquet and Delta Lake", 1)[1].split("\n### ", 1)[0]
+    line = next(x for x in section.splitlines() if x.startswith("backfill run "))
+    import shlex
+
+    args = shlex.split(line, comments=True)[1:]
+    code, _, err = await cli(args, env_for(emulator.url), tmp_path)
+    assert code in (0, 4), err
+    assert (tmp_path / "lake" / "visit" / "_delta_log").exists()
+
