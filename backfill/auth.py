@@ -14,6 +14,7 @@ import hmac
 import json
 import os
 import re
+import threading
 import time
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -49,6 +50,40 @@ def token_request_body(secret: str, project_uid: str, ai: str, tm: int) -> str:
     """The raw body of the token request (not a form: the same text, sent as is)."""
     auth = signature(secret, project_uid, ai, tm)
     return f"project={project_uid}&ai={ai}&tm={tm}&auth={auth}"
+
+
+class _Minted:
+    """The tokens minted in this process, one per client id (and project). Two runs of one
+    client id in one process (two Dagster assets, two Airflow tasks on one worker) share
+    it: each minting its own would revoke the other's."""
+
+    def __init__(self) -> None:
+        self._tokens: dict[tuple[str, str, str], str] = {}
+        self._minting: set[tuple[str, str, str]] = set()
+        self._guard = threading.Lock()
+
+    def latest(self, who: tuple[str, str, str]) -> str | None:
+        with self._guard:
+            return self._tokens.get(who)
+
+    def store(self, who: tuple[str, str, str], token: str) -> None:
+        with self._guard:
+            self._tokens[who] = token
+
+    def claim(self, who: tuple[str, str, str]) -> bool:
+        """Be the one that mints for ``who`` now (False: another run of this process is)."""
+        with self._guard:
+            if who in self._minting:
+                return False
+            self._minting.add(who)
+            return True
+
+    def done(self, who: tuple[str, str, str]) -> None:
+        with self._guard:
+            self._minting.discard(who)
+
+
+MINTED = _Minted()
 
 
 class MintLock:
@@ -174,10 +209,31 @@ class TokenHolder:
         if self._failure is not None:
             raise self._failure
         self.fetching = True
+        # Shared only with runs that could have minted it: the same key, the same project.
+        who = (self._creds.base_url, self._creds.client_id,
+               f"{self._creds.ai}:{hashlib.sha256(self._creds.secret.encode()).hexdigest()}")
         try:
-            await self._fetch_loop()
+            # One minter per client id in this process at a time (a cancellation-safe wait:
+            # the other may be on another event loop); then a token it minted meanwhile is
+            # taken instead of minting one more, which would revoke it.
+            while not MINTED.claim(who):  # noqa: ASYNC110 (another loop's run holds it)
+                await anyio.sleep(0.05)
+            try:
+                shared = MINTED.latest(who)
+                if shared is not None and shared != self._token:
+                    self._take(shared)
+                    return
+                await self._fetch_loop()
+                assert self._token is not None
+                MINTED.store(who, self._token)
+            finally:
+                MINTED.done(who)
         finally:
             self.fetching = False
+
+    def _take(self, token: str) -> None:
+        self._token, self._proven = token, False
+        self._generation += 1
 
     async def _fetch_loop(self) -> None:
         attempt = 0
@@ -240,8 +296,7 @@ class TokenHolder:
         if not isinstance(code, str) or not code:
             raise TokenError(f"{failed}: the answer is JSON but holds no token "
                              f"({self._said(text)})")
-        self._token, self._proven = code, False
-        self._generation += 1
+        self._take(code)
         self.fetched += 1
         self.mint_lock.hold()  # from now on `check` on this machine leaves our token be
 

@@ -55,6 +55,10 @@ class Summary:
     seconds: float = 0.0
     outage: str | None = None
     """Set when an outage outlived its budget and stopped the run: the one line to show."""
+    held_parts: int = 0
+    held_bytes: int = 0
+    """What the destination holds for the keys asked, done ones included (a rerun that
+    fetched nothing still holds them)."""
 
     outcomes: dict[str, tuple[Status, str]] = field(default_factory=dict)
     """Every key that did not end done: its status and why (``problems``, apart)."""
@@ -76,6 +80,8 @@ class Summary:
             "duration_seconds": round(self.seconds, 3),
             "exit_code": self.exit_code,
             "outage": self.outage,
+            "held_parts": self.held_parts,
+            "held_bytes": self.held_bytes,
             "problems": self.problems,
         }
 

@@ -101,10 +101,20 @@ async def _backfill(settings: Settings, keys: list[Key], reporter: Reporter, for
                     await _fetch(settings, store, destination, plan, reporter, summary, api)
             finally:
                 reporter.end()
+        summary.held_parts, summary.held_bytes = await anyio.to_thread.run_sync(
+            _held, store, settings, keys)
     finally:
         with anyio.CancelScope(shield=True):  # closing checkpoints the WAL: disk I/O
             await anyio.to_thread.run_sync(store.close)
     summary.seconds = time.monotonic() - started
+
+
+def _held(store: Store, settings: Settings, keys: list[Key]) -> tuple[int, int]:
+    """Parts and bytes of the done units of ``keys`` (the state, reconciled)."""
+    wanted = {k.name for k in keys}
+    done = [u for u in store.units(settings.api)
+            if u.key in wanted and u.status is Status.DONE]
+    return sum(u.parts for u in done), sum(u.bytes for u in done)
 
 
 def _plan_and_record(store: Store, settings: Settings, keys: list[Key], force: bool,

@@ -134,8 +134,7 @@ def test_two_projects_in_one_definitions(data_dir: Path, tmp_path: Path,
                                 env_prefix="BETA_GIO_", **FAST)
         defs = dg.Definitions(assets=[acme, other])
         dg.Definitions.validate_loadable(defs)
-        assert {acme.op.pool, other.op.pool} == {"growingio_demo-client-id",
-                                                 "growingio_beta-client"}
+        assert {acme.op.pool, other.op.pool} == {"growingio_acme", "growingio_beta"}
         result = dg.materialize([acme, other], partition_key=partition(key),
                                 instance=instance)
         assert result.success
@@ -152,12 +151,14 @@ def test_the_readmes_definitions_load(monkeypatch: pytest.MonkeyPatch) -> None:
     section = page.split("**Dagster**", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, flags=re.S)
     assert code, "the Dagster example of docs/scale-out.md is gone"
-    monkeypatch.setenv("ACME_GIO_CLIENT_ID", "acme-client")
-    monkeypatch.setenv("BETA_GIO_CLIENT_ID", "beta-client")
+    # No credentials where the definitions load: the pools are known all the same.
+    for variable in ("ACME_GIO_CLIENT_ID", "BETA_GIO_CLIENT_ID", "GIO_CLIENT_ID"):
+        monkeypatch.delenv(variable, raising=False)
     scope: dict[str, Any] = {}
     exec(code[1], scope)
     dg.Definitions.validate_loadable(scope["defs"])
-    assert scope["acme"].op.pool == "growingio_acme-client"
+    assert scope["acme"].op.pool == "growingio_acme"
+    assert scope["beta"].op.pool == "growingio_beta"
     assert isinstance(scope["beta"].partitions_def, dg.DailyPartitionsDefinition)
     assert scope["acme"].partitions_def.timezone == "Asia/Shanghai"
 
@@ -174,7 +175,43 @@ def test_the_configs_projects_become_assets(data_dir: Path, tmp_path: Path, inst
     with emulator_in_a_thread(data_dir) as api:
         use(monkeypatch, "ACME_GIO_", api.url, DEMO_CREDENTIALS)
         (acme,) = growingio_assets(config, start=hours_ago(72, 72)[0].start.strftime("%Y-%m-%d"))
-        assert acme.key.path == ["acme_raw"] and acme.op.pool == "growingio_demo-client-id"
+        assert acme.key.path == ["acme_raw"] and acme.op.pool == "growingio_acme"
         result = dg.materialize([acme], partition_key=partition(key), instance=instance)
         assert result.success
         assert md5s(tmp_path / "acme") == source(api, [key], DEMO_CREDENTIALS)
+
+
+def test_a_rematerialization_with_nothing_to_fetch_reports_what_the_partition_holds(
+        emulator: RunningEmulator, tmp_path: Path, instance: Any) -> None:
+    key = hours_ago(30, 30)[0]
+    gio = asset(tmp_path)
+    first = dg.materialize([gio], partition_key=partition(key), instance=instance)
+    again = dg.materialize([gio], partition_key=partition(key), instance=instance)
+    assert first.success and again.success
+    held = sum(md5s(tmp_path / "lake").values())
+
+    def metadata(result: Any) -> dict[str, Any]:
+        (event,) = result.get_asset_materialization_events()
+        values = event.materialization.metadata
+        return {k: v.value for k, v in values.items()}
+
+    assert metadata(first)["parts"] == metadata(again)["parts"] == held > 0
+    assert metadata(again)["bytes"] == metadata(first)["bytes"] > 0
+    assert metadata(again)["fetched_parts"] == 0 and metadata(again)["export_calls"] == 0
+
+
+def test_two_assets_of_one_client_id_in_one_process_share_one_token(
+        emulator: RunningEmulator, tmp_path: Path, instance: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from backfill.integrations.dagster import growingio_asset
+
+    start = hours_ago(72, 72)[0].start.strftime("%Y-%m-%d")
+    use(monkeypatch, "OTHER_GIO_", emulator.url, DEMO_CREDENTIALS)  # the same client id
+    one = growingio_asset("one_raw", start=start, out=str(tmp_path / "one"), pool="gio", **FAST)
+    two = growingio_asset("two_raw", start=start, out=str(tmp_path / "two"), pool="gio",
+                          env_prefix="OTHER_GIO_", **FAST)
+    key = hours_ago(30, 30)[0]
+    result = dg.materialize([one, two], partition_key=partition(key), instance=instance)
+    assert result.success
+    assert emulator.state.stats()["tokens_issued"] == 1  # neither revoked the other's
+    assert one.op.pool == two.op.pool == "gio"

@@ -11,11 +11,13 @@
 - Backfills run as one run per batch of partitions (``BackfillPolicy.single_run()``):
   one process holds the project's API budget with one token and one rate-limited queue,
   which is what the API rewards; re-executing is cheap, since done keys cost no call.
-- Every asset of a client id shares the Dagster concurrency pool ``growingio_<client
-  id>``: give it a limit of 1 (``dagster.yaml``: ``concurrency: pools: default_limit:
-  1``, or per pool) so runs never exceed the budget or revoke each other's tokens.
-- A materialization records parts, bytes, export calls and the destination; a key that
-  fails raises with its problem, so Dagster's "re-execute failed partitions" is the retry.
+- Every asset is in the Dagster concurrency pool ``growingio_<project>`` (or ``pool=``):
+  give it a limit of 1 (``dagster.yaml``: ``concurrency: pools: default_limit: 1``, or
+  per pool) so runs never exceed the budget; assets of one client id share a pool.
+  Two assets of one client id in one process share one token, too.
+- A materialization records what the partition holds (parts, bytes), what this run
+  fetched, the export calls and the destination; a key that fails raises with its
+  problem, so Dagster's "re-execute failed partitions" is the retry.
 - Credentials come from the environment, under ``env_prefix`` per project:
   ``ACME_GIO_CLIENT_ID``, ``ACME_GIO_TOKEN``… stand for ``GIO_CLIENT_ID``, ``GIO_TOKEN``….
 """
@@ -57,15 +59,22 @@ def growingio_assets(config: str | Path | None = None, *, start: str,
 
 
 def growingio_asset(name: str, *, start: str, out: str, granularity: str = "hour",
-                    env_prefix: str = "GIO_", **options: Any) -> dg.AssetsDefinition:
+                    env_prefix: str = "GIO_", pool: str | None = None,
+                    **options: Any) -> dg.AssetsDefinition:
     """A partitioned asset that fetches exactly its partitions' keys into ``out``;
     ``options`` are the config file's keys (types, downloads, …), or ``config=`` and
-    ``project=`` to read a ``[[projects]]`` entry."""
+    ``project=`` to read a ``[[projects]]`` entry.
+
+    Its concurrency pool is ``pool``, else ``growingio_<project>`` (the ``project=``
+    name, or the one ``env_prefix`` names: ``ACME_GIO_`` is ``acme``; ``GIO_`` is
+    ``growingio_default``): known when the definitions load, whatever the environment
+    holds then. Assets of one client id must share a pool: give them the same ``pool=``
+    (or the same project)."""
     hourly = granularity == "hour"
     partitions: dg.PartitionsDefinition[Any] = (
         dg.HourlyPartitionsDefinition(start_date=f"{start}-00:00", timezone=BEIJING_TZ)
         if hourly else dg.DailyPartitionsDefinition(start_date=start, timezone=BEIJING_TZ))
-    client_id = os.environ.get(f"{env_prefix}CLIENT_ID", "unknown")
+    pool = pool or pool_name(options.get("project"), env_prefix)
 
     # Dagster inspects this annotation at run time: hence no `from __future__ import
     # annotations` in this module.
@@ -81,18 +90,34 @@ def growingio_asset(name: str, *, start: str, out: str, granularity: str = "hour
             problems = "; ".join(f"{k}: {p}" for k, p in sorted(summary.problems.items()))
             raise dg.Failure(description=f"{len(summary.problems)} keys not complete: "
                              f"{problems}", metadata={"problems": summary.problems})
+        # What the partition holds: a rematerialization that had nothing to fetch holds
+        # its parts all the same; what this run fetched is beside it.
         return dg.MaterializeResult(metadata={
-            "parts": summary.parts, "bytes": summary.bytes,
+            "parts": summary.held_parts, "bytes": summary.held_bytes,
+            "fetched_parts": summary.parts, "fetched_bytes": summary.bytes,
             "export_calls": summary.api_calls, "destination": out})
 
     with warnings.catch_warnings():
         # backfill_policy is "beta" in Dagster 1.x; it is the documented way to say that
         # a backfill runs once over its range, which is what the API budget wants.
         warnings.simplefilter("ignore", dg.BetaWarning)
-        return dg.asset(name=name, partitions_def=partitions, pool=f"growingio_{client_id}",
+        return dg.asset(name=name, partitions_def=partitions, pool=pool,
                         backfill_policy=dg.BackfillPolicy.single_run(), kinds={"growingio"},
                         description=f"GrowingIO raw exports of {env_prefix}AI into {out}",
                         )(materialize)
+
+
+def pool_name(project: str | None, env_prefix: str) -> str:
+    """``growingio_<project>``: from the project's name, or the one its prefix names."""
+    import re
+
+    if project:
+        name = project
+    elif env_prefix == "GIO_":
+        name = "default"
+    else:
+        name = env_prefix.removesuffix("_").removesuffix("_GIO")
+    return "growingio_" + re.sub(r"[^a-z0-9_-]+", "_", name.lower())
 
 
 def _key(partition: str, hourly: bool) -> str:

@@ -1,0 +1,119 @@
+"""Benchmark of the typed tables (``--format parquet|delta``); prints figures, checks nothing.
+
+    python tests/bench/tables_bench.py      # about 5 minutes on 2 cores
+
+- Conversion throughput, in MB of inflated CSV per CPU-second: backfill's converter
+  (pyarrow, streaming) against DuckDB's ``COPY (SELECT * FROM read_csv(...)) TO ...
+  (FORMAT parquet)`` with the dialect and the columns given, on the same realistic parts
+  (the emulator's rows, gzip level 6), each in a process of its own, as a ratio in one run.
+- Wall time of a ``--format delta`` run against a ``--format csv`` run of the same range.
+- Peak RSS of a ``--format delta`` run at ``--downloads 16`` with 32 MiB parts.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench import MiB, backfill_cli, emulator, env_for, measure
+
+_CONVERT = """
+import sys
+from pathlib import Path
+from backfill.convert import UnitSchema, header
+from backfill.destination.tables import _write_parquet
+data_type, out = sys.argv[1], Path(sys.argv[2])
+for index, name in enumerate(sys.argv[3:]):
+    part = Path(name)
+    schema = UnitSchema.of(data_type, [header(part)])
+    _write_parquet(part, out / f"{index}.parquet", schema, name)
+"""
+
+_DUCKDB = """
+import sys, duckdb
+from backfill.schema import COLUMNS
+data_type, out = sys.argv[1], sys.argv[2]
+columns = "{" + ", ".join(f"'{c}': 'VARCHAR'" for c in COLUMNS[data_type]) + "}"
+connection = duckdb.connect()
+connection.execute("SET threads = 1")
+for index, name in enumerate(sys.argv[3:]):
+    connection.execute(
+        f"COPY (SELECT * FROM read_csv('{name}', delim = ',', quote = '\\"', escape = '\\\\', "
+        f"header = true, columns = {columns}, strict_mode = false)) "
+        f"TO '{out}/{index}.parquet' (FORMAT parquet)")
+"""
+
+
+def realistic_parts(work: Path, data_type: str, hours: int) -> tuple[list[Path], float]:
+    """Parts of the emulator's rows (every dialect case), and their inflated CSV MB."""
+    from backfill.emulator.data import DataSettings, DataStore
+    from backfill.keys import Granularity, Key, expand
+
+    store = DataStore(work / "data", DataSettings(seed=5, bytes_per_hour=4 * MiB,
+                                                  part_size=4 * MiB, compress_level=6))
+    first = Key.parse("2026112000")
+    keys = expand(first, Key(first.start.replace(hour=hours - 1), Granularity.HOUR))
+    parts = [p.path for k in keys for p in store.parts("a", data_type, k)]
+    inflated = sum(len(gzip.decompress(p.read_bytes())) for p in parts) / 1e6
+    return parts, inflated
+
+
+def conversion(work: Path) -> None:
+    parts, mb = realistic_parts(work, "page", 6)
+    results = {}
+    for label, script in (("backfill (pyarrow)", _CONVERT), ("DuckDB COPY", _DUCKDB)):
+        out = Path(tempfile.mkdtemp(dir=work))
+        run = measure([sys.executable, "-c", script, "page", str(out), *map(str, parts)],
+                      env={**os.environ, "OMP_NUM_THREADS": "1"})
+        if run.code != 0:
+            print(f"| {label} | failed (exit {run.code}) | |")
+            continue
+        results[label] = mb / run.cpu_seconds
+        print(f"| conversion, {label} | {mb / run.cpu_seconds:.1f} MB of CSV per CPU-second "
+              f"({mb:.0f} MB, {run.cpu_seconds:.1f} CPU-s, peak RSS {run.peak_rss_mb:.0f} MB) "
+              "| |")
+    if len(results) == 2:
+        ratio = results["backfill (pyarrow)"] / results["DuckDB COPY"]
+        print(f"| conversion, backfill / DuckDB | {ratio:.2f} | ≥ 1 |")
+
+
+def delta_against_csv(work: Path) -> None:
+    with emulator(job_seconds=0.0, bytes_per_hour=2 * MiB, part_size=1 * MiB,
+                  data_dir=work / "emulator-data") as url:
+        args = ["run", "--from", "-30h", "--to", "-7h", "--types", "visit,page", "--quiet"]
+        csv_run = backfill_cli([*args, "--out", "csv"], env_for(url), work)
+        delta_run = backfill_cli([*args, "--format", "delta", "--out", "delta"],
+                                 env_for(url), work)
+    print(f"| wall time, 24 hourly keys × 2 types | csv {csv_run.seconds:.1f} s, delta "
+          f"{delta_run.seconds:.1f} s: {delta_run.seconds / csv_run.seconds:.2f} × | ≤ 1.3 × |")
+
+
+def delta_memory(work: Path) -> None:
+    with emulator(job_seconds=0.0, flat_data=True, compress_level=6,
+                  bytes_per_hour=32 * MiB, part_size=32 * MiB,
+                  data_dir=work / "emulator-big") as url:
+        run = backfill_cli(["run", "--from", "-20h", "--to", "-5h", "--types", "visit",
+                            "--format", "delta", "--downloads", "16", "--out", "big",
+                            "--quiet"], env_for(url), work)
+    print(f"| peak RSS, --format delta, --downloads 16, 32 MiB parts (16 keys) | "
+          f"{run.peak_rss_mb:.0f} MB (exit {run.code}) | ≤ 150 MB? |")
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="backfill-tables-bench-") as scratch:
+        work = Path(scratch)
+        print("| measure | figure | target |\n|---|---|---|")
+        conversion(work)
+        delta_against_csv(work)
+        delta_memory(work)
+    subprocess.run(["true"], check=False)
+
+
+if __name__ == "__main__":
+    main()
