@@ -119,9 +119,13 @@ class Checker:
         return None
 
 
+TABLE_FILE_SUFFIXES = (".parquet",)
+
+
 def is_gzip(name: str) -> bool:
-    """Whether a file of this name is a gzip stream (a raw part), not a table's file."""
-    return name.endswith(".gz")
+    """Whether a file of this name is a gzip stream: every raw part is, whatever the
+    server named its object; only a table's own files (Parquet) are not."""
+    return not name.endswith(TABLE_FILE_SUFFIXES)
 
 
 def check_part(path: Path, size: int, md5: str | None, shown: str, *,
