@@ -79,8 +79,16 @@ async def stop_on_signal(scope: anyio.CancelScope, received: list[str]) -> None:
     (a library call from a worker thread: signals are its host's to handle)."""
     if HANDLED.get() or threading.current_thread() is not threading.main_thread():
         return
-    with anyio.open_signal_receiver(*STOPS) as signals:
-        await _cancel_on_first(signals, scope, received)
+    # The host's handlers come back afterwards (an Airflow task's, a notebook's): the
+    # loop's receiver would leave the default ones.
+    handlers = {s: signal.getsignal(s) for s in STOPS}
+    try:
+        with anyio.open_signal_receiver(*STOPS) as signals:
+            await _cancel_on_first(signals, scope, received)
+    finally:
+        for signum, handler in handlers.items():
+            if handler is not None:
+                signal.signal(signum, handler)
 
 
 async def _cancel_on_first(signals: object, scope: anyio.CancelScope,

@@ -146,3 +146,27 @@ def test_mixed_forms_and_a_contradicting_granularity_are_refused(
     with pytest.raises(UsageError) as caught:
         for_range(settings, first, last)
     assert str(caught.value).startswith(message)
+
+
+def test_a_library_run_gives_the_hosts_signal_handlers_back() -> None:
+    import signal
+
+    def host(signum: int, frame: object) -> None:
+        pass
+
+    previous = signal.signal(signal.SIGTERM, host)
+    try:
+        import anyio
+
+        from backfill.stops import stop_on_signal
+
+        async def briefly() -> None:
+            async with anyio.create_task_group() as group:
+                group.start_soon(stop_on_signal, group.cancel_scope, [])
+                await anyio.sleep(0.1)
+                group.cancel_scope.cancel()
+
+        anyio.run(briefly)
+        assert signal.getsignal(signal.SIGTERM) is host  # not SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, previous)
