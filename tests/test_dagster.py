@@ -25,8 +25,8 @@ FAST = {"poll_interval": 0.2, "backoff": 0.05, "max_backoff": 0.2, "types": TYPE
 @contextmanager
 def emulator_in_a_thread(data_dir: Path, **changes: Any) -> Iterator[RunningEmulator]:
     """The emulator on its own event loop: Dagster's runs are synchronous and run theirs."""
-    config = EmulatorConfig(data_dir=data_dir, job_seconds=0.2, bytes_per_hour=8192,
-                            part_size=4096, **changes)
+    config = EmulatorConfig(**{"data_dir": data_dir, "job_seconds": 0.2,
+                               "bytes_per_hour": 8192, "part_size": 4096, **changes})
     with start_blocking_portal() as portal, portal.wrap_async_context_manager(
             serve(config)) as running:
         yield running
