@@ -87,6 +87,7 @@ def delta_against_csv(work: Path) -> None:
     with emulator(job_seconds=0.0, bytes_per_hour=2 * MiB, part_size=1 * MiB,
                   data_dir=work / "emulator-data") as url:
         args = ["run", "--from", "-30h", "--to", "-7h", "--types", "visit,page", "--quiet"]
+        backfill_cli([*args, "--out", "warm"], env_for(url), work)  # the emulator's data
         csv_run = backfill_cli([*args, "--out", "csv"], env_for(url), work)
         delta_run = backfill_cli([*args, "--format", "delta", "--out", "delta"],
                                  env_for(url), work)
