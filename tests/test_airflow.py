@@ -368,3 +368,39 @@ def test_concurrent_runs_that_would_mint_are_refused(monkeypatch: pytest.MonkeyP
             task._check_token_rule()
         monkeypatch.setenv("GIO_TOKEN", "a-console-token")
         task._check_token_rule()  # a console token is shared, never minted
+
+
+def test_a_task_killed_mid_run_leaves_no_lock_and_the_retry_finishes(
+        airflow_home: Path, data_dir: Path, tmp_path: Path) -> None:
+    """SIGTERM, as Airflow's supervisor sends it to kill a task, while the run polls on a
+    worker (deferrable=False): the run stops cleanly, the task fails, and the output's
+    lock and the token lock are free for the retry, which finishes the interval."""
+    from backfill.auth import MintLock
+
+    key = hours_ago(27, 27)[0]
+    dag = _dag(airflow_home, "gio_killed", max_wait="1h")
+    dag.write_text(dag.read_text().replace('options=', 'deferrable=False, options='))
+    out = tmp_path / "lake"
+    with emulator_in_a_thread(data_dir, job_seconds=3600.0) as emulator:
+        env = _env(airflow_home, OUT=str(out), **env_for(emulator.url))
+        process = subprocess.Popen([sys.executable, str(dag), _hour(key)], cwd=airflow_home,
+                                   env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True)
+        try:
+            deadline = time.monotonic() + 300
+            while emulator.state.stats()["answers"].get("RUNNING", 0) < 1:
+                assert process.poll() is None and time.monotonic() < deadline
+                time.sleep(0.1)
+            process.send_signal(15)
+            output, _ = process.communicate(timeout=120)
+        finally:
+            process.kill()
+        assert "interrupted by SIGTERM" in output, output[-4000:]
+        assert "RESULT" in output and '"ti": "failed"' in output, output[-4000:]
+        assert MintLock(DEMO_CREDENTIALS.client_id).holder() is None
+        emulator.state.config.job_seconds = 0.0
+        emulator.state.clock.advance(3601)
+        result, output = _run(airflow_home, dag, _hour(key), emulator, out)
+    assert result["state"].endswith("success"), output[-4000:]  # not refused as locked
+    assert (out / "visit" / key.start.strftime("dt=%Y-%m-%d/hour=%H/_SUCCESS")).exists()
+    assert DEMO_CREDENTIALS.secret not in output
