@@ -218,15 +218,21 @@ class Downloader:
         while True:
             chunk, http_chunk_end = b"", True
             judge_at = window_start + limits.min_speed_time
-            with anyio.move_on_after(max(judge_at - anyio.current_time(), 0)
-                                     if limits.min_speed else math.inf):
-                chunk, http_chunk_end = await content.readchunk()
-            end = not chunk and not http_chunk_end  # (b"", True) ends an HTTP chunk only
+            broken: Exception | None = None
+            try:
+                with anyio.move_on_after(max(judge_at - anyio.current_time(), 0)
+                                         if limits.min_speed else math.inf):
+                    chunk, http_chunk_end = await content.readchunk()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                broken = exc
+            # (b"", True) ends an HTTP chunk only; (b"", False) ends the body.
+            end = not chunk and not http_chunk_end and broken is None
             window_bytes += len(chunk)
-            if limits.min_speed and anyio.current_time() >= judge_at:
+            too_slow = None
+            if limits.min_speed and anyio.current_time() >= judge_at and broken is None:
                 if window_bytes < limits.min_speed * limits.min_speed_time and not end:
                     rate = window_bytes / limits.min_speed_time
-                    raise RetryableError(
+                    too_slow = RetryableError(
                         f"download of {expected.shown} too slow: {rate:.0f} bytes/s for "
                         f"{limits.min_speed_time:g} s, under min_speed "
                         f"({limits.min_speed:g}); cut, to go on over a fresh connection")
@@ -239,11 +245,18 @@ class Downloader:
                                          "discarded")
                 batch.append(chunk)
                 size += len(chunk)
-            if batch and (end or size >= self._chunk):
+            stopping = broken is not None or too_slow is not None
+            # What arrived before a break or a cut is the object's: it is kept, and the
+            # part goes on from there.
+            if batch and (end or stopping or size >= self._chunk):
                 progress.offset += size
                 watch.advanced(size)
                 yield batch
                 batch, size = [], 0
+            if broken is not None:
+                raise broken
+            if too_slow is not None:
+                raise too_slow
             if end:
                 break
         if verdict is not None:

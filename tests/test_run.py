@@ -254,22 +254,27 @@ async def test_an_expired_link_is_refreshed_and_the_part_resumes(data_dir: Path,
                                                                  tmp_path: Path) -> None:
     # Links live 1 emulated minute = 0.3 s real. The first body stalls half-way; by the time
     # the client gives up on it the link has expired, so it must ask the API for a fresh
-    # one and continue from the bytes it has, not start over. (Parts no bigger than one
-    # chunk are read whole and fetched again, so the chunk is smaller than the part here.)
+    # one and continue from every byte it has, not start over, not even from the last
+    # whole chunk. (Parts no bigger than one chunk are read whole and fetched again: the
+    # chunk here is smaller than the part and larger than its first half.)
     faults = Faults(stall=1.0, stall_seconds=5.0, limit=1)
     config = EmulatorConfig(data_dir=data_dir, job_seconds=0.0, speed=200.0, faults=faults,
                             bytes_per_hour=64 * 1024, part_size=4 << 20)
     async with serve(config) as emulator:
         keys = hours_ago(30, 30)
+        [part] = emulator.state.data.parts(DEMO_CREDENTIALS.ai, "action", keys[0])
+        part_size = part.path.stat().st_size
         settings = settings_for(emulator, tmp_path, granularity=Granularity.HOUR,
                                 types=("action",), expire=1, read_timeout=0.5,
-                                chunk_size=16 << 10)
+                                chunk_size=part_size * 3 // 4)
         summary = await run(settings, keys)
         stats = emulator.state.stats()
+        resumed = emulator.state.range_starts
     assert summary.exit_code == 0
     assert stats["faults"] == {"stall": 1}
     assert 1 <= stats["downloads_expired"] <= 2  # refreshed at once, not retried stale
-    assert stats["range_requests"] == 1  # the resumed request asked only for the rest
+    assert stats["range_requests"] == 1  # the resumed request asked only for the rest...
+    assert resumed == [(part_size // 2, part_size)]  # ...from the very byte the stall hit
     assert downloaded_md5s(tmp_path) == source_md5s(emulator, keys, ("action",))
     size = sum(p.stat().st_size for p in tmp_path.rglob("part-*.csv.gz"))
     assert stats["bytes_served"] < size * 1.5  # the first half was not fetched again

@@ -73,6 +73,8 @@ class EmulatorState:
         self.generating = asyncio.Lock()
         self.downloads_by_object: Counter[str] = Counter()
         """Download requests by object name, whatever their outcome."""
+        self.range_starts: list[tuple[int, int]] = []
+        """Each range request's first byte and the object's size, in order."""
         self.export_times: list[float] = []
         """When each export call arrived (``time.monotonic()``), in order."""
 
@@ -432,6 +434,7 @@ async def _serve(request: web.Request, stored: StoredObject) -> web.StreamRespon
     status = 200
     if span.start is not None or span.stop is not None:
         st.counts["range_requests"] += 1
+        st.range_starts.append((start, size))
         if start >= size or stop <= start:
             return _s3_denied("InvalidRange", "The requested range is not satisfiable",
                               status=416, headers={"Content-Range": f"bytes */{size}"},
