@@ -202,15 +202,20 @@ async def test_delta_commits_once_per_unit_a_rerun_adds_none_and_force_replaces_
                             granularity=Granularity.HOUR, types=("visit",))
     assert (await run(settings, keys)).exit_code == 0
     table = deltalake.DeltaTable(str(tmp_path / "lake" / "visit"))
-    assert len(table.history()) == len(keys)  # one commit per unit
-    units = [c["backfill.unit"] for c in table.history()]
+    # Version 0 creates the table with the type's documented columns; then one commit per
+    # unit.
+    *commits, created = table.history()  # the newest first
+    assert created["operation"] == "CREATE TABLE" and "backfill.unit" not in created
+    assert len(commits) == len(keys)
+    units = [c["backfill.unit"] for c in commits]
     assert sorted(units) == sorted(f"{k.name} visit" for k in keys)
     assert (await run(settings, keys)).exit_code == 0
-    assert len(deltalake.DeltaTable(str(tmp_path / "lake" / "visit")).history()) == len(keys)
+    assert len(deltalake.DeltaTable(str(tmp_path / "lake" / "visit")).history()) == \
+        len(keys) + 1  # a rerun adds none
     before = _partition_files(tmp_path / "lake" / "visit")
     assert (await run(settings, keys[1:2], force=True)).exit_code == 0
     table = deltalake.DeltaTable(str(tmp_path / "lake" / "visit"))
-    assert len(table.history()) == len(keys) + 1
+    assert len(table.history()) == len(keys) + 2  # --force: one more, for its one unit
     after = _partition_files(tmp_path / "lake" / "visit")
     forced = f"dt={keys[1].start:%Y-%m-%d}/hour={keys[1].start:%H}"
     assert {k: v for k, v in before.items() if forced not in k} == {
@@ -399,3 +404,55 @@ async def test_the_readme_tables_command_runs(emulator: RunningEmulator, tmp_pat
     assert code in (0, 4), err
     assert (tmp_path / "lake" / "visit" / "_delta_log").exists()
 
+
+
+def _commit_at_once(uri: str, hour: str, extra: bool, lock: Any, barrier: Any) -> int:
+    """One unit's commit, started with another's; how many times it was retried."""
+    import pyarrow as pa
+
+    from backfill.destination.tables import commit_rows
+    from backfill.errors import RetryableError
+
+    columns = {"visitUserId": ["u1"], "dt": ["2026-11-20"], "hour": [hour]}
+    if extra:
+        columns["extraColumn"] = ["e"]
+    base = pa.schema([pa.field(c, pa.string()) for c in ("visitUserId", "dt", "hour")])
+    barrier.wait()
+    for retried in range(3):
+        try:
+            commit_rows(uri, {}, pa.table(columns).to_reader(),
+                        {"dt": "2026-11-20", "hour": hour}, {"backfill.unit": hour}, lock,
+                        shown=uri, base=base)
+            return retried
+        except RetryableError:
+            continue
+        except Exception as exc:  # a conflict delta-rs reports: the scheduler's retry
+            if "Failed to commit" not in str(exc):
+                raise
+    raise AssertionError(f"{hour}: not committed in 3 attempts")
+
+
+@pytest.mark.parametrize("processes", [1, 2], ids=["one process", "two processes"])
+def test_units_that_create_a_table_at_once_keep_every_column(tmp_path: Path,
+                                                             processes: int) -> None:
+    """Two units of one type commit at the same moment to a table that does not exist yet,
+    one with a column the other lacks (drift): the table keeps the column and both units'
+    rows, whether the two run in one process (one lock) or in two (a lock each)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from deltalake import DeltaTable
+
+    for round_ in range(12):
+        uri = str(tmp_path / f"visit-{round_}")
+        locks = [threading.Lock() for _ in range(processes)]
+        barrier = threading.Barrier(2)
+        with ThreadPoolExecutor(2) as pool:
+            units = [pool.submit(_commit_at_once, uri, "01", True, locks[0], barrier),
+                     pool.submit(_commit_at_once, uri, "02", False, locks[-1], barrier)]
+            for unit in units:
+                unit.result(timeout=120)
+        table = DeltaTable(uri)
+        assert "extraColumn" in table.schema().to_arrow().names, f"round {round_}"
+        hours = sorted(r["hour"] for r in table.to_pyarrow_table().to_pylist())
+        assert hours == ["01", "02"], f"round {round_}"

@@ -8,9 +8,10 @@ there, the unit is converted (:mod:`backfill.convert`) and committed in one step
   ``_manifest.json`` (each file's size, MD5 and rows, the source part's MD5, size and link,
   the unit's rows), then ``_SUCCESS``: the commit order of the raw parts.
 - ``delta``: ``<out>/<type>/`` is a Delta Lake table partitioned by ``dt`` (and ``hour``);
-  each unit is one commit that replaces exactly its partition, and carries its manifest in
-  the commit's metadata (``backfill.unit``, ``backfill.manifest``). The table's log is the
-  truth: a unit whose latest commit is ours is done, for a fresh runner too.
+  version 0 creates it with the type's documented columns; then each unit is one commit
+  that replaces exactly its partition, and carries its manifest in the commit's metadata
+  (``backfill.unit``, ``backfill.manifest``). The table's log is the truth: a unit whose
+  latest commit is ours is done, for a fresh runner too.
 
 The scheduler sees only a destination: parts, a unit's publish, listings and manifests.
 """
@@ -22,6 +23,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,6 +60,8 @@ class TableDestination:
         self._staging = settings.state_folder / "staging"
         self._commits: dict[str, dict[str, dict[str, Any]]] = {}
         """Per data type: the unit folders its Delta log shows done, with their manifests."""
+        self._shaping: dict[str, threading.Lock] = {}
+        """Per data type: held while the type's table is created."""
 
     def __str__(self) -> str:
         return str(self._inner)
@@ -173,7 +177,6 @@ class TableDestination:
     def _commit(self, folder: str, document: dict[str, Any]) -> None:
         """One Delta commit that replaces the unit's partition with its rows."""
         import pyarrow as pa
-        from deltalake import CommitProperties, DeltaTable, write_deltalake
 
         data_type, key = document["data_type"], document["key"]
         sources = [ManifestPart(**p) for p in document["parts"]]
@@ -196,14 +199,13 @@ class TableDestination:
             {"file": s.file, "size": s.size, "md5": s.md5, "source": s.source}
             for s in sources]}
         # The rows are counted as they stream; the manifest goes into the same commit.
-        predicate = " AND ".join(f"{name} = '{value}'" for name, value in partitions.items())
         uri, options = self._table(data_type)
-        write_deltalake(uri, reader, partition_by=list(partitions),
-                        mode="overwrite", predicate=predicate, schema_mode="merge",
-                        storage_options=options, commit_properties=CommitProperties(
-                            custom_metadata={UNIT: f"{key} {data_type}",
-                                             MANIFEST_KEY: json.dumps(summary)}))
-        files = _partition_files(DeltaTable(uri, storage_options=options), partitions)
+        table = commit_rows(uri, options, reader, partitions, {
+            UNIT: f"{key} {data_type}", MANIFEST_KEY: json.dumps(summary)},
+            self._shaping.setdefault(data_type, threading.Lock()),
+            base=UnitSchema(data_type).arrow(tuple(partitions)),
+            shown=f"{self._inner}/{data_type}")
+        files = _partition_files(table, partitions)
         done = {**summary, "rows": sum(counts), "files": files,
                 "sources": [{**p, "rows": n} for p, n in zip(summary["parts"], counts,
                                                                  strict=False)],
@@ -294,6 +296,51 @@ class TableDestination:
         if self._settings.storage.region:
             options["AWS_REGION"] = self._settings.storage.region
         return f"{out.url}/{data_type}", options
+
+
+def commit_rows(uri: str, options: dict[str, str], reader: Any, partitions: dict[str, str],
+                metadata: dict[str, str], shaping: threading.Lock, *, base: Any,
+                shown: str) -> Any:
+    """Replace the partition ``partitions`` names (``{"dt": "2026-11-20", "hour": "07"}``)
+    with the rows of ``reader``, in one commit that carries ``metadata``; the table after.
+
+    Two commits that both create the table lose one's new columns, silently (delta-rs 1.6:
+    the second writes its schema over the first's). So a missing table is first created
+    empty with ``base`` (the type's documented columns: every process creates the same
+    one), one creation at a time in this process, and columns are only ever added to a
+    table that exists, where an addition that races another commit fails as a conflict
+    (retried). A commit whose columns the table lacks afterwards is retried as well.
+    """
+    from deltalake import CommitProperties, DeltaTable, write_deltalake
+    from deltalake.exceptions import DeltaError
+
+    columns = set(reader.schema.names)
+    predicate = " AND ".join(f"{name} = '{value}'" for name, value in partitions.items())
+    if not _table_columns(uri, options):
+        with shaping:
+            if not _table_columns(uri, options):
+                with contextlib.suppress(DeltaError):  # another process created it
+                    DeltaTable.create(uri, base, mode="ignore", partition_by=list(partitions),
+                                      storage_options=options)
+    write_deltalake(uri, reader, partition_by=list(partitions), mode="overwrite",
+                    predicate=predicate, schema_mode="merge", storage_options=options,
+                    commit_properties=CommitProperties(custom_metadata=metadata))
+    table = DeltaTable(uri, storage_options=options)
+    if lost := columns - set(table.schema().to_arrow().names):
+        raise RetryableError(f"{shown}: a concurrent commit dropped the columns "
+                             f"{sorted(lost)} from the table's schema; committing again")
+    return table
+
+
+def _table_columns(uri: str, options: dict[str, str]) -> set[str]:
+    """The columns of the Delta table at ``uri`` (none when there is no table yet)."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    try:
+        return set(DeltaTable(uri, storage_options=options).schema().to_arrow().names)
+    except TableNotFoundError:
+        return set()
 
 
 def _partitions(folder: str) -> dict[str, str]:
