@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -103,7 +102,7 @@ def delta_memory(work: Path) -> None:
                             "--format", "delta", "--downloads", "16", "--out", "big",
                             "--quiet"], env_for(url), work)
     print(f"| peak RSS, --format delta, --downloads 16, 32 MiB parts (16 keys) | "
-          f"{run.peak_rss_mb:.0f} MB (exit {run.code}) | ≤ 150 MB? |")
+          f"{run.peak_rss_mb:.0f} MB (exit {run.code}) | reported |")
 
 
 def main() -> None:
@@ -113,7 +112,6 @@ def main() -> None:
         conversion(work)
         delta_against_csv(work)
         delta_memory(work)
-    subprocess.run(["true"], check=False)
 
 
 if __name__ == "__main__":
