@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import aiohttp
@@ -15,6 +14,7 @@ import anyio
 from yarl import URL
 
 from backfill.auth import TokenHolder
+from backfill.clock import wall_now
 from backfill.config import Settings
 from backfill.errors import AuthError, PermanentError, RetryableError, UsageError
 from backfill.keys import Key
@@ -136,7 +136,7 @@ class GrowingIO:
         return body
 
     async def _read(self, resp: aiohttp.ClientResponse, proxy: str | None) -> Any:
-        wait = retry_after(resp.headers.get("Retry-After"), datetime.now(UTC))
+        wait = retry_after(resp.headers.get("Retry-After"), wall_now())
         if resp.status >= 500:
             raise RetryableError(f"export API error (HTTP {resp.status})", retry_after=wait,
                                  outage=self._health.missed(f"HTTP {resp.status}",

@@ -15,7 +15,6 @@ import json
 import os
 import re
 import threading
-import time
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 import aiohttp
 import anyio
 
+from backfill.clock import system_clock, wall_now
 from backfill.config import Settings
 from backfill.errors import AuthError, RetryableError, TokenError
 from backfill.outage import ServiceHealth
@@ -260,13 +260,13 @@ class TokenHolder:
         c = self._creds
         url = c.base_url.rstrip("/") + TOKEN_PATH
         proxy = self._proxies.for_url(url)
-        body = token_request_body(c.secret, c.project_uid, c.ai, int(time.time() * 1000))
+        body = token_request_body(c.secret, c.project_uid, c.ai, int(system_clock().time() * 1000))
         failed = f"cannot get a token from {c.base_url}"
         try:
             async with self._session.post(url, data=body.encode(), timeout=self._timeout,
                                           headers={"X-Client-Id": c.client_id},
                                           proxy=proxy, allow_redirects=False) as resp:
-                wait = retry_after(resp.headers.get("Retry-After"), datetime.now(UTC))
+                wait = retry_after(resp.headers.get("Retry-After"), wall_now())
                 if resp.status >= 500:
                     problem = f"HTTP {resp.status}"
                     raise RetryableError(f"{failed}: {problem}", retry_after=wait,
@@ -305,7 +305,7 @@ class TokenHolder:
         that disagrees with the server's, since the signature carries the time."""
         line = (f"GrowingIO refused the token request (HTTP {status}: {self._said(text)}): "
                 "check GIO_CLIENT_ID, GIO_SECRET, GIO_PROJECT_UID and GIO_AI")
-        if skew := clock_skew(date, datetime.now(UTC)):
+        if skew := clock_skew(date, wall_now()):
             line += f"; {skew}"
         return line
 

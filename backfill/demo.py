@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from backfill.clock import wall_now
 from backfill.config import Credentials, Remote, Settings
 from backfill.emulator import DEMO_CREDENTIALS, EmulatorConfig, Faults, serve
 from backfill.keys import Granularity, expand, key_at
@@ -54,5 +55,5 @@ async def run_demo(out: Path | Remote, reporter: Reporter, fmt: str = "csv"
             credentials=Credentials(base_url=emulator.url, client_id=c.client_id,
                                     secret=c.secret, project_uid=c.project_uid, ai=c.ai),
         )
-        summary = await backfill(settings, demo_keys(datetime.now(UTC)), reporter)
+        summary = await backfill(settings, demo_keys(wall_now()), reporter)
         return summary, emulator.state.stats()

@@ -15,12 +15,12 @@ import math
 import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import aiohttp
 import anyio
 
+from backfill.clock import wall_now
 from backfill.errors import IntegrityError, LinkExpiredError, PermanentError, RetryableError
 from backfill.integrity import Batch, Checker, Checkpoint, Progress, Verified
 from backfill.layout import redact
@@ -265,7 +265,7 @@ class Downloader:
     def _check_answer(self, resp: aiohttp.ClientResponse, progress: Progress,
                       shown: str, proxy: str | None, health: ServiceHealth) -> _Expected:
         status = resp.status
-        wait = retry_after(resp.headers.get("Retry-After"), datetime.now(UTC))
+        wait = retry_after(resp.headers.get("Retry-After"), wall_now())
         if status >= 500:
             raise RetryableError(f"object store error (HTTP {status}) for {shown}",
                                  retry_after=wait,

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
-from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import anyio
 
+from backfill.clock import wall_now
 from backfill.config import (
     Settings,
     check_hourly_layout,
@@ -126,7 +126,7 @@ def expand_range(first: str, last: str, settings: Settings, *,
     """Parse a range into keys; refuse inverted, oversized and wholly expired ranges."""
     from backfill.policy import beyond_retention
 
-    now = datetime.now(UTC)
+    now = wall_now()
     start = parse_bound(first, settings.granularity, now=now, end=False)
     end = parse_bound(last, settings.granularity, now=now, end=True)
     if start > end:

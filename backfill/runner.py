@@ -11,11 +11,12 @@ import json
 import random
 import time
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from backfill.clock import OFFSET_VARIABLE, system_clock, wall_now
 from backfill.config import Settings
 from backfill.destination import Destination, open_destination
 from backfill.errors import Interrupted, UsageError, first_error
@@ -80,6 +81,9 @@ async def backfill(settings: Settings, keys: list[Key], reporter: Reporter, *,
 async def _backfill(settings: Settings, keys: list[Key], reporter: Reporter, force: bool,
                     api: ExportApi | None, summary: Summary) -> None:
     started = time.monotonic()
+    if shift := system_clock().offset:
+        reporter.warning(f"the wall clock is shifted by {shift:+.0f} s ({OFFSET_VARIABLE}): "
+                         "a test setting, not for real runs")
     store = await anyio.to_thread.run_sync(open_store, settings)
     if warning := set_aside_warning(store):
         reporter.warning(warning)
@@ -120,7 +124,7 @@ def _held(store: Store, settings: Settings, keys: list[Key]) -> tuple[int, int]:
 def _plan_and_record(store: Store, settings: Settings, keys: list[Key], force: bool,
                      summary: Summary) -> Plan:
     """Plan against the state and record the keys that need no call (SQLite: a thread)."""
-    plan = plan_keys(store, settings, keys, force=force, now=datetime.now(UTC))
+    plan = plan_keys(store, settings, keys, force=force, now=wall_now())
     _record_skipped(store, settings, plan, summary)
     return plan
 
@@ -128,7 +132,7 @@ def _plan_and_record(store: Store, settings: Settings, keys: list[Key], force: b
 def _record_skipped(store: Store, settings: Settings, plan: Plan, summary: Summary) -> None:
     for key in plan.done:
         summary.add(key.name, Status.DONE)
-    oldest = oldest_kept(datetime.now(UTC), settings.retention_days)
+    oldest = oldest_kept(wall_now(), settings.retention_days)
     reasons = ((plan.gone, Status.GONE, f"beyond the {settings.retention_days}-day retention "
                                         f"(the oldest day kept is {oldest:%Y-%m-%d})"),
                (plan.not_due, Status.NOT_READY, "not exportable before --max-wait runs out"))

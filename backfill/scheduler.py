@@ -12,13 +12,14 @@ import random
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Generic, ParamSpec, Protocol, TypeVar
 
 import anyio
 
 from backfill.api import ExportAnswer, ExportApi
+from backfill.clock import wall_now
 from backfill.config import Settings, format_duration
 from backfill.destination import Destination, PartSink, Stored
 from backfill.download import Downloader
@@ -90,7 +91,7 @@ class Scheduler:
     def __init__(self, settings: Settings, store: Store, destination: Destination,
                  api: ExportApi, downloader: Downloader, reporter: Reporter,
                  summary: Summary, *,
-                 now: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 now: Callable[[], datetime] = wall_now,
                  rng: random.Random | None = None,
                  services: Sequence[Watched] = (),
                  activity: Activity | None = None) -> None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
 from backfill.emulator import DEMO_CREDENTIALS, Credentials
+from backfill.emulator.clock import machine_time
 
 
 def sign(secret: str, project: str, ai: str, tm: int) -> str:
@@ -42,7 +42,7 @@ class Api:
     async def token_reply(self, *, secret: str | None = None, tm: int | None = None,
                           client_id: str | None = None, body: str | None = None) -> Reply:
         c = self.creds
-        tm = int(time.time() * 1000) if tm is None else tm
+        tm = int(machine_time() * 1000) if tm is None else tm
         auth = sign(secret or c.secret, c.project_uid, c.ai, tm)
         if body is None:
             body = f"project={c.project_uid}&ai={c.ai}&tm={tm}&auth={auth}"
@@ -95,6 +95,15 @@ def env_for(url: str, **changes: str) -> dict[str, str]:
                GIO_PROJECT_UID=c.project_uid, GIO_AI=c.ai)
     env.update(changes)
     return {k: v for k, v in env.items() if v}
+
+
+def set_clock(monkeypatch: Any, moment: Any) -> None:
+    """Run this test at ``moment`` (an aware datetime): the client and the emulator, in
+    this process and in the CLI processes it starts, read ``BACKFILL_CLOCK_OFFSET``."""
+    from backfill.emulator.clock import OFFSET_VARIABLE
+
+    monkeypatch.delenv(OFFSET_VARIABLE, raising=False)
+    monkeypatch.setenv(OFFSET_VARIABLE, repr(moment.timestamp() - machine_time()))
 
 
 def command(*args: str) -> list[str]:

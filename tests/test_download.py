@@ -10,6 +10,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from backfill.clock import wall_now
 from backfill.destination.local import LocalPart
 from backfill.download import Downloader, block_size
 from backfill.emulator import EmulatorConfig, serve
@@ -126,11 +127,11 @@ def _hosts() -> LinkHosts:
 
 
 def _ready_hour() -> str:
-    from datetime import UTC, datetime, timedelta
+    from datetime import timedelta
 
     from backfill.keys import Granularity, key_at
 
-    return key_at(datetime.now(UTC) - timedelta(hours=30), Granularity.HOUR).export_date
+    return key_at(wall_now() - timedelta(hours=30), Granularity.HOUR).export_date
 
 
 def _broken_inside(source: bytes) -> bytes:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from datetime import timedelta
 
 import pytest
 
+from backfill.emulator.clock import machine_time
 from tests.conftest import EmulatorFactory
 
 pytestmark = pytest.mark.anyio
@@ -27,7 +27,7 @@ async def test_signed_request_gets_a_token(emulator_factory: EmulatorFactory) ->
     [
         ({"secret": "not-the-secret"}, "signature does not match"),
         ({"client_id": "someone-else"}, "unknown client id"),
-        ({"tm": int(time.time() * 1000) - 3_600_000}, "too far"),
+        ({"tm": int(machine_time() * 1000) - 3_600_000}, "too far"),
         ({"body": "project=demoProjectUid&ai=a1b2c3d4e5f60789"}, "body must be"),
     ],
 )

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from backfill.clock import wall_now
 from backfill.emulator import EmulatorConfig, RunningEmulator, serve
 from tests.helpers import cli, env_for
 
@@ -25,11 +26,11 @@ async def emulator(data_dir: Path) -> AsyncIterator[RunningEmulator]:
 
 
 def _hour(hours_ago: int) -> str:
-    from datetime import UTC, datetime, timedelta
+    from datetime import timedelta
 
     from backfill.keys import BEIJING
 
-    moment = (datetime.now(UTC) - timedelta(hours=hours_ago)).astimezone(BEIJING)
+    moment = (wall_now() - timedelta(hours=hours_ago)).astimezone(BEIJING)
     return moment.strftime("%Y-%m-%dT%H")
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+from backfill.clock import wall_now
 from backfill.emulator import EmulatorConfig, Faults, RunningEmulator, serve
 from backfill.keys import Granularity, key_at
 from tests.helpers import cli, env_for
@@ -32,7 +33,7 @@ def fast_settings(tmp_path: Path) -> None:
 
 
 def hour_name(hours_ago: int) -> str:
-    return key_at(datetime.now(UTC) - timedelta(hours=hours_ago), Granularity.HOUR).name
+    return key_at(wall_now() - timedelta(hours=hours_ago), Granularity.HOUR).name
 
 
 async def test_backfill_status_retry_catchup(emulator: RunningEmulator, tmp_path: Path) -> None:

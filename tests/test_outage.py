@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
@@ -13,6 +12,7 @@ import pytest
 from anyio import wait_all_tasks_blocked
 from anyio.abc import SocketStream
 
+from backfill.clock import wall_now
 from backfill.emulator import EmulatorConfig, RunningEmulator, serve
 from backfill.errors import OutageError
 from backfill.keys import Granularity, Key
@@ -106,7 +106,7 @@ async def test_a_dead_api_ends_the_run_within_its_budget_and_keeps_keys_retryabl
     # Back up: `retry` takes exactly the keys the outage left, and the output is exact.
     await emulator.come_back()
     again, types = retryable(settings_for(emulator, tmp_path, granularity=Granularity.HOUR),
-                             None, datetime.now(UTC))
+                             None, wall_now())
     assert [k.name for k in again] == sorted(u.key for u in failed) and types == TYPES
     settings = settings_for(emulator, tmp_path, granularity=Granularity.HOUR, types=TYPES,
                             rate=10.0)

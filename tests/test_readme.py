@@ -55,12 +55,17 @@ def _quick_start() -> tuple[list[list[str]], str]:
 
 
 @pytest.mark.anyio
-async def test_the_quick_start_runs_as_written(data_dir: Path, tmp_path: Path) -> None:
+async def test_the_quick_start_runs_as_written(data_dir: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
     import duckdb
 
+    from backfill.clock import wall_now
     from backfill.emulator import EmulatorConfig, serve
-    from tests.helpers import cli, env_for
+    from backfill.keys import BEIJING
+    from tests.helpers import cli, env_for, set_clock
 
+    # At noon, Beijing time: yesterday is exportable (at 01:00 it would not be yet).
+    set_clock(monkeypatch, wall_now().astimezone(BEIJING).replace(hour=12, minute=0))
     commands, sql = _quick_start()
     config = EmulatorConfig(data_dir=data_dir, job_seconds=0.0, bytes_per_hour=1024)
     async with serve(config) as emulator:

@@ -6,7 +6,7 @@ import hashlib
 import json
 from collections import Counter
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ import aiohttp
 import anyio
 import pytest
 
+from backfill.clock import wall_now
 from backfill.config import Credentials, Settings
 from backfill.emulator import DEMO_CREDENTIALS, EmulatorConfig, Faults, RunningEmulator, serve
 from backfill.keys import Granularity, Key, expand, key_at
@@ -36,13 +37,13 @@ def settings_for(emulator: RunningEmulator, out: Path, **changes: Any) -> Settin
 
 
 def days_ago(first: int, last: int) -> list[Key]:
-    now = datetime.now(UTC)
+    now = wall_now()
     return expand(key_at(now - timedelta(days=first), Granularity.DAY),
                   key_at(now - timedelta(days=last), Granularity.DAY))
 
 
 def hours_ago(first: int, last: int) -> list[Key]:
-    now = datetime.now(UTC)
+    now = wall_now()
     return expand(key_at(now - timedelta(hours=first), Granularity.HOUR),
                   key_at(now - timedelta(hours=last), Granularity.HOUR))
 
@@ -231,7 +232,7 @@ async def test_a_key_asked_late_in_a_long_run_still_gets_its_wait(
 
 
 async def test_future_keys_cost_no_call(emulator: RunningEmulator, tmp_path: Path) -> None:
-    now = datetime.now(UTC)
+    now = wall_now()
     keys = [key_at(now, Granularity.HOUR)]
     summary = await run(settings_for(emulator, tmp_path, granularity=Granularity.HOUR,
                                      max_wait=60.0), keys)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -30,6 +29,7 @@ from backfill.cli.shared import (
     sync_cache,
     warning,
 )
+from backfill.clock import wall_now
 from backfill.config import Settings
 from backfill.keys import Key, parse_bound
 from backfill.report import EXIT_CODES, Reporter, Summary, print_summary
@@ -77,7 +77,7 @@ def retry(from_: OptionalFrom_ = None, to: OptionalTo_ = None,
     from backfill.runner import as_the_state_says, retryable
 
     chosen, within = optional_range(from_, to, as_the_state_says(settings()))
-    keys, types = retryable(chosen, within, datetime.now(UTC))
+    keys, types = retryable(chosen, within, wall_now())
     if chosen.api == "v2":
         wanted = set(chosen.types or types)  # --types narrows what is retried
         chosen = replace(chosen, types=tuple(t for t in types if t in wanted))
@@ -132,7 +132,7 @@ def catchup(
     from backfill.runner import catchup_keys
 
     chosen = settings()
-    now = datetime.now(UTC)
+    now = wall_now()
     if start is not None:
         from backfill.library import for_range
 
@@ -159,7 +159,7 @@ def _execute(chosen: Settings, keys: list[Key], *, force: bool = False,
     if dry_run:
         from backfill.runner import dry_plan
 
-        plan = dry_plan(chosen, keys, force=force, now=datetime.now(UTC))
+        plan = dry_plan(chosen, keys, force=force, now=wall_now())
         typer.echo(json_module.dumps(plan) if out.json else _describe_plan(plan))
         raise typer.Exit(0)
     summary = run_async(_backfill, chosen, keys, out.reporter(chosen.heartbeat), force)

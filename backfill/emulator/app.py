@@ -32,7 +32,7 @@ import anyio
 from aiohttp import web
 
 from backfill import auth
-from backfill.emulator.clock import Clock
+from backfill.emulator.clock import Clock, machine_time
 from backfill.emulator.config import FAULT_KINDS, V1_TYPES, V2_TYPES, EmulatorConfig
 from backfill.emulator.data import DataSettings, DataStore, default_data_dir
 from backfill.emulator.jobs import Answer, JobBook, Status
@@ -141,7 +141,7 @@ async def _token(request: web.Request) -> web.StreamResponse:
     response = await _token_answer(request)
     # The server's own clock, as a real one's Date header would show it.
     offset = request.app[STATE].config.clock_offset
-    response.headers["Date"] = formatdate(time.time() + offset, usegmt=True)
+    response.headers["Date"] = formatdate(machine_time() + offset, usegmt=True)
     return response
 
 
@@ -165,7 +165,7 @@ async def _token_answer(request: web.Request) -> web.StreamResponse:
         tm = int(params["tm"])
     except ValueError:
         return _auth_failure(st, "tm must be unix milliseconds")
-    server_ms = (time.time() + st.config.clock_offset) * 1000
+    server_ms = (machine_time() + st.config.clock_offset) * 1000
     if abs(server_ms - tm) > st.config.token_skew_seconds * 1000:
         return _auth_failure(st, "tm is too far from the server's time")
     expected = auth.signature(creds.secret, params["project"], params["ai"], tm)
@@ -287,12 +287,12 @@ async def _export(request: web.Request, family: str, export_type: str,
         if not trap or st.config.trap_links:
             links = await _links(request, key, types, answer, expire, trap=trap)
     return web.json_response(_body(family, answer, links, export_type, data_type, date_text,
-                                   st.config.absent_types))
+                                   st.config.absent_types, st.clock.time()))
 
 
 def _body(family: str, answer: Answer, links: dict[str, list[str]], export_type: str,
-          data_type: str | None, date_text: str, absent: tuple[str, ...] = ()
-          ) -> dict[str, Any]:
+          data_type: str | None, date_text: str, absent: tuple[str, ...] = (),
+          now: float = 0.0) -> dict[str, Any]:
     if family == "v1":
         return {"status": answer.status.value,
                 "downlinks": [link for group in links.values() for link in group]}
@@ -304,7 +304,7 @@ def _body(family: str, answer: Answer, links: dict[str, list[str]], export_type:
         "dataType": data_type or "all",
         "exportDate": date_text,
         "exportVersion": answer.version,
-        "requestTime": int(time.time() * 1000),
+        "requestTime": int(now * 1000),
         "errorMsg": answer.error,
     }
 

@@ -2,8 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import UTC, datetime
+
+OFFSET_VARIABLE = "BACKFILL_CLOCK_OFFSET"
+"""Seconds the machine's wall clock is shifted by for a test (the client reads the same
+variable, with code of its own): the emulator then starts its clock there and tells that
+time in its ``Date`` header and its token check."""
+
+
+def machine_time() -> float:
+    """The machine's wall clock, shifted as ``BACKFILL_CLOCK_OFFSET`` says."""
+    text = os.environ.get(OFFSET_VARIABLE, "").strip()
+    try:
+        return time.time() + (float(text) if text else 0.0)
+    except ValueError:
+        raise ValueError(f"{OFFSET_VARIABLE} must be a number of seconds, got {text!r}") from None
 
 
 class Clock:
@@ -13,7 +28,7 @@ class Clock:
         if speed < 0:
             raise ValueError("clock speed cannot be negative")
         self._speed = speed
-        self._anchor = (start or datetime.now(UTC)).timestamp()
+        self._anchor = start.timestamp() if start else machine_time()
         self._real_anchor = time.monotonic()
 
     @property
