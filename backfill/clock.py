@@ -4,7 +4,7 @@ monotonic clock (waits, rates, durations).
 ``BACKFILL_CLOCK_OFFSET`` (seconds, may be negative) shifts the wall clock: a test, or a
 demo, can run at another hour of the day than the machine's. The bundled emulator reads
 the same variable (its own code), so a client and an emulator in two processes keep one
-clock. A run that starts with it set says so: it is never meant for production.
+clock. ``backfill config show`` says when it is set: it is never meant for real runs.
 """
 
 from __future__ import annotations

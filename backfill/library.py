@@ -70,9 +70,26 @@ async def fetch_async(first: str, last: str, *, config: Path | str | None = None
                     dict(environ) if environ is not None else None, project=project,
                     origin="argument")
     check_token_rule(settings)
-    settings = for_range(settings, first, last)
+    settings = for_range(await settle_output(settings), first, last)
     keys = expand_range(first, last, settings)
     return await backfill(settings, keys, reporter or make_reporter(True), force=force)
+
+
+async def settle_output(settings: Settings) -> Settings:
+    """``settings`` with what the output records (its format, API, granularity, layout)
+    wherever they do not say, and the format's extra checked; reads, creates nothing.
+
+    Raises :class:`UsageError` when they contradict the output's record (see
+    :mod:`backfill.destination.descriptor`).
+    """
+    from backfill.convert import require_tables
+    from backfill.destination import descriptor, open_root
+
+    root = await anyio.to_thread.run_sync(open_root, settings)
+    settled = descriptor.settle(settings, await descriptor.read(root, settings))
+    require_tables(settled.format)
+    check_hourly_layout(settled)
+    return settled
 
 
 def for_range(settings: Settings, first: str, last: str) -> Settings:
@@ -97,11 +114,14 @@ def range_granularity(first: str, last: str, settings: Settings) -> Granularity:
     (first_unit, first_relative), (last_unit, last_relative) = (date_form(first),
                                                                  date_form(last))
     source = settings.sources.get("granularity", "")
-    if source.startswith(("flag", "argument")):
+    if source.startswith(("flag", "argument", "the output")):
         wanted = settings.granularity
         hour = next((t for t, u in ((first, first_unit), (last, last_unit))
                      if u is Granularity.HOUR), None)
         if wanted is Granularity.DAY and hour is not None:
+            if source.startswith("the output"):
+                raise UsageError(f"{settings.out} holds daily keys, but {hour!r} is an hour: "
+                                 "give days, or another --out for hours")
             raise UsageError(f"--granularity day, but {hour!r} is an hour: give days, or "
                              "leave --granularity out to fetch hours")
         return wanted

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from backfill.layout import MANIFEST, MARKER, PARTIAL_SUFFIX
+from backfill.layout import MANIFEST, MARKER, PARTIAL_SUFFIX, partial_name
 
 
 @dataclass(frozen=True)
@@ -58,19 +58,37 @@ def parse(data: bytes) -> list[ManifestPart]:
         raise ValueError(f"not a manifest: {exc}") from None
 
 
-def is_stale(name: str, names: set[str]) -> bool:
-    """A part the manifest does not name (an older job version had more), or a leftover."""
-    return (name.startswith("part-") and name not in names) or name.endswith(PARTIAL_SUFFIX)
+def named(data: bytes) -> set[str]:
+    """The files a manifest of ours names; none when it is not one of ours."""
+    try:
+        return {part.file for part in parse(data)}
+    except ValueError:
+        return set()
+
+
+def stale(earlier: set[str], names: set[str]) -> set[str]:
+    """What a publish of ``names`` drops: the files the folder's earlier manifest named and
+    the new one does not (an older job version had more parts), and our temporary names of
+    either. Never a file merely because its name looks like a part. Pure."""
+    return (earlier - names) | {partial_name(name) for name in earlier | names}
 
 
 def publish(folder: Path, manifest: bytes, names: set[str]) -> None:
-    """Write the manifest and the marker; drop leftovers that the manifest does not name."""
+    """Drop what :func:`stale` names, then write the manifest, then the marker."""
     folder.mkdir(parents=True, exist_ok=True)
-    for entry in folder.iterdir():
-        if is_stale(entry.name, names):
-            entry.unlink(missing_ok=True)
+    try:
+        earlier = named((folder / MANIFEST).read_bytes())
+    except FileNotFoundError:
+        earlier = set()
+    remove(folder, stale(earlier, names))
     _atomic_write(folder / MANIFEST, manifest)
     _atomic_write(folder / MARKER, b"")
+
+
+def remove(folder: Path, names: set[str]) -> None:
+    """Delete ``names`` in ``folder``, each a file backfill wrote; absent ones are fine."""
+    for name in names:
+        (folder / name).unlink(missing_ok=True)
 
 
 def unpublish(folder: Path) -> None:

@@ -10,15 +10,14 @@ import contextlib
 import json
 import random
 import time
-from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from backfill.clock import OFFSET_VARIABLE, system_clock, wall_now
+from backfill.clock import wall_now
 from backfill.config import Settings
-from backfill.destination import Destination, open_destination
+from backfill.destination import Destination, descriptor, open_destination
 from backfill.errors import Interrupted, UsageError, first_error
 from backfill.keys import Granularity, Key, expand, key_at
 from backfill.outage import LinkHosts, ServiceHealth
@@ -81,9 +80,6 @@ async def backfill(settings: Settings, keys: list[Key], reporter: Reporter, *,
 async def _backfill(settings: Settings, keys: list[Key], reporter: Reporter, force: bool,
                     api: ExportApi | None, summary: Summary) -> None:
     started = time.monotonic()
-    if shift := system_clock().offset:
-        reporter.warning(f"the wall clock is shifted by {shift:+.0f} s ({OFFSET_VARIABLE}): "
-                         "a test setting, not for real runs")
     store = await anyio.to_thread.run_sync(open_store, settings)
     if warning := set_aside_warning(store):
         reporter.warning(warning)
@@ -99,6 +95,8 @@ async def _backfill(settings: Settings, keys: list[Key], reporter: Reporter, for
             settings.credentials.require()
         # One writer per destination: refused before any export call, and before the bars.
         async with destination.hold(settings) if plan.tasks else contextlib.nullcontext():
+            if plan.tasks:  # what the output is, recorded before its first unit
+                await descriptor.record(destination, settings)
             reporter.begin(len(plan.tasks), len(plan.done))
             try:
                 if plan.tasks:
@@ -243,15 +241,6 @@ def _state_units(settings: Settings) -> list[UnitRecord]:
         store.close()
 
 
-def as_the_state_says(settings: Settings) -> Settings:
-    """``settings`` with the API the state holds units of, unless one was asked for: a
-    folder filled through v1 is looked at through v1 (nothing is created)."""
-    if "api" in settings.sources:
-        return settings
-    apis = {u.api for u in _state_units(settings)}
-    return replace(settings, api=apis.pop()) if len(apis) == 1 else settings
-
-
 def dry_plan(settings: Settings, keys: list[Key], *, force: bool, now: datetime
              ) -> dict[str, Any]:
     """What a run would do, from the state alone: no call, nothing written."""
@@ -282,6 +271,13 @@ def dry_plan(settings: Settings, keys: list[Key], *, force: bool, now: datetime
 
 RECENT_CALLS = "recent-calls.json"
 RETRYABLE = frozenset({Status.FAILED, Status.ACTIVE, Status.NOT_READY, Status.PENDING})
+
+
+def anything_to_retry(settings: Settings) -> bool:
+    """Whether the state holds any unit, of any API, that ``retry`` could take; reads the
+    state alone (nothing is created)."""
+    return any(u.status in RETRYABLE or u.status is Status.GONE
+               for u in _state_units(settings))
 
 
 def retryable(settings: Settings, within: list[Key] | None, now: datetime

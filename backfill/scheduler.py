@@ -348,7 +348,10 @@ class Scheduler:
             # The unit is about to be rewritten: readers must stop trusting it first.
             await self._dest.unpublish(str(folder))
         if replan:
-            # A different set of objects (a new job version, a changed layout): start over.
+            # A different set of objects (a new job version, a changed layout): start over,
+            # dropping the files of the earlier plan that the new one does not name (the
+            # state says we wrote them; nothing else in the folder is touched).
+            await self._drop_unplanned(records, {path for _, path, _ in planned})
             await self._db(self._store.plan_parts, api, key.name, data_type, planned)
             records = await self._db(self._store.parts, api, key.name, data_type)
             state.replanned.add(data_type)
@@ -357,6 +360,15 @@ class Scheduler:
         # A part recorded done but missing or changed in the destination is fetched again.
         present = (await self._dest.listing(f"{folder}/")).get(str(folder), {})
         return _recheck_done(present, records)
+
+    async def _drop_unplanned(self, records: list[PartRecord], planned: set[str]) -> None:
+        by_folder: dict[str, set[str]] = defaultdict(set)
+        for record in records:
+            if record.path not in planned:
+                folder, _, name = record.path.rpartition("/")
+                by_folder[folder].add(name)
+        for folder, names in by_folder.items():
+            await self._dest.remove(folder, names)
 
     async def _part(self, key: Key, job: _PartJob, failures: list[BaseException],
                     spawned: anyio.Semaphore) -> None:

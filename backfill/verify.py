@@ -2,9 +2,13 @@
 
 A damaged unit (no marker, a part missing, resized, altered, or not gzip to its end)
 loses its ``_SUCCESS`` and is marked failed in the state, with what was wrong, so that
-the next ``run`` fetches it again. On a local folder every part is read (length, MD5,
-gzip framing); on an object store its size and ETag, from one listing of its folder,
-are compared without reading it.
+the next ``run`` fetches it again. A unit that could not be checked (the store did not
+answer, a file could not be read) is reported as such and marked nothing.
+
+On a local folder every part is read (length, MD5, gzip framing); on an object store its
+size and ETag, from one listing of its folder, are compared without reading it. A table
+output is checked as a table: a Delta unit's files are those its log references, with
+their sizes (and their rows with ``deep``).
 ``deep`` reads every part and inflates its gzip stream, wherever it is.
 """
 
@@ -16,7 +20,7 @@ import anyio
 
 from backfill.config import Settings
 from backfill.destination import Destination
-from backfill.errors import IntegrityError, first_error
+from backfill.errors import IntegrityError, OutputError, RemoteError, first_error
 from backfill.keys import Key
 from backfill.layout import MANIFEST, MARKER, key_folder
 from backfill.manifest import parse
@@ -31,6 +35,8 @@ class VerifyReport:
     parts: int = 0
     damaged: dict[str, str] = field(default_factory=dict)
     """``"key type"`` → what is wrong."""
+    unchecked: dict[str, str] = field(default_factory=dict)
+    """``"key type"`` → why it could not be checked (nothing was marked)."""
 
 
 async def verify(store: Store, destination: Destination, settings: Settings,
@@ -45,7 +51,11 @@ async def verify(store: Store, destination: Destination, settings: Settings,
     async def one(key: str, data_type: str) -> None:
         async with slots:
             folder = str(key_folder(settings.layout, Key.parse(key), data_type))
-            problem = await _check_folder(destination, folder, report, deep)
+            try:
+                problem = await _check_folder(destination, folder, report, deep)
+            except _Unchecked as exc:
+                report.unchecked[f"{key} {data_type}"] = str(exc)
+                return
         report.checked += 1
         if problem:
             report.damaged[f"{key} {data_type}"] = problem
@@ -61,7 +71,12 @@ async def verify(store: Store, destination: Destination, settings: Settings,
     except BaseExceptionGroup as errors:
         raise first_error(errors) from None
     report.damaged = dict(sorted(report.damaged.items()))
+    report.unchecked = dict(sorted(report.unchecked.items()))
     return report
+
+
+class _Unchecked(Exception):
+    """What verify could not read: not evidence of damage."""
 
 
 async def _check_folder(destination: Destination, folder: str, report: VerifyReport,
@@ -69,9 +84,13 @@ async def _check_folder(destination: Destination, folder: str, report: VerifyRep
     shown = f"{destination}/{folder}"
     try:
         parts = parse(await destination.read(f"{folder}/{MANIFEST}"))
-    except (OSError, ValueError):
-        return f"no readable {MANIFEST} in {shown}"
-    listed = (await destination.listing(f"{folder}/")).get(folder, {})
+        listed = (await destination.listing(f"{folder}/")).get(folder, {})
+    except FileNotFoundError:
+        return f"no {MANIFEST} in {shown}"
+    except ValueError:
+        return f"{shown}/{MANIFEST} is not a manifest of backfill's"
+    except (OSError, RemoteError, OutputError) as exc:
+        raise _Unchecked(f"could not read {shown}: {exc}") from None
     if MARKER not in listed:
         return f"no {MARKER} in {shown}"
     for part in parts:
@@ -82,7 +101,9 @@ async def _check_folder(destination: Destination, folder: str, report: VerifyRep
                                     deep=deep)
         except FileNotFoundError:
             return f"{shown}/{part.file} is missing"
-        except (IntegrityError, OSError) as exc:
+        except IntegrityError as exc:
             return str(exc)
+        except (OSError, RemoteError, OutputError) as exc:
+            raise _Unchecked(f"could not read {shown}/{part.file}: {exc}") from None
         report.parts += 1
     return None

@@ -80,3 +80,34 @@ async def test_verify_deep_inflates_what_the_manifest_md5_cannot_question(
     code, out, _ = await cli(["verify", "--deep", "--out", "data"], env, tmp_path)
     assert code == 1
     assert "gzip" in out and "1 damaged" in out
+
+
+async def test_a_unit_verify_could_not_read_is_reported_and_never_marked(
+        emulator: RunningEmulator, tmp_path: Path) -> None:
+    # The store fails to answer for one part (an I/O error, a bucket that times out):
+    # that is not evidence of damage, so nothing is withdrawn or marked to be fetched.
+    from backfill.destination.local import LocalFolder
+    from backfill.errors import RemoteError
+    from backfill.store import Status, Store
+    from backfill.verify import verify
+    from tests.test_run import settings_for
+
+    env = env_for(emulator.url)
+    assert (await cli(["run", *RANGE], env, tmp_path))[0] == 0
+    out = tmp_path / "data"
+
+    class Unreadable(LocalFolder):
+        async def check(self, path: str, *args: object, **kwargs: object) -> None:
+            raise RemoteError(f"{path}: the store did not answer")
+
+    store = Store(out / ".backfill")
+    try:
+        report = await verify(store, Unreadable(out), settings_for(emulator, out,
+                                                                  types=("visit",)), None)
+        assert report.damaged == {} and report.checked == 0
+        assert len(report.unchecked) == 2
+        assert all("the store did not answer" in why for why in report.unchecked.values())
+        assert {u.status for u in store.units()} == {Status.DONE}
+    finally:
+        store.close()
+    assert len(list(out.rglob("_SUCCESS"))) == 2

@@ -26,6 +26,7 @@ from backfill.cli.shared import (
     retention_window,
     run_async,
     settings,
+    settled,
     sync_cache,
     warning,
 )
@@ -56,7 +57,7 @@ def run(
     force: Force_ = False, dry_run: DryRun_ = False,
 ) -> None:
     """Backfill a range of days or hours into the output folder or bucket."""
-    chosen, keys = range_keys(from_, to, settings())
+    chosen, keys = range_keys(from_, to, settled())
     _execute(chosen, keys, force=force, dry_run=dry_run)
 
 
@@ -74,9 +75,11 @@ def run(
 def retry(from_: OptionalFrom_ = None, to: OptionalTo_ = None,
           dry_run: DryRun_ = False) -> None:
     """Fetch again only the keys that failed, were interrupted or were not ready."""
-    from backfill.runner import as_the_state_says, retryable
+    from backfill.runner import anything_to_retry, retryable
 
-    chosen, within = optional_range(from_, to, as_the_state_says(settings()))
+    if not anything_to_retry(settings()):  # no call, not even to read the output
+        _nothing_to_retry(settings())
+    chosen, within = optional_range(from_, to, settled())
     keys, types = retryable(chosen, within, wall_now())
     if chosen.api == "v2":
         wanted = set(chosen.types or types)  # --types narrows what is retried
@@ -131,7 +134,7 @@ def catchup(
     from backfill.config import parse_duration
     from backfill.runner import catchup_keys
 
-    chosen = settings()
+    chosen = settled()
     now = wall_now()
     if start is not None:
         from backfill.library import for_range

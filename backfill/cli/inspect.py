@@ -21,6 +21,7 @@ from backfill.cli.shared import (
     reporting,
     run_async,
     settings,
+    settled,
 )
 from backfill.config import Settings
 from backfill.errors import UsageError
@@ -52,10 +53,9 @@ def status(from_: OptionalFrom_ = None, to: OptionalTo_ = None) -> None:
     import json as json_module
 
     from backfill.report import human_bytes
-    from backfill.runner import as_the_state_says
     from backfill.status import SEVERITY, print_calendar, summarize
 
-    chosen, within = optional_range(from_, to, as_the_state_says(settings()))
+    chosen, within = optional_range(from_, to, settled())
     units = run_async(_units, chosen, within)
     wanted = {k.name for k in within} if within is not None else None
     report = summarize(units, str(chosen.out), chosen.api, wanted)
@@ -210,24 +210,28 @@ def verify(
     downloads and re-checks it)."""
     import json as json_module
 
-    from backfill.runner import as_the_state_says
-
-    chosen, keys = optional_range(from_, to, as_the_state_says(settings()))
+    chosen, keys = optional_range(from_, to, settled())
     if isinstance(chosen.out, Path) and not has_state(chosen.state_folder):
         raise UsageError(f"no backfill state in {chosen.out}: nothing to verify")
     report = run_async(_verify, chosen, keys, deep)
+    code = EXIT_FAILED if report.damaged or report.unchecked else 0
     if output().json:
         typer.echo(json_module.dumps({"checked": report.checked, "parts": report.parts,
                                       "damaged": report.damaged,
-                                      "exit_code": EXIT_FAILED if report.damaged else 0}))
+                                      "unchecked": report.unchecked, "exit_code": code}))
     else:
         for unit, problem in report.damaged.items():
             typer.echo(f"damaged {unit}: {problem}")
+        for unit, problem in report.unchecked.items():
+            typer.echo(f"not checked {unit}: {problem}")
         verdict = (f"{len(report.damaged)} damaged, marked to be fetched again by `backfill "
                    "run`" if report.damaged else "all intact")
+        if report.unchecked:
+            verdict += (f"; {len(report.unchecked)} could not be checked (nothing marked: "
+                        "run verify again)")
         typer.echo(f"checked {report.checked} finished units ({report.parts} parts): "
                    f"{verdict}")
-    raise typer.Exit(EXIT_FAILED if report.damaged else 0)
+    raise typer.Exit(code)
 
 
 async def _verify(settings: Settings, keys: list[Key] | None, deep: bool) -> VerifyReport:
@@ -270,7 +274,7 @@ def config_show() -> None:
 
     from backfill.config import config_file
 
-    chosen = settings()
+    chosen = settled()
     rows = _effective(chosen)
     source = config_file(said_config())
     if output().json:
@@ -296,6 +300,7 @@ def _effective(chosen: Settings) -> list[tuple[str, str, str]]:
     """(setting, value as written in a config file, where it came from), secrets hidden."""
     import dataclasses
 
+    from backfill.clock import OFFSET_VARIABLE, system_clock
     from backfill.config import ENV, format_duration, option_names
     from backfill.proxy import redact_proxy
 
@@ -320,6 +325,9 @@ def _effective(chosen: Settings) -> list[tuple[str, str, str]]:
             shown += f" (the budget split {chosen.shard.n} ways)"
         rows.append((name, shown, chosen.sources.get(name, "default")))
     rows.append(("state_folder", str(chosen.state_folder), "from out and state_dir"))
+    if shift := system_clock().offset:
+        rows.append(("clock", f"shifted by {shift:+.0f} s (a test setting)",
+                     f"environment {OFFSET_VARIABLE}"))
     creds = chosen.credentials
     for name in ("base_url", "client_id", "project_uid", "ai"):
         rows.append((f"growingio.{name}", getattr(creds, name) or "(not set)",

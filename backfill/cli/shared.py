@@ -155,6 +155,14 @@ def settings() -> Settings:
     return load_settings(config, project=project, **flags)  # type: ignore[arg-type]
 
 
+def settled() -> Settings:
+    """:func:`settings`, with what the output records wherever they do not say (its
+    format, API, granularity, layout); a contradiction is refused. Creates nothing."""
+    from backfill import library
+
+    return run_async(library.settle_output, settings())
+
+
 def _with_options(command: Callable[..., R], options: dict[str, tuple[object, object]],
                   take: Callable[[dict[str, object]], None]) -> Callable[..., R]:
     signature = inspect.signature(command, eval_str=True)  # real annotations: typer reads them

@@ -82,13 +82,23 @@ class Destination(Protocol):
         """Remove the unit's ``_SUCCESS``: it is about to be rewritten."""
 
     async def publish(self, folder: str, manifest: bytes, names: set[str]) -> None:
-        """Drop parts not in ``names``, then write the manifest, then ``_SUCCESS``."""
+        """Drop the parts the folder's earlier manifest named and ``names`` does not (and
+        nothing else: a file backfill did not write is never deleted), then write the
+        manifest, then ``_SUCCESS``."""
+
+    async def remove(self, folder: str, names: set[str]) -> None:
+        """Delete the files ``names`` of ``folder`` that backfill wrote there (the state
+        recorded them), and their temporary names; absent ones are fine."""
 
     async def listing(self, prefix: str) -> dict[str, dict[str, Stored]]:
         """Every object under the string ``prefix``, by folder then name: one LIST a page."""
 
     async def read(self, path: str) -> bytes:
         """A small object's bytes (a manifest); raises ``FileNotFoundError``."""
+
+    async def create(self, path: str, data: bytes) -> bool:
+        """Write a small object at ``path`` unless one is there already (atomically: of
+        two writers, one creates it); whether this call created it."""
 
     async def check(self, path: str, part: ManifestPart, listed: Stored, *,
                     deep: bool) -> None:
@@ -106,19 +116,24 @@ class Destination(Protocol):
         """A unit found damaged: readers and later runs must no longer take it as done."""
 
 
+def open_root(settings: Settings) -> Destination:
+    """The folder or bucket ``settings.out`` names, whatever the format (its record, its
+    raw files). Raises :class:`UsageError` for a store that cannot be configured (no
+    credentials, a bad endpoint)."""
+    if isinstance(settings.out, Path):
+        from backfill.destination.local import LocalFolder
+
+        return LocalFolder(settings.out)
+    from backfill.destination.object_store import ObjectStore
+
+    return ObjectStore.open(settings)
+
+
 def open_destination(settings: Settings) -> Destination:
     """The destination ``settings.out`` names, in ``settings.format``. Raises
     :class:`UsageError` for a store that cannot be configured (no credentials, a bad
     endpoint), or a table format without its extra."""
-    inner: Destination
-    if isinstance(settings.out, Path):
-        from backfill.destination.local import LocalFolder
-
-        inner = LocalFolder(settings.out)
-    else:
-        from backfill.destination.object_store import ObjectStore
-
-        inner = ObjectStore.open(settings)
+    inner = open_root(settings)
     if settings.format == "csv":
         return inner
     from backfill.convert import require_tables

@@ -23,7 +23,7 @@ import anyio
 from backfill.destination import Stored
 from backfill.errors import OutputError
 from backfill.layout import partial_name
-from backfill.manifest import ManifestPart, publish, unpublish
+from backfill.manifest import ManifestPart, publish, remove, unpublish
 
 if TYPE_CHECKING:
     from backfill.config import Settings
@@ -52,11 +52,24 @@ class LocalFolder:
         except OSError as exc:
             raise OutputError.from_os_error(exc, path) from None
 
+    async def remove(self, folder: str, names: set[str]) -> None:
+        ours = names | {partial_name(name) for name in names}
+        await anyio.to_thread.run_sync(remove, self.root / folder, ours)
+
     async def listing(self, prefix: str) -> dict[str, dict[str, Stored]]:
         return await anyio.to_thread.run_sync(_walk, self.root, prefix)
 
+    async def create(self, path: str, data: bytes) -> bool:
+        try:
+            return await anyio.to_thread.run_sync(_create, self.root / path, data)
+        except OSError as exc:
+            raise OutputError.from_os_error(exc, self.root) from None
+
     async def read(self, path: str) -> bytes:
-        return await anyio.to_thread.run_sync((self.root / path).read_bytes)
+        try:
+            return await anyio.to_thread.run_sync((self.root / path).read_bytes)
+        except NotADirectoryError:  # a file where a folder should be: nothing there
+            raise FileNotFoundError(path) from None
 
     async def check(self, path: str, part: ManifestPart, listed: Stored, *,
                     deep: bool) -> None:
@@ -80,6 +93,34 @@ class LocalFolder:
 
     async def withdraw(self, folder: str) -> None:
         await self.unpublish(folder)
+
+
+def _create(path: Path, data: bytes) -> bool:
+    """Write ``path`` whole (a synced temporary file, then a hard link: it fails if the
+    name exists), unless it exists; whether this call created it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(partial_name(f"{path.name}.{os.getpid()}"))
+    try:
+        with temp.open("wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(temp, path)
+        except FileExistsError:
+            return False
+    finally:
+        temp.unlink(missing_ok=True)
+    _sync_folder(path.parent)
+    return True
+
+
+def _sync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _move_in(file: Path, target: Path) -> Stored:

@@ -46,7 +46,7 @@ from obstore.store import AzureStore, GCSStore, S3Store
 from backfill.destination import Stored
 from backfill.errors import IntegrityError, OutputError, RetryableError
 from backfill.layout import MANIFEST, MARKER, STATE_DIR
-from backfill.manifest import ManifestPart, is_stale
+from backfill.manifest import ManifestPart, named, stale
 
 if TYPE_CHECKING:
     from backfill.config import Remote, Settings
@@ -100,13 +100,26 @@ class ObjectStore:
                          obstore.delete_async(self._store, f"{folder}/{MARKER}"))
 
     async def publish(self, folder: str, manifest: bytes, names: set[str]) -> None:
-        present = (await self.listing(f"{folder}/")).get(folder, {})
-        stale = [f"{folder}/{name}" for name in present if is_stale(name, names)]
-        if stale:
-            await self._call(f"delete stale parts in {folder}",
-                             obstore.delete_async(self._store, stale))
+        try:
+            earlier = named(await self.read(f"{folder}/{MANIFEST}"))
+        except FileNotFoundError:
+            earlier = set()
+        await self.remove(folder, stale(earlier, names))
         await self._put(f"{folder}/{MANIFEST}", manifest, content_type="application/json")
         await self._put(f"{folder}/{MARKER}", b"", content_type="text/plain")
+
+    async def remove(self, folder: str, names: set[str]) -> None:
+        # A multipart upload leaves no temporary object: the names alone.
+        if names:
+            await self._call(f"delete stale parts in {folder}", obstore.delete_async(
+                self._store, [f"{folder}/{name}" for name in sorted(names)]))
+
+    async def create(self, path: str, data: bytes) -> bool:
+        try:
+            await self._put(path, data, content_type="application/json", mode="create")
+        except (AlreadyExistsError, PreconditionError):
+            return False
+        return True
 
     async def listing(self, prefix: str) -> dict[str, dict[str, Stored]]:
         # obstore lists whole path segments; a string prefix ("visit/dt=2026-11-") is the

@@ -32,7 +32,7 @@ import anyio
 
 from backfill.convert import UnitSchema, batches, header
 from backfill.destination import Destination, Stored
-from backfill.destination.local import LocalPart, _walk
+from backfill.destination.local import LocalFolder, LocalPart, _walk
 from backfill.errors import IntegrityError, OutputError, RetryableError, UsageError
 from backfill.layout import MANIFEST, MARKER
 from backfill.manifest import ManifestPart
@@ -120,6 +120,14 @@ class TableDestination:
                         files[MARKER] = Stored(0)
                         files[MANIFEST] = Stored(len(json.dumps(document)))
         return found
+
+    async def remove(self, folder: str, names: set[str]) -> None:
+        # The raw parts the state recorded are staged here; the table's own files are
+        # replaced by the unit's commit (Delta) or its manifest (Parquet).
+        await LocalFolder(self._staging).remove(folder, names)
+
+    async def create(self, path: str, data: bytes) -> bool:
+        return await self._inner.create(path, data)
 
     async def read(self, path: str) -> bytes:
         folder, _, name = path.rpartition("/")

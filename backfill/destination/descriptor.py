@@ -1,0 +1,221 @@
+"""What an output is: its format, API, granularity and layout.
+
+Recorded when the output is first written, as ``_backfill.json`` at its root (created
+only if absent, so two shards cannot record two different things), and read by every
+command before it plans, lists, verifies or writes anything. A command that does not say
+(no ``--format``, no ``--granularity``…) takes what the output records; one that
+contradicts it, by a flag, the config file or an argument, is refused with one line
+(exit 2). So a Delta output is always looked at as Delta, and raw parts never land
+inside a table.
+
+Outputs written before the record existed are recognised from what they hold: a Delta
+log under a type's folder, the keys and API of the local state, the format a manifest
+names. What cannot be told stays unknown and is taken from the command.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from backfill.errors import UsageError
+from backfill.keys import Granularity
+
+if TYPE_CHECKING:
+    from backfill.config import Settings
+    from backfill.destination import Destination
+
+DESCRIPTOR = "_backfill.json"
+RECORDED = ("format", "api", "granularity", "layout")
+FORMAT_WORDS = {"csv": "raw parts", "parquet": "Parquet files", "delta": "Delta tables",
+                "iceberg": "Iceberg tables"}
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """What an output holds; ``None`` where an output written before the record existed
+    does not tell."""
+
+    format: str | None = None
+    api: str | None = None
+    granularity: Granularity | None = None
+    layout: str | None = None
+
+    @classmethod
+    def of(cls, settings: Settings) -> Descriptor:
+        return cls(settings.format, settings.api, settings.granularity, settings.layout)
+
+    def to_bytes(self) -> bytes:
+        return json.dumps({"written_by": "backfill", "version": 1, "format": self.format,
+                           "api": self.api, "granularity": _value(self.granularity),
+                           "layout": self.layout}, indent=2).encode() + b"\n"
+
+    @classmethod
+    def parse(cls, data: bytes) -> Descriptor:
+        """Raises ``ValueError`` for a document that is not one of ours."""
+        try:
+            found = json.loads(data)
+            if not isinstance(found, dict) or found.get("written_by") != "backfill":
+                raise ValueError("not written by backfill")
+            granularity = found.get("granularity")
+            return cls(_text(found.get("format")), _text(found.get("api")),
+                       Granularity(granularity) if granularity else None,
+                       _text(found.get("layout")))
+        except (TypeError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(str(exc)) from None
+
+    def describe(self) -> str:
+        """``delta tables of the v2 API, hourly keys``: for messages."""
+        words = [FORMAT_WORDS.get(self.format or "", "data")]
+        if self.api:
+            words.append(f"of the {self.api} API")
+        if self.granularity is not None:
+            words.append(f"{'hourly' if self.granularity is Granularity.HOUR else 'daily'} "
+                         "keys")
+        return ", ".join([" ".join(words[:2]), *words[2:]])
+
+    def known(self) -> bool:
+        return any(getattr(self, name) is not None for name in RECORDED)
+
+
+def _value(granularity: Granularity | None) -> str | None:
+    return granularity.value if granularity is not None else None
+
+
+def _text(value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a string")
+    return value
+
+
+def settle(settings: Settings, recorded: Descriptor | None) -> Settings:
+    """``settings`` with what the output records wherever the command did not say; pure.
+
+    Raises :class:`UsageError` when the command (a flag, the config file, an argument)
+    contradicts the record: one line naming what the output holds and what to do.
+    """
+    if recorded is None or not recorded.known():
+        return settings
+    changes: dict[str, Any] = {}
+    sources = dict(settings.sources)
+    for name in RECORDED:
+        have, want = getattr(recorded, name), getattr(settings, name)
+        if have is None or have == want:
+            continue
+        given = settings.sources.get(name)
+        if given is not None:
+            raise UsageError(f"{settings.out} holds {recorded.describe()}, but "
+                             f"{_said(name, want, given)} says otherwise: leave it out to use "
+                             f"what the output holds, or give another --out for a new one")
+        changes[name] = have
+        sources[name] = "the output"
+    if not changes:
+        return settings
+    return replace(settings, **changes, sources=sources)
+
+
+def _said(name: str, value: Any, source: str) -> str:
+    shown = getattr(value, "value", value)
+    if source.startswith("flag"):
+        return f"--{name.replace('_', '-')} {shown}"
+    if source.startswith("argument"):
+        return f"{name}={shown!r}"
+    return f"{name} = {shown!r} in {source}"
+
+
+async def read(destination: Destination, settings: Settings) -> Descriptor | None:
+    """What the output records, or what it holds when it records nothing (an output of an
+    earlier version), or None for an output never written."""
+    try:
+        data = await destination.read(DESCRIPTOR)
+    except FileNotFoundError:
+        return await _recognise(destination, settings)
+    try:
+        return Descriptor.parse(data)
+    except ValueError as exc:
+        raise UsageError(f"{settings.out}/{DESCRIPTOR} is not backfill's record of the "
+                         f"output ({exc}); move it away if it is not ours") from None
+
+
+async def record(destination: Destination, settings: Settings) -> None:
+    """Record what ``settings`` write, unless the output records it already; raises
+    :class:`UsageError` when another writer recorded something else in the meantime."""
+    wanted = Descriptor.of(settings)
+    if await destination.create(DESCRIPTOR, wanted.to_bytes()):
+        return
+    settle(settings, Descriptor.parse(await destination.read(DESCRIPTOR)))  # may raise
+
+
+async def _recognise(destination: Destination, settings: Settings) -> Descriptor | None:
+    """An output written before the record existed: a Delta log under a type's folder, or
+    the local state's keys and a manifest's format."""
+    from backfill.config import V2_TYPES
+
+    for data_type in V2_TYPES:
+        partitions = await _delta_partitions(destination, data_type)
+        if partitions is not None:
+            hourly = Granularity.HOUR if "hour" in partitions else Granularity.DAY
+            return Descriptor("delta", "v2", hourly if partitions else None, None)
+    return await _from_state(destination, settings)
+
+
+async def _delta_partitions(destination: Destination, data_type: str) -> list[str] | None:
+    """The partition columns of the Delta table in ``data_type``'s folder (empty when its
+    first commit is gone), or None when there is no table."""
+    log = f"{data_type}/_delta_log/"
+    try:
+        first = await destination.read(f"{log}{0:020d}.json")
+    except FileNotFoundError:
+        listed = await destination.listing(log)
+        return [] if listed else None
+    for line in first.splitlines():
+        try:
+            action = json.loads(line)
+        except ValueError:
+            continue
+        metadata = action.get("metaData") if isinstance(action, dict) else None
+        if isinstance(metadata, dict):
+            return [str(c) for c in metadata.get("partitionColumns") or []]
+    return []
+
+
+async def _from_state(destination: Destination, settings: Settings) -> Descriptor | None:
+    import anyio
+
+    from backfill.keys import Key
+    from backfill.layout import MANIFEST, key_folder
+    from backfill.store import Status, has_state
+
+    folder = settings.state_folder
+    if not await anyio.to_thread.run_sync(has_state, folder):
+        return None
+    units = await anyio.to_thread.run_sync(_state_units, folder)
+    if not units:
+        return None
+    apis = {api for api, _, _, _ in units}
+    widths = {len(key) for _, key, _, _ in units}
+    api = apis.pop() if len(apis) == 1 else None
+    granularity = (Granularity.HOUR if widths == {10} else Granularity.DAY if widths == {8}
+                   else None)
+    fmt = None
+    done = next(((k, t) for a, k, t, s in units if s is Status.DONE), None)
+    if done is not None:
+        path = f"{key_folder(settings.layout, Key.parse(done[0]), done[1])}/{MANIFEST}"
+        try:
+            manifest = json.loads(await destination.read(path))
+            fmt = manifest.get("format", "csv") if isinstance(manifest, dict) else None
+        except (FileNotFoundError, ValueError):
+            fmt = None
+    return Descriptor(fmt, api, granularity, None)
+
+
+def _state_units(folder: Any) -> list[tuple[str, str, str, Any]]:
+    from backfill.store import Store
+
+    store = Store(folder)
+    try:
+        return [(u.api, u.key, u.data_type, u.status) for u in store.units()]
+    finally:
+        store.close()
+
