@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -218,6 +219,16 @@ async def test_a_delta_output_survives_every_command_typed_without_format(
     for fmt in ("csv", "parquet"):
         code, _, err = await cli(["status", *out, "--format", fmt], env, tmp_path)
         assert code == 2 and "lake holds Delta tables" in err and f"--format {fmt}" in err
+    # The table's creation commit carries the record too: without the file, and without
+    # the local state, the output is still known for what it is.
+    (tmp_path / "lake" / DESCRIPTOR).unlink()
+    shutil.rmtree(tmp_path / "lake" / ".backfill")
+    code, shown, err = await cli(["config", "show", *out, "--json"], env, tmp_path)
+    values = json.loads(shown)["settings"]
+    assert values["format"] == {"value": "delta", "from": "the output"}, err
+    assert values["granularity"]["value"] == "hour"
+    code, report, err = await cli(["status", *out, "--json"], env, tmp_path)
+    assert code == 0 and json.loads(report)["keys"]["done"] == len(keys), (report, err)
 
 
 @pytest.fixture

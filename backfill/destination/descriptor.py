@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 DESCRIPTOR = "_backfill.json"
 RECORDED = ("format", "api", "granularity", "layout")
+CREATION_KEY = "backfill.output"
+"""Where a Delta table's creation commit carries the record too."""
 FORMAT_WORDS = {"csv": "raw parts", "parquet": "Parquet files", "delta": "Delta tables",
                 "iceberg": "Iceberg tables"}
 
@@ -153,31 +155,40 @@ async def _recognise(destination: Destination, settings: Settings) -> Descriptor
     from backfill.config import V2_TYPES
 
     for data_type in V2_TYPES:
-        partitions = await _delta_partitions(destination, data_type)
-        if partitions is not None:
-            hourly = Granularity.HOUR if "hour" in partitions else Granularity.DAY
-            return Descriptor("delta", "v2", hourly if partitions else None, None)
+        found = await _delta_table(destination, data_type)
+        if found is not None:
+            return found
     return await _from_state(destination, settings)
 
 
-async def _delta_partitions(destination: Destination, data_type: str) -> list[str] | None:
-    """The partition columns of the Delta table in ``data_type``'s folder (empty when its
-    first commit is gone), or None when there is no table."""
+async def _delta_table(destination: Destination, data_type: str) -> Descriptor | None:
+    """What the Delta table in ``data_type``'s folder says of the output: the record its
+    creation commit carries, else its partition columns; None when there is no table."""
     log = f"{data_type}/_delta_log/"
     try:
         first = await destination.read(f"{log}{0:020d}.json")
     except FileNotFoundError:
         listed = await destination.listing(log)
-        return [] if listed else None
+        return Descriptor("delta", "v2") if listed else None
+    partitions: list[str] = []
     for line in first.splitlines():
         try:
             action = json.loads(line)
         except ValueError:
             continue
-        metadata = action.get("metaData") if isinstance(action, dict) else None
+        if not isinstance(action, dict):
+            continue
+        record = (action.get("commitInfo") or {}).get(CREATION_KEY)
+        if isinstance(record, str):
+            try:
+                return Descriptor.parse(record.encode())
+            except ValueError:
+                pass
+        metadata = action.get("metaData")
         if isinstance(metadata, dict):
-            return [str(c) for c in metadata.get("partitionColumns") or []]
-    return []
+            partitions = [str(c) for c in metadata.get("partitionColumns") or []]
+    hourly = Granularity.HOUR if "hour" in partitions else Granularity.DAY
+    return Descriptor("delta", "v2", hourly if partitions else None)
 
 
 async def _from_state(destination: Destination, settings: Settings) -> Descriptor | None:

@@ -32,6 +32,7 @@ import anyio
 
 from backfill.convert import UnitSchema, batches, header
 from backfill.destination import Destination, Stored
+from backfill.destination.descriptor import CREATION_KEY, Descriptor
 from backfill.destination.local import LocalFolder, LocalPart, _walk
 from backfill.errors import IntegrityError, OutputError, RetryableError, UsageError
 from backfill.layout import MANIFEST, MARKER
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 UNIT = "backfill.unit"
 MANIFEST_KEY = "backfill.manifest"
 REMOVED = "backfill.removed"
+
 
 
 class TableDestination:
@@ -212,7 +214,8 @@ class TableDestination:
             UNIT: f"{key} {data_type}", MANIFEST_KEY: json.dumps(summary)},
             self._shaping.setdefault(data_type, threading.Lock()),
             base=UnitSchema(data_type).arrow(tuple(partitions)),
-            shown=f"{self._inner}/{data_type}")
+            shown=f"{self._inner}/{data_type}",
+            created={CREATION_KEY: Descriptor.of(self._settings).to_bytes().decode()})
         files = _partition_files(table, partitions)
         done = {**summary, "rows": sum(counts), "files": files,
                 "sources": [{**p, "rows": n} for p, n in zip(summary["parts"], counts,
@@ -308,7 +311,7 @@ class TableDestination:
 
 def commit_rows(uri: str, options: dict[str, str], reader: Any, partitions: dict[str, str],
                 metadata: dict[str, str], shaping: threading.Lock, *, base: Any,
-                shown: str) -> Any:
+                shown: str, created: dict[str, str] | None = None) -> Any:
     """Replace the partition ``partitions`` names (``{"dt": "2026-11-20", "hour": "07"}``)
     with the rows of ``reader``, in one commit that carries ``metadata``; the table after.
 
@@ -318,6 +321,7 @@ def commit_rows(uri: str, options: dict[str, str], reader: Any, partitions: dict
     one), one creation at a time in this process, and columns are only ever added to a
     table that exists, where an addition that races another commit fails as a conflict
     (retried). A commit whose columns the table lacks afterwards is retried as well.
+    The creation commit carries ``created`` (what the output is: its record).
     """
     from deltalake import CommitProperties, DeltaTable, write_deltalake
     from deltalake.exceptions import DeltaError
@@ -329,7 +333,9 @@ def commit_rows(uri: str, options: dict[str, str], reader: Any, partitions: dict
             if not _table_columns(uri, options):
                 with contextlib.suppress(DeltaError):  # another process created it
                     DeltaTable.create(uri, base, mode="ignore", partition_by=list(partitions),
-                                      storage_options=options)
+                                      storage_options=options,
+                                      commit_properties=CommitProperties(
+                                          custom_metadata=created or {}))
     write_deltalake(uri, reader, partition_by=list(partitions), mode="overwrite",
                     predicate=predicate, schema_mode="merge", storage_options=options,
                     commit_properties=CommitProperties(custom_metadata=metadata))
