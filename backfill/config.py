@@ -161,6 +161,9 @@ class Settings:
     """The most one part may be: GrowingIO splits at 64 MB, so this is an 8x margin. A body
     without a length stops here, a declared length past it is refused, and either way the
     attempt is discarded like a bad body."""
+    start: str | None = None
+    """Where ``catchup`` starts when the output holds nothing yet (a date as ``--from``
+    takes it); unset, the oldest key GrowingIO still keeps (``retention_days``)."""
     heartbeat: float = 30.0
     """Plain and JSON logs say what the run waits for at least this often."""
     chunk_size: int = 1024 * 1024
@@ -244,6 +247,7 @@ _FILE_KEYS: dict[str, tuple[str, Any]] = {
                   lambda v: float(parse_size(v, 0, 1 << 40))),
     "min_speed_time": ("a duration such as 60s", _duration),
     "heartbeat": ("a duration such as 30s", _duration),
+    "start": ("a date such as 2026-11-01, 2026-11-01T05 or -7d", lambda v: _date(v)),
     "max_part_size": ("a size such as 512MiB", lambda v: parse_size(v, 1, 1 << 50)),
 }
 _API_KEYS = ("base_url", "client_id", "project_uid", "ai")
@@ -635,6 +639,13 @@ def _choice(value: Any, options: tuple[str, ...]) -> Any:
     if value not in options:
         raise ValueError
     return Granularity(value) if options == ("day", "hour") else value
+
+
+def _date(value: Any) -> str:
+    from backfill.keys import date_form
+
+    date_form(_str(value))  # raises with the accepted forms
+    return str(value).strip()
 
 
 def _bool(value: Any) -> bool:

@@ -18,8 +18,8 @@ import anyio
 from backfill.clock import wall_now
 from backfill.config import Settings
 from backfill.destination import Destination, descriptor, open_destination
-from backfill.errors import Interrupted, UsageError, first_error
-from backfill.keys import Granularity, Key, expand, key_at
+from backfill.errors import Interrupted, first_error
+from backfill.keys import BEIJING, Granularity, Key, expand, key_at, parse_bound
 from backfill.outage import LinkHosts, ServiceHealth
 from backfill.plan import Plan, make_plan
 from backfill.policy import beyond_retention, expected_ready, oldest_kept
@@ -304,17 +304,20 @@ def retryable(settings: Settings, within: list[Key] | None, now: datetime
 
 def catchup_keys(settings: Settings, first: Key | None, lag: float | None, now: datetime
                  ) -> tuple[list[Key], list[Key]]:
-    """Keys from ``first`` (or the earliest key not complete) to the newest that should be
-    ready now; returns (keys to fetch, keys already beyond retention).
+    """Keys from ``first`` to the newest that should be ready now; returns (keys to fetch,
+    keys already beyond retention).
 
-    Raises :class:`UsageError` when there is neither ``first`` nor any state to start from.
+    Without ``first``: from the earliest key the state knows not complete (or the one
+    after the newest complete), and on an output that holds nothing yet from the
+    configured ``start``, else the oldest key GrowingIO still keeps: the first catch-up
+    is the backfill of what GrowingIO holds.
     """
     granularity = settings.granularity
     last = key_at(now, granularity)
     while not _should_be_ready(last, settings, lag, now):
         last = Key(last.start - granularity.step, granularity)
     if first is None:
-        first = _earliest_incomplete(settings, granularity)
+        first = _earliest_incomplete(settings, granularity) or _first_start(settings, now)
     if first > last:
         return [], []
     keys = expand(first, last)
@@ -328,14 +331,23 @@ def _should_be_ready(key: Key, settings: Settings, lag: float | None, now: datet
     return key.end + timedelta(seconds=lag) <= now
 
 
-def _earliest_incomplete(settings: Settings, granularity: Granularity) -> Key:
+def _earliest_incomplete(settings: Settings, granularity: Granularity) -> Key | None:
     width = 8 if granularity is Granularity.DAY else 10
     units = [u for u in known_units(settings) if len(u.key) == width]
     if not units:
-        raise UsageError(f"no {granularity} keys in the state of {settings.out} yet: "
-                         "give --start")
+        return None
     pending = [u.key for u in units if u.status in RETRYABLE]
     if pending:
         return Key.parse(min(pending))
     newest = Key.parse(max(u.key for u in units))
     return Key(newest.start + granularity.step, granularity)
+
+
+def _first_start(settings: Settings, now: datetime) -> Key:
+    """Where the first catch-up of an output starts: ``start``, or the first key of the
+    oldest day GrowingIO will still keep when the run may end (``max_wait`` on), so that
+    the edge of the retention does not pass a key between the plan and its call."""
+    if settings.start is not None:
+        return parse_bound(settings.start, settings.granularity, now=now, end=False)
+    kept = oldest_kept(now + timedelta(seconds=settings.max_wait), settings.retention_days)
+    return key_at(datetime(kept.year, kept.month, kept.day, tzinfo=BEIJING), settings.granularity)

@@ -11,8 +11,8 @@ import pytest
 
 from backfill.clock import wall_now
 from backfill.emulator import EmulatorConfig, Faults, RunningEmulator, serve
-from backfill.keys import Granularity, key_at
-from tests.helpers import cli, env_for
+from backfill.keys import BEIJING, Granularity, key_at
+from tests.helpers import cli, env_for, set_clock
 
 pytestmark = pytest.mark.anyio
 HOURS = ["--granularity", "hour", "--types", "visit", "--out", "data"]
@@ -81,11 +81,23 @@ async def test_backfill_status_retry_catchup(emulator: RunningEmulator, tmp_path
     assert json.loads(out)["last"] == hour_name(22)
 
 
-async def test_catchup_needs_a_start_on_an_empty_state(emulator: RunningEmulator,
-                                                      tmp_path: Path) -> None:
-    code, _, err = await cli(["catchup", *HOURS], env_for(emulator.url), tmp_path)
-    assert code == 2
-    assert err.strip() == "backfill: error: no hour keys in the state of data yet: give --start"
+async def test_catchup_on_an_empty_output_starts_at_the_oldest_key_still_kept(
+        emulator: RunningEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    now = wall_now().astimezone(BEIJING).replace(hour=10, minute=30)
+    set_clock(monkeypatch, now)
+    env = env_for(emulator.url)
+    code, out, err = await cli(["catchup", *HOURS, "--dry-run", "--json"], env, tmp_path)
+    assert code == 0, err
+    plan = json.loads(out)
+    oldest = (now - timedelta(days=15)).strftime("%Y%m%d")
+    assert plan["first"] == f"{oldest}00" and plan["gone"] == 0
+    assert plan["last"] == (now - timedelta(hours=2)).strftime("%Y%m%d%H")  # 40 min lag
+    assert not (tmp_path / "data").exists()  # a dry run creates nothing
+    # A configured start says where an output that holds nothing yet begins.
+    (tmp_path / "backfill.toml").write_text('start = "-6h"\n')
+    code, out, err = await cli(["catchup", *HOURS, "--dry-run", "--json"], env, tmp_path)
+    assert code == 0, err
+    assert json.loads(out)["first"] == (now - timedelta(hours=6)).strftime("%Y%m%d%H")
 
 
 async def test_catchup_warns_about_keys_beyond_retention(emulator: RunningEmulator,

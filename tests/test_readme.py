@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -82,3 +83,60 @@ async def test_the_quick_start_runs_as_written(data_dir: Path, tmp_path: Path,
         connection.close()
     expected = len({p.parent.name for p in (tmp_path / "data" / "visit").rglob("_SUCCESS")})
     assert len(rows) == expected == 14 and all(count > 0 for _, count in rows)
+
+
+def _ci_recipe() -> tuple[str, dict[str, str]]:
+    """The README's GitHub Actions job: the catch-up step's script and its environment."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Use it from CI", 1)[1].split("\n### ", 1)[0]
+    yaml = re.findall(r"```yaml\n(.*?)```", section, flags=re.S)
+    assert len(yaml) == 1, "the README's CI recipe has changed shape"
+    step = yaml[0].split("- name: catch up", 1)[1]
+    env_block = step.split("env:", 1)[1].split("run: |", 1)[0]
+    env = dict(re.findall(r"^\s+(\w+): (.+)$", env_block, flags=re.M))
+    lines = step.split("run: |", 1)[1].splitlines()[1:]
+    indent = len(lines[0]) - len(lines[0].lstrip())
+    return "\n".join(line[indent:] for line in lines if line.strip()), env
+
+
+@pytest.mark.anyio
+async def test_the_ci_recipe_runs_as_written_on_an_empty_bucket(
+        data_dir: Path, tmp_path: Path, bucket: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The catch-up step, run by bash as the README writes it, on a runner that has
+    nothing: no state, an empty bucket. GrowingIO keeps one day here (a config file says
+    so, as a project's would), so its first run is the backfill of that day's hours."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import anyio
+
+    from backfill.clock import wall_now
+    from backfill.emulator import EmulatorConfig, serve
+    from backfill.keys import BEIJING
+    from tests.helpers import env_for, set_clock
+
+    set_clock(monkeypatch, wall_now().astimezone(BEIJING).replace(hour=9, minute=30))
+    script, step_env = _ci_recipe()
+    target = re.search(r"s3://([a-z0-9.-]+)/", script)
+    assert target is not None and "catchup" in script
+    bucket.client.create_bucket(Bucket=target[1])
+    (tmp_path / "backfill.toml").write_text("retention_days = 1\n")
+    config = EmulatorConfig(data_dir=data_dir, job_seconds=0.0, bytes_per_hour=1024,
+                            retention_days=1, rate_limit=2)
+    async with serve(config) as emulator:
+        env = {**env_for(emulator.url), **bucket.env(),
+               "AWS_REGION": step_env["AWS_REGION"],
+               "XDG_STATE_HOME": str(tmp_path / "state"),
+               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+        done = await anyio.run_process(["bash", "-c", script], env=env, cwd=tmp_path,
+                                       check=False, stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE)
+        stats = emulator.state.stats()
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["exit_code"] in (0, 4)
+    assert report["keys"]["done"] >= 9  # yesterday's and today's ready hours at least
+    assert report["keys"]["failed"] == report["keys"]["gone"] == 0
+    assert stats["rate_limited"] == 0

@@ -124,7 +124,9 @@ Exit 4 (some keys not ready yet) is not a failure: the next run takes them.
 @configured(*FETCHING)
 def catchup(
     start: Annotated[str | None, typer.Option(
-        help="Fetch from this key on [default: the earliest key not complete].")] = None,
+        help="Fetch from this key on [default: the earliest key not complete; on an output "
+        "that holds nothing yet, `start` in the config, else the oldest key GrowingIO "
+        "still keeps].")] = None,
     lag: Annotated[str | None, typer.Option(
         help="Only keys that ended this long ago, e.g. 2h [default: the documented "
         "readiness].")] = None,
