@@ -210,6 +210,14 @@ def _duration(value: Any) -> float:
     return parse_duration(value)
 
 
+def _speed(value: Any) -> float:
+    return float(parse_size(value, 0, 1 << 40))
+
+
+def _part_size(value: Any) -> int:
+    return parse_size(value, 1, 1 << 50)
+
+
 _FILE_KEYS: dict[str, tuple[str, Any]] = {
     "out": ("a folder or an s3://, gs:// or az:// URL", lambda v: parse_out(v)),
     "state_dir": ("a folder", lambda v: Path(_str(v)).expanduser()),
@@ -243,12 +251,11 @@ _FILE_KEYS: dict[str, tuple[str, Any]] = {
     "day_lag": ("a duration such as 3h", _duration),
     "verify": ("auto or full", lambda v: _choice(v, ("auto", "full"))),
     "format": ("csv, parquet or delta", lambda v: _choice(v, ("csv", "parquet", "delta"))),
-    "min_speed": ("bytes per second such as 4KiB (0: never cut)",
-                  lambda v: float(parse_size(v, 0, 1 << 40))),
+    "min_speed": ("bytes per second such as 4KiB (0: never cut)", _speed),
     "min_speed_time": ("a duration such as 60s", _duration),
     "heartbeat": ("a duration such as 30s", _duration),
     "start": ("a date such as 2026-11-01, 2026-11-01T05 or -7d", lambda v: _date(v)),
-    "max_part_size": ("a size such as 512MiB", lambda v: parse_size(v, 1, 1 << 50)),
+    "max_part_size": ("a size such as 512MiB", _part_size),
 }
 _API_KEYS = ("base_url", "client_id", "project_uid", "ai")
 _STORAGE_KEYS = ("endpoint", "region", "virtual_hosted_style")
@@ -302,6 +309,22 @@ def config_file(path: Path | None, env: Mapping[str, str] | None = None) -> Path
 def option_names() -> tuple[str, ...]:
     """The settings a config file, a flag or a library call may give."""
     return tuple(_FILE_KEYS)
+
+
+def written(name: str, value: Any) -> str:
+    """A setting's value as a config file writes it: ``30m``, ``4KiB``, ``visit,page``."""
+    parse = _FILE_KEYS[name][1] if name in _FILE_KEYS else None
+    if parse is _duration:
+        return format_duration(value)
+    if parse in (_speed, _part_size):
+        return format_size(value)
+    if isinstance(value, tuple):
+        return ",".join(value) or "(all)"
+    if value is None:
+        return "(none)"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(getattr(value, "value", value))
 
 
 def load(path: Path | None, flags: dict[str, Any], env: dict[str, str] | None = None,
@@ -594,6 +617,17 @@ def parse_size(value: Any, low: int, high: int) -> int:
     return int(number)
 
 
+def format_size(count: float) -> str:
+    """``"4KiB"``, ``"512MiB"``, ``"1000"``: the shortest exact form :func:`parse_size`
+    reads."""
+    whole = int(count)
+    for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024), ("GB", 1000**3),
+                       ("MB", 1000**2), ("kB", 1000)):
+        if whole >= size and whole % size == 0 and whole == count:
+            return f"{whole // size}{unit}"
+    return f"{count:g}"
+
+
 def format_duration(seconds: float) -> str:
     """``"3m"``, ``"90s"``, ``"2h"``: the shortest exact form :func:`parse_duration` reads."""
     whole = round(seconds)
@@ -609,6 +643,9 @@ def parse_types(value: Any) -> tuple[str, ...]:
     if not isinstance(items, list | tuple) or not all(isinstance(t, str) for t in items):
         raise UsageError("types must be a list of data type names")
     names = tuple(dict.fromkeys(t.strip() for t in items if t.strip()))
+    if not names:
+        raise UsageError("no data type named: give at least one (visit,page,…), or leave "
+                         "types out for all ten")
     unknown = [t for t in names if t not in V2_TYPES]
     if unknown:
         raise UsageError(f"unknown data type {unknown[0]!r}"

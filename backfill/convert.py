@@ -34,9 +34,10 @@ MAX_BLOCK = 1 << 30
 FORMATS = ("csv", "parquet", "delta")
 
 
-def require_tables(fmt: str) -> None:
+def require_tables(fmt: str, held: str | None = None) -> None:
     """Raise :class:`UsageError` (one line, how to install it) when ``fmt`` needs the
-    tables extra and it is not installed."""
+    tables extra and it is not installed; ``held``: the output that holds such tables
+    (the format was not asked for, the output records it)."""
     if fmt == "csv":
         return
     try:
@@ -44,7 +45,9 @@ def require_tables(fmt: str) -> None:
         if fmt == "delta":
             import deltalake  # noqa: F401
     except ImportError:
-        raise UsageError(f"--format {fmt} needs the tables extra: pip install "
+        needs = (f"{held} holds {fmt} tables, which need" if held
+                 else f"--format {fmt} needs")
+        raise UsageError(f"{needs} the tables extra: pip install "
                          "'growingio-backfill[tables]'") from None
 
 

@@ -34,26 +34,30 @@ def demo_keys(now: datetime) -> list[Any]:
     return expand(key_at(last.start - timedelta(days=DEMO_DAYS - 1), Granularity.DAY), last)
 
 
-async def run_demo(out: Path | Remote, reporter: Reporter, fmt: str = "csv"
-                   ) -> tuple[Summary, dict[str, Any]]:
-    """Serve the emulator on a free loopback port and back a week up from it.
+async def demo_settings(out: Path | Remote, fmt: str | None) -> Settings:
+    """The demo's settings over ``out``: a week of days, in ``fmt`` (else what the output
+    holds, else csv); a contradiction with what it holds is refused (creates nothing)."""
+    from backfill.library import settle_output
+
+    sources = {"granularity": "argument granularity=", "types": "argument types="}
+    if fmt is not None:
+        sources["format"] = "flag --format"
+    return await settle_output(replace(
+        Settings(), out=out, granularity=Granularity.DAY, types=DEMO_TYPES,
+        format=fmt or "csv", poll_interval=1.0, max_poll_interval=2.0, backoff=0.2,
+        max_wait=120.0, sources=sources))
+
+
+async def run_demo(settings: Settings, reporter: Reporter) -> tuple[Summary, dict[str, Any]]:
+    """Serve the emulator on a free loopback port and back a week up from it into
+    ``settings.out`` (see :func:`demo_settings`).
 
     Returns the run's summary and the emulator's own counters.
     """
     async with serve(demo_emulator_config()) as emulator:
         c = DEMO_CREDENTIALS
-        settings = replace(
-            Settings(),
-            out=out,
-            granularity=Granularity.DAY,
-            types=DEMO_TYPES,
-            format=fmt,
-            poll_interval=1.0,
-            max_poll_interval=2.0,
-            backoff=0.2,
-            max_wait=120.0,
-            credentials=Credentials(base_url=emulator.url, client_id=c.client_id,
-                                    secret=c.secret, project_uid=c.project_uid, ai=c.ai),
-        )
-        summary = await backfill(settings, demo_keys(wall_now()), reporter)
+        credentials = Credentials(base_url=emulator.url, client_id=c.client_id,
+                                  secret=c.secret, project_uid=c.project_uid, ai=c.ai)
+        summary = await backfill(replace(settings, credentials=credentials),
+                                 demo_keys(wall_now()), reporter)
         return summary, emulator.state.stats()

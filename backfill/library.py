@@ -87,7 +87,8 @@ async def settle_output(settings: Settings) -> Settings:
 
     root = await anyio.to_thread.run_sync(open_root, settings)
     settled = descriptor.settle(settings, await descriptor.read(root, settings))
-    require_tables(settled.format)
+    recorded = settled.sources.get("format") == "the output"
+    require_tables(settled.format, str(settled.out) if recorded else None)
     check_hourly_layout(settled)
     return settled
 

@@ -23,7 +23,6 @@ from rich.progress import (
     Progress,
     TaskID,
     TextColumn,
-    TimeRemainingColumn,
     TransferSpeedColumn,
 )
 from rich.table import Table
@@ -176,14 +175,22 @@ class Activity:
         return self.bytes / max(time.monotonic() - self.started, 1e-9)
 
     def _eta(self) -> int | None:
+        """Keys left at the pace of the keys done so far; none while any key waits for an
+        export job or for its data, whose end nothing here can tell (a pace measured over
+        such a wait only grows)."""
         left = self.keys_total - self.keys_done
-        if not self.keys_done or not left:
+        if not self.keys_done or not left or self.running or self.not_due or self.asking:
             return None
         return round((time.monotonic() - self.started) / self.keys_done * left)
 
 
 def _s(count: int) -> str:
     return "" if count == 1 else "s"
+
+
+def keys(count: int) -> str:
+    """``1 key``, ``24 keys``."""
+    return f"{count} key{_s(count)}"
 
 
 class Watch(Protocol):
@@ -201,7 +208,8 @@ class Reporter(Protocol):
     def warning(self, text: str) -> None: ...
     def heartbeat(self, activity: Activity, now: float) -> None:
         """Called every second or so while a run fetches: say what it waits for."""
-    def begin(self, to_fetch: int, already_done: int) -> None: ...
+    def begin(self, to_fetch: int, already_done: int, max_wait: float = 0.0) -> None:
+        """The run starts: ``max_wait`` seconds is how long keys not ready are waited for."""
     def key_done(self, key: str, status: Status, detail: str | None) -> None: ...
     def part(self, label: str) -> PartWatch: ...
     def end(self) -> None: ...
@@ -248,10 +256,15 @@ class PlainReporter:
         self._last = time.monotonic()
         self._say(activity.describe(now), event="heartbeat", **activity.facts(now))
 
-    def begin(self, to_fetch: int, already_done: int) -> None:
+    def begin(self, to_fetch: int, already_done: int, max_wait: float = 0.0) -> None:
+        from backfill.config import format_duration
+
         self._total = to_fetch
-        self._say(f"{to_fetch} keys to fetch, {already_done} already done", event="begin",
-                  to_fetch=to_fetch, already_done=already_done)
+        waits = (f"; keys not ready are waited for up to {format_duration(max_wait)} "
+                 "(--max-wait)" if to_fetch else "")
+        self._say(f"{keys(to_fetch)} to fetch, {already_done} already done{waits}",
+                  event="begin", to_fetch=to_fetch, already_done=already_done,
+                  max_wait_seconds=max_wait)
 
     def key_done(self, key: str, status: Status, detail: str | None) -> None:
         self._done += 1
@@ -308,7 +321,6 @@ class BarsReporter:
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[extra]}"),
-            TimeRemainingColumn(),
             console=self._console,
         )
         self._bytes_bar = Progress(
@@ -329,7 +341,7 @@ class BarsReporter:
     def heartbeat(self, activity: Activity, now: float) -> None:
         self._phase.text = activity.describe(now)  # the live display shows it at once
 
-    def begin(self, to_fetch: int, already_done: int) -> None:
+    def begin(self, to_fetch: int, already_done: int, max_wait: float = 0.0) -> None:
         from rich.console import Group
         from rich.live import Live
 
@@ -398,32 +410,38 @@ def make_reporter(quiet: bool, *, json_lines: bool = False, heartbeat: float = 3
 
 
 def print_summary(summary: Summary, console: Console | None = None, *,
-                  where: tuple[str, str] | None = None) -> None:
-    """The end-of-run table (``where``: the destination and the state), then the keys
-    that need attention."""
+                  where: tuple[str, str] | None = None, plain: bool = False) -> None:
+    """The end of a run (``where``: the destination and the state), then the keys that
+    need attention: a table on a terminal; ``name: value`` lines when ``plain`` (quiet, a
+    log level above info) or when the output is not a terminal (a pipe, a CI log)."""
     console = console or Console()
-    table = Table(title="backfill summary", show_header=False, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column(justify="right")
-    if where is not None:
-        table.add_row("destination", where[0])
-        table.add_row("state", where[1])
-    for status in Status:
-        if summary.statuses[status]:
-            table.add_row(f"keys {status.value.replace('_', ' ')}", str(summary.statuses[status]))
-    table.add_row("parts downloaded", str(summary.parts))
-    table.add_row("bytes downloaded", human_bytes(summary.bytes))
-    table.add_row("API calls", str(summary.api_calls))
-    table.add_row("retries", str(summary.retries))
-    table.add_row("duration", f"{summary.seconds:.1f} s")
-    table.add_row("exit code", str(summary.exit_code))
-    console.print(table)
+    rows = _summary_rows(summary, where)
+    if plain or not console.is_terminal:
+        for name, value in rows:
+            console.print(f"{name}: {value}", highlight=False, soft_wrap=True)
+    else:
+        table = Table(title="backfill summary", show_header=False, title_justify="left")
+        table.add_column(style="bold")
+        table.add_column(justify="right")
+        for name, value in rows:
+            table.add_row(name, value)
+        console.print(table)
     lines = problem_lines(summary.outcomes)
     for line in lines[:SHOWN_LINES]:
-        console.print(f"  {line}", highlight=False)
+        console.print(f"  {line}", highlight=False, soft_wrap=True)
     if len(lines) > SHOWN_LINES:
         console.print(f"  … and {len(lines) - SHOWN_LINES} more lines (--json has every key)",
                       highlight=False)
+
+
+def _summary_rows(summary: Summary, where: tuple[str, str] | None) -> list[tuple[str, str]]:
+    rows = [("destination", where[0]), ("state", where[1])] if where is not None else []
+    rows += [(f"keys {status.value.replace('_', ' ')}", str(summary.statuses[status]))
+             for status in Status if summary.statuses[status]]
+    return [*rows, ("parts downloaded", str(summary.parts)),
+            ("bytes downloaded", human_bytes(summary.bytes)),
+            ("API calls", str(summary.api_calls)), ("retries", str(summary.retries)),
+            ("duration", f"{summary.seconds:.1f} s"), ("exit code", str(summary.exit_code))]
 
 
 SHOWN_LINES = 20

@@ -97,7 +97,7 @@ async def _backfill(settings: Settings, keys: list[Key], reporter: Reporter, for
         async with destination.hold(settings) if plan.tasks else contextlib.nullcontext():
             if plan.tasks:  # what the output is, recorded before its first unit
                 await descriptor.record(destination, settings)
-            reporter.begin(len(plan.tasks), len(plan.done))
+            reporter.begin(len(plan.tasks), len(plan.done), settings.max_wait)
             try:
                 if plan.tasks:
                     await _fetch(settings, store, destination, plan, reporter, summary, api)
@@ -259,6 +259,8 @@ def dry_plan(settings: Settings, keys: list[Key], *, force: bool, now: datetime
         "to_fetch": len(plan.tasks),
         "gone": len(plan.gone),
         "not_due": len(plan.not_due),
+        "max_wait_seconds": settings.max_wait,
+        "format": settings.format,
         "min_api_calls": calls,
         "min_seconds": calls / settings.rate,
         "rate": settings.rate,

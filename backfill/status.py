@@ -46,9 +46,19 @@ class StatusReport:
     keys: dict[str, Status] = field(default_factory=dict)
     bytes: int = 0
     problems: list[UnitRecord] = field(default_factory=list)
+    running: bool = False
+    """A run holds the output now: its active units are being fetched. Without one, an
+    active unit is one a run left when it was stopped: interrupted."""
 
     def counts(self) -> Counter[Status]:
         return Counter(self.keys.values())
+
+    def word(self, status: Status) -> str:
+        """How a status reads: ``not ready``; ``interrupted`` for an active unit that no
+        run holds."""
+        if status is Status.ACTIVE and not self.running:
+            return "interrupted"
+        return status.value.replace("_", " ")
 
     def to_json(self) -> dict[str, Any]:
         counts = self.counts()
@@ -57,19 +67,22 @@ class StatusReport:
             "out": self.out,
             "api": self.api,
             "keys": {"total": len(self.keys)} | {s.value: counts[s] for s in SEVERITY},
+            "running": self.running,
             "bytes": self.bytes,
             "first": names[0] if names else None,
             "last": names[-1] if names else None,
-            "problems": [{"key": u.key, "data_type": u.data_type, "status": u.status.value,
+            "problems": [{"key": u.key, "data_type": u.data_type,
+                          "status": self.word(u.status).replace(" ", "_"),
                           "attempts": u.attempts, "error": u.last_error}
                          for u in self.problems],
         }
 
 
 def summarize(units: list[UnitRecord], out: str, api: str,
-              wanted: set[str] | None = None) -> StatusReport:
-    """Fold units into keys (optionally only the ``wanted`` key names)."""
-    report = StatusReport(out, api)
+              wanted: set[str] | None = None, *, running: bool = False) -> StatusReport:
+    """Fold units into keys (optionally only the ``wanted`` key names); ``running``: a run
+    holds the output now."""
+    report = StatusReport(out, api, running=running)
     per_key: dict[str, list[Status]] = defaultdict(list)
     for unit in units:
         if wanted is not None and unit.key not in wanted:
@@ -104,5 +117,5 @@ def print_calendar(report: StatusReport, console: Console) -> None:
     legend = Text("  ")
     for state in SEVERITY:
         glyph, style = GLYPHS[state]
-        legend.append(glyph, style=style).append(f" {state.value.replace('_', ' ')}  ")
+        legend.append(glyph, style=style).append(f" {report.word(state)}  ")
     console.print(legend)

@@ -102,6 +102,24 @@ def has_state(folder: Path) -> bool:
     return (folder / STATE_FILE).exists()
 
 
+def running_pid(folder: Path) -> int | None:
+    """The process of a run that holds the state ``folder`` now, if one does: the pid its
+    lock file names, when that process is alive. Takes no lock and creates nothing."""
+    try:
+        pid = int((folder / "lock").read_text().strip() or 0)
+    except (OSError, ValueError):
+        return None
+    if pid <= 0:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid  # alive, someone else's
+    return pid
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 

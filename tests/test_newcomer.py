@@ -145,8 +145,19 @@ async def test_check_mints_no_token_while_a_run_holds_one(emulator: RunningEmula
     finally:
         running.release()
     assert code == 0, err
-    assert "no token asked for: a backfill running on this machine uses a token" in out
+    assert ("not checked: GIO_SECRET: a backfill running on this machine uses a token of "
+            "client demo-client-id, and minting one to check the secret would revoke it") in out
+    assert f"export API: {emulator.url}, reached directly" in out and "HTTP 401" in out
+    assert "configuration ok" not in out and "issued" not in out
     assert emulator.state.stats()["calls"]["token"] == 0
+    # A wrong secret is not found out then, and check says so rather than "ok".
+    running.hold()
+    try:
+        code, out, err = await cli(["check", "--json"], {**env, "GIO_SECRET": "wrong"},
+                                   tmp_path)
+    finally:
+        running.release()
+    assert code == 0 and json.loads(out)["not_checked"][0].startswith("GIO_SECRET:"), err
     code, out, _ = await cli(["check", "--json"], env, tmp_path)  # the run ended
     assert code == 0 and json.loads(out)["token"] == "issued"
     assert emulator.state.stats()["tokens_issued"] == 1

@@ -615,6 +615,9 @@ async def test_demo_writes_into_a_bucket(bucket: Bucket, tmp_path: Path) -> None
     assert len(markers) == 7 * 3  # a week of three data types
     assert f"backfill status --out {bucket.url('demo')}" in out
     assert not list(tmp_path.glob("s3*"))  # nothing written to a local folder named "s3:"
+    # It says, once, where it keeps what it writes outside the output.
+    assert err.count("the emulator's generated data is kept in ") == 1
+    assert f"token locks in {tmp_path / 'state' / 'backfill' / 'tokens'}" in err
 
 
 def test_a_store_error_shows_neither_a_signed_query_nor_the_xml_body() -> None:

@@ -60,10 +60,25 @@ def test_a_failure_never_hides_behind_the_gone_keys_and_json_keeps_every_key() -
 def test_the_summary_names_the_destination_and_the_state_in_its_two_columns() -> None:
     summary = Summary()
     summary.add("20261120", Status.DONE)
-    console = Console(file=io.StringIO(), width=100)
+    console = Console(file=io.StringIO(), width=100, force_terminal=True, color_system=None)
     print_summary(summary, console, where=("s3://lake/gio", "/state/gio"))
     rows = [line for line in console.file.getvalue().splitlines()  # type: ignore[attr-defined]
             if line.startswith("│")]
     assert [cell.strip() for cell in rows[0].split("│")[1:3]] == ["destination",
                                                                   "s3://lake/gio"]
     assert all(row.count("│") == 3 for row in rows)  # two columns, none empty
+
+
+def test_piped_or_quiet_the_summary_is_plain_lines() -> None:
+    summary = Summary()
+    summary.add("20261120", Status.DONE)
+    summary.add("20261121", Status.FAILED, "broken")
+    for console, plain in ((Console(file=io.StringIO(), width=100), False),  # a pipe
+                           (Console(file=io.StringIO(), force_terminal=True), True)):  # -q
+        print_summary(summary, console, where=("data", "data/.backfill"), plain=plain)
+        text = console.file.getvalue()  # type: ignore[attr-defined]
+        assert not set(text) & set("│┃┌┐└┘─━"), text  # no box drawing
+        lines = text.splitlines()
+        assert lines[:4] == ["destination: data", "state: data/.backfill", "keys done: 1",
+                             "keys failed: 1"]
+        assert "exit code: 1" in lines and "  2026-11-21: failed: broken" in lines

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import random
 import shutil
 import signal
@@ -354,6 +355,7 @@ async def test_typed_output_refuses_v1_and_says_how_to_get_the_extra(tmp_path: P
     assert code == 2
     assert err.strip() == ("backfill: error: --format parquet needs the tables extra: pip "
                            "install 'growingio-backfill[tables]'")
+    assert not (tmp_path / "data").exists()  # a refused command creates nothing
 
 
 def test_a_value_a_typed_column_cannot_hold_fails_with_its_row_never_its_content(
@@ -403,6 +405,22 @@ async def test_the_readme_tables_command_runs(emulator: RunningEmulator, tmp_pat
     code, _, err = await cli(args, env_for(emulator.url), tmp_path)
     assert code in (0, 4), err
     assert (tmp_path / "lake" / "visit" / "_delta_log").exists()
+    # The section's Python reads it back, as written, with only what the extra installs.
+    import re
+    import sys
+
+    snippet = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert len(snippet) == 1
+    blocker = tmp_path / "only-the-extra"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(
+        "import sys\nfor m in ('polars', 'duckdb', 'pandas'):\n    sys.modules[m] = None\n")
+    with anyio.fail_after(120):
+        done = await anyio.run_process([sys.executable, "-c", snippet[0]], cwd=tmp_path,
+                                       check=False, env={**os.environ,
+                                                         "PYTHONPATH": str(blocker)})
+    assert done.returncode == 0, done.stderr.decode()
+    assert "count_all" in done.stdout.decode()
 
 
 

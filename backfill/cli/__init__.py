@@ -65,6 +65,7 @@ def _run() -> int:
             print(exc.format_message(), file=sys.stderr)  # type: ignore[attr-defined]
         else:
             print(f"backfill: error: {usage_line(exc)}", file=sys.stderr)
+            _json_error(usage_line(exc), code)
         return code
     code = result if isinstance(result, int) else 0
     if code == 130 and not said.error:
@@ -106,7 +107,22 @@ def _interrupted(name: str) -> int:
     from backfill.errors import Interrupted
 
     print(f"backfill: error: {Interrupted(name)}", file=sys.stderr)
+    _json_error(str(Interrupted(name)), Interrupted.exit_code)
     return Interrupted.exit_code
+
+
+def _json_error(text: str, code: int) -> None:
+    """With ``--json`` on the command line, the document a script waits for says what
+    happened, also when the command never ran (bad usage, an early signal)."""
+    import json
+
+    arguments = sys.argv[1:]
+    if "--json" not in arguments[:arguments.index("--") if "--" in arguments else None]:
+        return
+    said = sys.modules.get("backfill.cli.shared")
+    if said is not None and said.said.document:
+        return
+    print(json.dumps({"error": text, "exit_code": code}), flush=True)
 
 
 def load_commands() -> None:

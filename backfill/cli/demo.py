@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from backfill.cli.shared import app, guarded, output, reporting, run_async
+from backfill.cli.shared import app, document, guarded, output, reporting, run_async
 from backfill.errors import Interrupted, UsageError
 from backfill.keys import BEIJING, Granularity, key_at
 from backfill.report import print_summary
@@ -54,44 +55,46 @@ def _parse_faults(specs: list[str]) -> dict[str, float]:
 def demo(
     out_: Annotated[str, typer.Option(
         "--out", help="Output folder, or s3://BUCKET/PREFIX (gs://, az://).")] = "backfill-demo",
-    fmt: Annotated[str, typer.Option(
-        "--format", help="csv, parquet or delta (the tables extra).")] = "csv",
+    fmt: Annotated[str | None, typer.Option(
+        "--format", help="csv, parquet or delta (the tables extra) [default: what the "
+        "output holds, else csv].")] = None,
 ) -> None:
     """Back up a week of data from the bundled emulator: the whole flow, no account needed."""
     from backfill.config import parse_out
-    from backfill.demo import DEMO_TYPES, run_demo
+    from backfill.demo import DEMO_TYPES, demo_settings, run_demo
 
     try:
         out = parse_out(out_)
     except UsageError as exc:
         raise UsageError(f"--out {out_}: {exc}") from None
 
-    typer.echo(f"Starting the bundled GrowingIO emulator and backing up a week of "
-               f"{', '.join(DEMO_TYPES)} into {out}/ ...", err=True)
-    shown = output()
-    from backfill.config import parse_flag
-    from backfill.convert import require_tables
+    from backfill.config import parse_flag, user_state_home
+    from backfill.emulator.data import default_data_dir
 
-    fmt = parse_flag("format", fmt)
-    require_tables(fmt)
-    summary, stats = run_async(run_demo, out, shown.reporter(), fmt)
+    settings = run_async(demo_settings, out, parse_flag("format", fmt) if fmt else None)
+    typer.echo(f"Starting the bundled GrowingIO emulator and backing up a week of "
+               f"{', '.join(DEMO_TYPES)} into {out}/ ({settings.format}) ...\n"
+               f"(the emulator's generated data is kept in {default_data_dir()}, and token "
+               f"locks in {user_state_home() / 'backfill' / 'tokens'})", err=True)
+    shown = output()
+    summary, stats = run_async(run_demo, settings, shown.reporter())
     if shown.log_format == "json":
         shown.event("summary", **summary.to_json(), destination=str(out))
     else:
-        print_summary(summary, where=(str(out), str(out / ".backfill") if isinstance(
+        print_summary(summary, plain=shown.quiet or shown.level in ("error", "warning"),
+                      where=(str(out), str(out / ".backfill") if isinstance(
             out, Path) else "the user's state folder"))
     if shown.json:
-        import json
 
-        typer.echo(json.dumps({**summary.to_json(), "destination": str(out),
-                               "emulator": stats}))
+        document({**summary.to_json(), "destination": str(out), "emulator": stats},
+                 summary.exit_code)
         raise typer.Exit(summary.exit_code)
     faults = sum(stats["faults"].values())
     typer.echo(
         f"\nThe emulator saw {stats['export_calls']} export calls, "
         f"{stats['rate_limited']} over the 2 calls/s limit, {stats['downloads_trap']} downloads "
         f"of unfinished parts, and injected {faults} faults that the run recovered from.")
-    typer.echo(_demo_next_steps(out, fmt) if isinstance(out, Path) else f"""
+    typer.echo(_demo_next_steps(out, settings.format) if isinstance(out, Path) else f"""
 Try next:
   backfill demo --out {out}     # again: everything is done, so no API call at all
   backfill status --out {out}   # what the bucket holds, from its markers""")
@@ -99,17 +102,20 @@ Try next:
 
 
 def _demo_next_steps(out: Path, fmt: str) -> str:
-    reader = {"csv": f"read_csv('{out}/visit/**/*.csv.gz', hive_partitioning = true, "
-                     "escape = '\\')",
-              "parquet": f"read_parquet('{out}/visit/**/*.parquet', hive_partitioning = true)",
-              "delta": f"delta_scan('{out}/visit')"}[fmt]
-    query = f"SELECT dt, count(*) AS visits FROM {reader} GROUP BY dt ORDER BY dt"
     files = {"csv": "part-NNNNN.csv.gz", "parquet": "part-NNNNN.parquet",
              "delta": "Delta Lake files; _delta_log/ holds the commits"}[fmt]
-    read = ("  # read it with DuckDB (pip install duckdb; delta_scan needs its delta "
-            "extension), in python3:\n"
-            f'  #   import duckdb; duckdb.sql(r"{query}").show()')
-    if fmt != "delta":
+    if fmt == "delta":  # what the tables extra installs reads it; no engine downloads
+        read = ("  # read it in python3 with what the tables extra installed:\n"
+                "  #   from deltalake import DeltaTable\n"
+                f"  #   DeltaTable('{out}/visit').to_pyarrow_table().group_by('dt')"
+                ".aggregate([([], 'count_all')])")
+    else:
+        reader = (f"read_csv('{out}/visit/**/*.csv.gz', hive_partitioning = true, "
+                  "escape = '\\')" if fmt == "csv" else
+                  f"read_parquet('{out}/visit/**/*.parquet', hive_partitioning = true)")
+        query = f"SELECT dt, count(*) AS visits FROM {reader} GROUP BY dt ORDER BY dt"
+        read = ("  # read it with DuckDB (pip install duckdb), in python3:\n"
+                f'  #   import duckdb; duckdb.sql(r"{query}").show()')
         try:
             import duckdb  # type: ignore[import-not-found,unused-ignore]
 
@@ -180,8 +186,6 @@ def emulator(
     )
     try:
         run_async(_serve_forever, config, host, port)
-    except OSError as exc:
-        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     except Interrupted:
         typer.echo("emulator stopped", err=True)  # Ctrl-C is how it is meant to end
 
@@ -192,13 +196,29 @@ async def _serve_forever(config: object, host: str, port: int) -> None:
     from backfill.emulator import EmulatorConfig, serve
 
     assert isinstance(config, EmulatorConfig)
-    async with serve(config, host, port) as running:
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            running = await stack.enter_async_context(serve(config, host, port))
+        except OSError as exc:
+            raise UsageError(listen_error(host, port, exc)) from None
         typer.echo(_emulator_banner(running.url, config, running.state.clock.now()))
         await anyio.sleep_forever()
 
 
+def listen_error(host: str, port: int, exc: OSError) -> str:
+    """One line for a port the emulator cannot listen on."""
+    import errno
+
+    if exc.errno == errno.EADDRINUSE:
+        return (f"cannot listen on {host}:{port}: the port is in use (another emulator?); "
+                "choose another with --port, or --port 0 for any free one")
+    reason = exc.strerror or str(exc)
+    return f"cannot listen on {host}:{port}: {reason.lower()}"
+
+
 def _emulator_banner(url: str, config: object, now: datetime) -> str:
     from backfill.emulator import EmulatorConfig
+    from backfill.emulator.data import default_data_dir
 
     assert isinstance(config, EmulatorConfig)
     c = config.credentials
@@ -206,7 +226,7 @@ def _emulator_banner(url: str, config: object, now: datetime) -> str:
     return f"""\
 GrowingIO export API emulator on {url}
 clock {now.astimezone(BEIJING):%Y-%m-%d %H:%M} Beijing, speed {config.speed:g}x; \
-jobs run {config.job_seconds:g}s; data in {config.data_dir or "the user cache"}
+jobs run {config.job_seconds:g}s; generated data kept in {config.data_dir or default_data_dir()}
 
 Demo credentials (not secret) -- paste to point backfill at it:
   export GIO_BASE_URL={url}

@@ -17,6 +17,7 @@ from backfill.cli.shared import (
     OptionalTo_,
     app,
     configured,
+    document,
     error,
     guarded,
     optional_range,
@@ -102,9 +103,8 @@ def _nothing_to_retry(chosen: Settings) -> None:
         line = (f"nothing to retry: this machine has no state for {chosen.out}; on a fresh "
                 "runner, `backfill catchup` finds from the bucket where to start")
     if output().json:
-        import json as json_module
 
-        typer.echo(json_module.dumps({"keys": 0, "to_fetch": 0, "message": line}))
+        document({"keys": 0, "to_fetch": 0, "message": line})
     else:
         typer.echo(line)
     raise typer.Exit(0)
@@ -149,8 +149,10 @@ def catchup(
     first = parse_bound(start, chosen.granularity, now=now, end=False) if start else None
     keys, gone = catchup_keys(chosen, first, parse_duration(lag) if lag else None, now)
     if gone:
-        warning(f"{len(gone)} keys from {gone[0]} to {gone[-1]} are beyond the "
-                f"{chosen.retention_days}-day retention and will never be fetched")
+        what = (f"key {gone[0]} is" if len(gone) == 1
+                else f"{len(gone)} keys from {gone[0]} to {gone[-1]} are")
+        warning(f"{what} beyond the {chosen.retention_days}-day retention and will never "
+                "be fetched")
     _execute(chosen, keys, dry_run=dry_run)
 
 
@@ -158,14 +160,16 @@ def _execute(chosen: Settings, keys: list[Key], *, force: bool = False,
              dry_run: bool = False) -> None:
     """Plan or fetch ``keys`` (the runner keeps this shard's, with --shard), report, and
     exit with the documented code."""
-    import json as json_module
 
     out = output()
     if dry_run:
         from backfill.runner import dry_plan
 
         plan = dry_plan(chosen, keys, force=force, now=wall_now())
-        typer.echo(json_module.dumps(plan) if out.json else _describe_plan(plan))
+        if out.json:
+            document(plan)
+        else:
+            typer.echo(_describe_plan(plan))
         raise typer.Exit(0)
     summary = run_async(_backfill, chosen, keys, out.reporter(chosen.heartbeat), force)
     report = {**summary.to_json(), "destination": str(chosen.out),
@@ -174,9 +178,10 @@ def _execute(chosen: Settings, keys: list[Key], *, force: bool = False,
         out.event("summary", **report)  # stderr stays JSON lines, the summary too
     else:
         print_summary(summary, Console(stderr=True) if out.json else None,
+                      plain=out.quiet or out.level in ("error", "warning"),
                       where=(str(chosen.out), str(chosen.state_folder)))
     if out.json:
-        typer.echo(json_module.dumps(report))
+        document(report, summary.exit_code)
     if summary.outage:
         error(summary.outage)
     raise typer.Exit(summary.exit_code)
@@ -188,14 +193,20 @@ def _describe_plan(plan: dict[str, object]) -> str:
     shard = (f"  shard:                   {plan['shard']}: one key in {plan['shards']} (by "
              f"time), at {plan['rate']:g} calls/s (the budget split {plan['shards']} ways)\n"
              if plan.get("shard") else "")
-    return (f"plan: {plan['keys']} keys from {plan['first']} to {plan['last']} "
-            f"({plan['granularity']}, {plan['api']}: {plan['types']})\n{shard}"
+    from backfill.config import format_duration
+    from backfill.report import keys
+
+    wait = format_duration(float(str(plan["max_wait_seconds"])))
+    return (f"plan: {keys(int(str(plan['keys'])))} from {plan['first']} to {plan['last']} "
+            f"({plan['granularity']}, {plan['api']}: {plan['types']}; {plan['format']})\n"
+            f"{shard}"
             f"  into:                    {plan['destination']} (state in {plan['state']})\n"
             f"  already done:            {plan['done']}\n"
             f"  to fetch:                {plan['to_fetch']} (at least {plan['min_api_calls']} "
             f"export calls, {plan['min_seconds']:.0f} s at {plan['rate']:g} calls/s)\n"
             f"  beyond retention:        {plan['gone']}\n"
-            f"  not ready by --max-wait: {plan['not_due']}")
+            f"  not ready by --max-wait: {plan['not_due']} (keys not ready are waited for up "
+            f"to {wait})")
 
 
 async def _backfill(chosen: Settings, keys: list[Key], reporter: Reporter,

@@ -15,6 +15,7 @@ from backfill.cli.shared import (
     OptionalTo_,
     app,
     configured,
+    document,
     guarded,
     optional_range,
     output,
@@ -27,7 +28,7 @@ from backfill.config import Settings
 from backfill.errors import UsageError
 from backfill.keys import Key
 from backfill.report import EXIT_CODES, EXIT_FAILED
-from backfill.store import Status, UnitRecord, has_state
+from backfill.store import Status, UnitRecord, has_state, running_pid
 
 if TYPE_CHECKING:
     from backfill.verify import VerifyReport
@@ -50,31 +51,32 @@ def status(from_: OptionalFrom_ = None, to: OptionalTo_ = None) -> None:
 
     What the destination's markers show complete is done, whatever the local state says
     (a few LIST calls for a bucket); nothing is created or changed."""
-    import json as json_module
 
-    from backfill.report import human_bytes
+    from backfill.report import human_bytes, keys
     from backfill.status import SEVERITY, print_calendar, summarize
 
     chosen, within = optional_range(from_, to, settled())
     units = run_async(_units, chosen, within)
     wanted = {k.name for k in within} if within is not None else None
-    report = summarize(units, str(chosen.out), chosen.api, wanted)
+    report = summarize(units, str(chosen.out), chosen.api, wanted,
+                       running=running_pid(chosen.state_folder) is not None)
     if output().json:
-        typer.echo(json_module.dumps(report.to_json(), indent=2))
+        document(report.to_json(), indent=2)
         return
     console = Console()
     counts = report.counts()
     where = "on disk" if isinstance(chosen.out, Path) else "stored"
-    console.print(f"{len(report.keys)} keys in {chosen.out} ({chosen.api}): "
-                  + ", ".join(f"{counts[s]} {s.value.replace('_', ' ')}" for s in SEVERITY
-                            if counts[s])
+    console.print(f"{keys(len(report.keys))} in {chosen.out} ({chosen.api}): "
+                  + ", ".join(f"{counts[s]} {report.word(s)}" for s in SEVERITY if counts[s])
                   + f"; {human_bytes(report.bytes)} {where}", highlight=False)
     if report.keys:
         print_calendar(report, console)
     shown = 20
     for unit in report.problems[:shown]:
-        console.print(f"  {unit.key} {unit.data_type}: {unit.status.value} after "
-                      f"{unit.attempts} attempt(s): {unit.last_error or ''}", highlight=False)
+        why = f": {unit.last_error}" if unit.last_error else ""
+        console.print(f"  {unit.key} {unit.data_type}: {report.word(unit.status)} after "
+                      f"{unit.attempts} attempt{'' if unit.attempts == 1 else 's'}{why}",
+                      highlight=False)
     if len(report.problems) > shown:
         console.print(f"  … and {len(report.problems) - shown} more (backfill status --json)")
 
@@ -116,45 +118,52 @@ async def _units(chosen: Settings, within: list[Key] | None) -> list[UnitRecord]
   backfill check --json
 
 With GIO_SECRET, check mints a token, which revokes the previous one: while a backfill on
-this machine holds a token of the same client id, check asks for none and says so.
+this machine holds a token of the same client id, it asks for none and says so. What it
+did not check, it says it did not.
 """)
 @guarded
 @reporting
 @configured("out")
 def check() -> None:
-    """Check the configuration and the credentials (a token request, no export call), and
-    for a bucket that it can be listed."""
-    import json as json_module
-
+    """Check the configuration, that the export API answers, and the credentials (a token
+    request, no export call); for a bucket, that it can be listed."""
     chosen = settings()
     creds = chosen.credentials.require()
+    route = chosen.proxies.describe(creds.base_url)
+    checked = ["configuration: the config file, the environment and the flags are valid"]
     facts: dict[str, object] = {"base_url": creds.base_url, "client_id": creds.client_id,
-                                "ai": creds.ai,
-                                "route": chosen.proxies.describe(creds.base_url)}
-    lines = []
+                                "project_uid": creds.project_uid, "ai": creds.ai,
+                                "route": route}
     if not isinstance(chosen.out, Path):
         # The store first: its answer costs nothing, a token may revoke another's.
         run_async(_check_store, chosen)
-        lines.append(f"{chosen.out} can be listed with the storage credentials")
+        checked.append(f"storage: {chosen.out} can be listed with the storage credentials")
         facts["bucket"] = "listed"
-    route = f"{creds.base_url} is reached {facts['route']}"
-    if not creds.secret:
-        facts["token"] = "GIO_TOKEN, used as is"
-        lines.append(f"configuration ok; GIO_TOKEN is used as is (it can only be checked by "
-                     f"an export call); {route}")
-    elif (holder := _token_in_use(creds.client_id)) is not None:
-        facts["token"] = "not asked for: in use by a running backfill"
-        lines.append(f"configuration ok; no token asked for: {holder} uses a token of client "
-                     f"{creds.client_id}, and a new one would revoke it; {route}")
-    else:
+    unchecked: list[str] = []
+    holder = _token_in_use(creds.client_id) if creds.secret else None
+    if creds.secret and holder is None:
         run_async(_check_token, chosen)
         facts["token"] = "issued"
-        lines.append(f"configuration ok; {creds.base_url} issued a token for project "
-                     f"{creds.ai} (client {creds.client_id}); {route}")
-    if output().json:
-        typer.echo(json_module.dumps({"ok": True, **facts}))
+        checked.append(f"credentials: {creds.base_url}, reached {route}, issued a token "
+                       f"for project UID {creds.project_uid}, project id (GIO_AI) {creds.ai}, "
+                       f"client {creds.client_id}")
     else:
-        typer.echo("\n".join(lines))
+        answer = run_async(_check_reach, chosen)
+        facts["api"] = answer
+        checked.append(f"export API: {creds.base_url}, reached {route}, answers {answer}")
+        if creds.secret:
+            facts["token"] = "not checked: in use by a running backfill"
+            unchecked.append(f"GIO_SECRET: {holder} uses a token of client {creds.client_id}, "
+                             "and minting one to check the secret would revoke it")
+        else:
+            facts["token"] = "not checked: GIO_TOKEN is used as is"
+            unchecked.append("GIO_TOKEN: only an export call could check it, and check "
+                             "makes none")
+    if output().json:
+        document({"ok": True, **facts, "checked": checked, "not_checked": unchecked})
+        return
+    typer.echo("\n".join([*(f"ok: {line}" for line in checked),
+                          *(f"not checked: {line}" for line in unchecked)]))
 
 
 def _token_in_use(client_id: str) -> str | None:
@@ -167,9 +176,9 @@ def _token_in_use(client_id: str) -> str | None:
 async def _check_store(settings: Settings) -> None:
     import anyio
 
-    from backfill.destination import open_destination
+    from backfill.destination import open_root
 
-    destination = await anyio.to_thread.run_sync(open_destination, settings)
+    destination = await anyio.to_thread.run_sync(open_root, settings)
     await destination.listing(".backfill/")
 
 
@@ -186,6 +195,44 @@ async def _check_token(settings: Settings) -> None:
         client = GrowingIO(session, settings, RateLimiter(settings.rate),
                            service_health(settings))
         await client.tokens.current()
+
+
+async def _check_reach(settings: Settings) -> str:
+    """Ask the export API a question without credentials: any answer the API gives one
+    (401, 403) shows it is there and reached. Raises :class:`RemoteError` (exit 1) when
+    nothing, or something else (a portal's page, a 5xx), answers."""
+    import aiohttp
+
+    from backfill.api import not_json, redirect_refused
+    from backfill.errors import RemoteError
+    from backfill.proxy import proxy_refusal
+    from backfill.transport import classify
+
+    creds = settings.credentials
+    url = f"{creds.base_url.rstrip('/')}/v2/insights/day/visit/{creds.ai}/20200101.json"
+    proxy = settings.proxies.for_url(url)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=min(settings.connect_timeout, 10),
+                                    sock_read=min(settings.read_timeout, 10))
+    try:
+        async with aiohttp.ClientSession() as session, session.get(
+                url, proxy=proxy, timeout=timeout, allow_redirects=False) as resp:
+            proxy_refusal(resp.status, proxy)
+            if 300 <= resp.status < 400:
+                raise redirect_refused("the export API", creds.base_url, resp)
+            if resp.status in (401, 403):
+                return f"HTTP {resp.status} to a call without a token, as it should"
+            if resp.status == 200:
+                try:
+                    await resp.json(content_type=None)
+                except ValueError:
+                    raise RemoteError(f"{creds.base_url} is not the export API: "
+                                      f"{not_json(resp)}") from None
+            raise RemoteError(f"{creds.base_url} answered HTTP {resp.status} to a call without "
+                              "a token, where the export API answers 401: check GIO_BASE_URL")
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise RemoteError(f"cannot reach the export API at {creds.base_url}: "
+                          f"{classify(exc, proxy).words}; check GIO_BASE_URL and the "
+                          "network") from None
 
 
 @app.command(epilog=f"""Examples:
@@ -208,7 +255,6 @@ def verify(
 
     On disk every part is read; in a bucket its size and ETag are looked up (--deep
     downloads and re-checks it)."""
-    import json as json_module
 
     chosen, keys = optional_range(from_, to, settled())
     if isinstance(chosen.out, Path) and not has_state(chosen.state_folder):
@@ -216,9 +262,8 @@ def verify(
     report = run_async(_verify, chosen, keys, deep)
     code = EXIT_FAILED if report.damaged or report.unchecked else 0
     if output().json:
-        typer.echo(json_module.dumps({"checked": report.checked, "parts": report.parts,
-                                      "damaged": report.damaged,
-                                      "unchecked": report.unchecked, "exit_code": code}))
+        document({"checked": report.checked, "parts": report.parts,
+                  "damaged": report.damaged, "unchecked": report.unchecked}, code)
     else:
         for unit, problem in report.damaged.items():
             typer.echo(f"damaged {unit}: {problem}")
@@ -270,7 +315,6 @@ app.add_typer(config_app, name="config")
 def config_show() -> None:
     """Every setting a run would use, with where it came from: a flag, the environment,
     the config file (which one), or the default. Secrets are never shown."""
-    import json as json_module
 
     from backfill.config import config_file
 
@@ -278,10 +322,9 @@ def config_show() -> None:
     rows = _effective(chosen)
     source = config_file(said_config())
     if output().json:
-        typer.echo(json_module.dumps({"config_file": str(source) if source else None,
-                                      "settings": {name: {"value": value, "from": origin}
-                                                   for name, value, origin in rows}},
-                                     indent=2))
+        document({"config_file": str(source) if source else None,
+                  "settings": {name: {"value": value, "from": origin}
+                               for name, value, origin in rows}}, indent=2)
         return
     typer.echo(f"config file: {source or 'none (defaults, environment and flags)'}")
     width = max(len(name) for name, _, _ in rows)
@@ -301,26 +344,12 @@ def _effective(chosen: Settings) -> list[tuple[str, str, str]]:
     import dataclasses
 
     from backfill.clock import OFFSET_VARIABLE, system_clock
-    from backfill.config import ENV, format_duration, option_names
+    from backfill.config import ENV, option_names, written
     from backfill.proxy import redact_proxy
 
-    durations = {"max_wait", "poll_interval", "max_poll_interval", "not_ready_interval",
-                 "error_retry_delay", "backoff", "max_backoff", "connect_timeout",
-                 "read_timeout", "outage_budget", "lease_time", "min_speed_time",
-                 "heartbeat", "hour_lag", "late_hour_lag", "day_lag"}
     rows = []
     for name in option_names():
-        value = getattr(chosen, name)
-        if name in durations:
-            shown = format_duration(value)
-        elif isinstance(value, tuple):
-            shown = ",".join(value) or "(all)"
-        elif value is None:
-            shown = "(none)"
-        elif isinstance(value, bool):
-            shown = str(value).lower()
-        else:
-            shown = str(getattr(value, "value", value))
+        shown = written(name, getattr(chosen, name))
         if name == "rate" and chosen.shard is not None:
             shown += f" (the budget split {chosen.shard.n} ways)"
         rows.append((name, shown, chosen.sources.get(name, "default")))

@@ -101,6 +101,8 @@ class _Session:
     """Its settings flags (see :func:`configured`)."""
     error: bool = False
     """An error line went out: the entry point adds none of its own."""
+    document: bool = False
+    """The command's JSON document went out on stdout (``--json``)."""
 
 
 said = _Session()
@@ -115,6 +117,23 @@ def error(text: str, **fields: object) -> None:
 
 def warning(text: str) -> None:
     said.output.say("warning", text)
+
+
+def document(fields: dict[str, object], exit_code: int = 0, *, indent: int | None = None
+             ) -> None:
+    """The one JSON document of ``--json`` on stdout, with its ``exit_code``."""
+    import json
+
+    typer.echo(json.dumps({**fields, "exit_code": exit_code}, indent=indent))
+    said.document = True
+
+
+def failed(text: str, exit_code: int) -> None:
+    """A command's end on an error: its line on stderr and, with ``--json``, a document
+    that says so on stdout (a script reads one document, whatever happened)."""
+    error(text)
+    if said.output.json and not said.document:
+        document({"error": text}, exit_code)
 
 
 def output() -> Output:
@@ -190,10 +209,10 @@ def guarded(command: Callable[P, R]) -> Callable[P, R]:
         try:
             return command(*args, **kwargs)
         except BackfillError as exc:
-            error(str(exc))
+            failed(str(exc), exc.exit_code)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt as exc:  # a signal before or after the run's own handling
-            error(str(Interrupted(str(exc) or "SIGINT")))
+            failed(str(Interrupted(str(exc) or "SIGINT")), EXIT_INTERRUPTED)
             raise typer.Exit(EXIT_INTERRUPTED) from None
 
     return run
