@@ -113,7 +113,7 @@ async def test_dry_run_makes_no_call_and_writes_nothing(emulator: RunningEmulato
     code, out, _ = await cli(["run", "--from", "-30h", "--to", "-25h", *HOURS, "--dry-run"],
                              env_for(emulator.url), tmp_path)
     assert code == 0
-    assert f"plan: 6 keys from {hour_name(30)} to {hour_name(25)} (hour, v2: visit)" in out
+    assert f"plan: 6 keys from {hour_name(30)} to {hour_name(25)} (hour, v2: visit; csv)" in out
     assert "at least 6 export calls, 3 s at 2 calls/s" in out
     assert emulator.state.stats()["calls"]["token"] == 0
     assert not (tmp_path / "data").exists()
