@@ -11,7 +11,7 @@ __all__ = ["BackfillError", "Summary", "fetch", "fetch_async"]
 if TYPE_CHECKING:
     from backfill.errors import BackfillError
     from backfill.library import fetch, fetch_async
-    from backfill.report import Summary
+    from backfill.model import Summary
 
 
 def __getattr__(name: str) -> Any:
@@ -21,7 +21,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(library, name)
     if name == "Summary":
-        from backfill.report import Summary
+        from backfill.model import Summary
 
         return Summary
     if name == "BackfillError":

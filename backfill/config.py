@@ -18,7 +18,7 @@ from typing import Any
 from backfill.errors import UsageError
 from backfill.keys import Granularity, Shard
 from backfill.layout import STATE_DIR
-from backfill.proxy import Proxies
+from backfill.net.proxy import Proxies
 
 V2_TYPES = (
     "visit", "page", "action", "action_tag", "custom_event", "ads_track_activation",
@@ -179,7 +179,7 @@ class Settings:
     storage: Storage = Storage()
     credentials: Credentials = Credentials()
     proxies: Proxies = field(default_factory=Proxies)
-    """From HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY (see :mod:`backfill.proxy`)."""
+    """From HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY (see :mod:`backfill.net.proxy`)."""
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
     """Where each setting given came from: a file, ``environment GIO_AI``, ``flag --out``
     (a setting not named here has its default)."""

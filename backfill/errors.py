@@ -23,18 +23,38 @@ from __future__ import annotations
 
 import errno
 from datetime import datetime
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """What a command's exit status means; scripts and schedulers rely on these."""
+
+    OK = 0
+    FAILED = 1
+    """Some keys failed (keys beyond retention too), or an outage outlived its budget."""
+    USAGE = 2
+    AUTH = 3
+    NOT_READY = 4
+    """Some keys are not ready yet: run again later."""
+    INTERRUPTED = 130
+
+
+EXIT_CODES = """\
+Exit codes: 0 all requested keys complete; 1 some keys failed (including keys beyond
+retention); 2 usage or configuration error; 3 authentication rejected; 4 some keys not
+ready yet, run again later; 130 interrupted."""
 
 
 class BackfillError(Exception):
     """Root of every error backfill raises on purpose."""
 
-    exit_code = 1
+    exit_code: int = ExitCode.FAILED
 
 
 class UsageError(BackfillError):
     """The command line, a date, the configuration or the output folder is wrong."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 class OutputError(UsageError):
@@ -52,7 +72,7 @@ class OutputError(UsageError):
 class AuthError(BackfillError):
     """The API rejected the credentials or the token."""
 
-    exit_code = 3
+    exit_code = ExitCode.AUTH
 
 
 class TokenError(AuthError):
@@ -68,7 +88,7 @@ class RetryableError(RemoteError):
     """A transient failure (429, 5xx, a dropped connection); ``retry_after`` in seconds.
 
     ``outage`` says the failure was part of a service-wide outage: the run judges it (see
-    :mod:`backfill.outage`), and it does not count against the key's own retries.
+    :mod:`backfill.net.outage`), and it does not count against the key's own retries.
     """
 
     def __init__(self, message: str, *, retry_after: float | None = None,
@@ -110,7 +130,7 @@ def _minutes(seconds: float) -> str:
 class Interrupted(BackfillError):
     """The run was stopped by a signal after saving its state."""
 
-    exit_code = 130
+    exit_code = ExitCode.INTERRUPTED
 
     def __init__(self, signal_name: str) -> None:
         super().__init__(f"interrupted by {signal_name}: finished parts are kept; run the "

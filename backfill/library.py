@@ -36,9 +36,10 @@ from backfill.config import (
     load,
     option_names,
 )
+from backfill.engine.progress import PlainReporter, Reporter
 from backfill.errors import UsageError
 from backfill.keys import Granularity, Key, date_form, expand, parse_bound
-from backfill.report import Reporter, Summary, make_reporter
+from backfill.model import Summary
 
 MAX_KEYS = 100_000
 
@@ -60,7 +61,7 @@ async def fetch_async(first: str, last: str, *, config: Path | str | None = None
                       environ: Mapping[str, str] | None = None, project: str | None = None,
                       **options: Any) -> Summary:
     """:func:`fetch`, for callers that run an event loop (asyncio or trio via anyio)."""
-    from backfill.runner import backfill
+    from backfill.engine.runner import backfill
 
     unknown = sorted(set(options) - set(option_names()))
     if unknown:
@@ -72,7 +73,7 @@ async def fetch_async(first: str, last: str, *, config: Path | str | None = None
     check_token_rule(settings)
     settings = for_range(await settle_output(settings), first, last)
     keys = expand_range(first, last, settings)
-    return await backfill(settings, keys, reporter or make_reporter(True), force=force)
+    return await backfill(settings, keys, reporter or PlainReporter(), force=force)
 
 
 async def settle_output(settings: Settings) -> Settings:
@@ -82,13 +83,15 @@ async def settle_output(settings: Settings) -> Settings:
     Raises :class:`UsageError` when they contradict the output's record (see
     :mod:`backfill.destination.descriptor`).
     """
-    from backfill.convert import require_tables
     from backfill.destination import descriptor, open_root
+    from backfill.destination.tables.convert import require_tables
+    from backfill.state.reconcile import recognise
 
     root = await anyio.to_thread.run_sync(open_root, settings)
-    settled = descriptor.settle(settings, await descriptor.read(root, settings))
-    recorded = settled.sources.get("format") == "the output"
-    require_tables(settled.format, str(settled.out) if recorded else None)
+    recorded = await descriptor.read(root, settings) or await recognise(root, settings)
+    settled = descriptor.settle(settings, recorded)
+    held = settled.sources.get("format") == "the output"
+    require_tables(settled.format, str(settled.out) if held else None)
     check_hourly_layout(settled)
     return settled
 
@@ -145,7 +148,7 @@ def _a(granularity: Granularity) -> str:
 def expand_range(first: str, last: str, settings: Settings, *,
                  check_retention: bool = True) -> list[Key]:
     """Parse a range into keys; refuse inverted, oversized and wholly expired ranges."""
-    from backfill.policy import beyond_retention
+    from backfill.engine.policy import beyond_retention
 
     now = wall_now()
     start = parse_bound(first, settings.granularity, now=now, end=False)

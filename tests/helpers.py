@@ -14,7 +14,7 @@ from backfill.emulator.clock import machine_time
 
 
 def sign(secret: str, project: str, ai: str, tm: int) -> str:
-    # Written out again on purpose: a bug shared with backfill.auth would go unseen.
+    # Written out again on purpose: a bug shared with backfill.growingio.auth would go unseen.
     message = f"POST\n/auth/token\nproject={project}&ai={ai}&tm={tm}".encode()
     return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 

@@ -254,7 +254,7 @@ def test_a_cancelled_trigger_holds_nothing(data_dir: Path, monkeypatch: pytest.M
                                            tmp_path: Path) -> None:
     """A deferral that times out cancels its trigger: no token lock stays held, and the
     next run of the client id in that process mints at once."""
-    from backfill.auth import MINTED, MintLock
+    from backfill.growingio.auth import MINTED, MintLock
 
     monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
     with emulator_in_a_thread(data_dir, job_seconds=3600.0) as emulator:
@@ -376,7 +376,7 @@ def test_a_task_killed_mid_run_leaves_no_lock_and_the_retry_finishes(
     worker (deferrable=False): the run stops cleanly (its own words, not a traceback, within
     the bound), the task fails, and the retry finishes the interval. (The locks are flocks:
     a process that is gone holds none, so their checks here only confirm it.)"""
-    from backfill.auth import MintLock
+    from backfill.growingio.auth import MintLock
 
     key = hours_ago(27, 27)[0]
     dag = _dag(airflow_home, "gio_killed", max_wait="1h")

@@ -12,11 +12,11 @@ import pytest
 
 from backfill.clock import wall_now
 from backfill.destination.local import LocalPart
-from backfill.download import Downloader, block_size
 from backfill.emulator import EmulatorConfig, serve
 from backfill.errors import IntegrityError, RetryableError
-from backfill.integrity import Progress, check_part
-from backfill.outage import LinkHosts
+from backfill.net.outage import LinkHosts
+from backfill.transfer.download import Downloader, block_size
+from backfill.transfer.integrity import Progress, check_part
 from tests.helpers import Api
 
 pytestmark = pytest.mark.anyio

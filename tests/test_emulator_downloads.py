@@ -13,8 +13,8 @@ from pathlib import Path
 import anyio
 import pytest
 
+from backfill.destination.tables.schema import COLUMNS
 from backfill.emulator import RunningEmulator
-from backfill.schema import COLUMNS
 from tests.conftest import EmulatorFactory
 from tests.helpers import Api
 

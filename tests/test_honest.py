@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 from backfill.emulator import EmulatorConfig, RunningEmulator, serve
-from backfill.report import Activity
+from backfill.engine.progress import Activity
 from tests.helpers import cli, command, env_for
 
 pytestmark = pytest.mark.anyio
@@ -111,7 +111,8 @@ async def test_check_names_the_project_uid_and_the_project_id_apart(
 # --- status, progress and the summary --------------------------------------------------------
 
 async def test_a_unit_left_by_a_stopped_run_reads_as_interrupted(tmp_path: Path) -> None:
-    from backfill.store import Status, Store
+    from backfill.model import Status
+    from backfill.state.store import Store
 
     store = Store(tmp_path / "data" / ".backfill", lock=True)
     store.set_status("v2", "2026112007", ("visit",), Status.ACTIVE, attempt=True)

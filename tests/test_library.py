@@ -11,7 +11,7 @@ import pytest
 import backfill
 from backfill.emulator import EmulatorConfig, RunningEmulator, serve
 from backfill.errors import UsageError
-from backfill.store import Status
+from backfill.model import Status
 from tests.helpers import env_for
 from tests.test_run import days_ago, downloaded_md5s, source_md5s
 
@@ -158,7 +158,7 @@ def test_a_library_run_gives_the_hosts_signal_handlers_back() -> None:
     try:
         import anyio
 
-        from backfill.stops import stop_on_signal
+        from backfill.engine.stops import stop_on_signal
 
         async def briefly() -> None:
             async with anyio.create_task_group() as group:

@@ -135,7 +135,7 @@ async def test_the_dry_run_and_the_summary_name_the_destination_and_the_state(
 
 async def test_check_mints_no_token_while_a_run_holds_one(emulator: RunningEmulator,
                                                           tmp_path: Path) -> None:
-    from backfill.auth import MintLock
+    from backfill.growingio.auth import MintLock
 
     env = env_for(emulator.url, XDG_STATE_HOME=str(tmp_path / "state"))
     running = MintLock("demo-client-id", tmp_path / "state")

@@ -19,10 +19,10 @@ import pytest
 
 from backfill.config import Settings, parse_out
 from backfill.emulator import DEMO_CREDENTIALS, EmulatorConfig, Faults, RunningEmulator, serve
+from backfill.engine.progress import PlainReporter
+from backfill.engine.runner import backfill
 from backfill.keys import Granularity, Key
-from backfill.report import PlainReporter
-from backfill.runner import backfill
-from backfill.store import Status
+from backfill.model import Status
 from tests.helpers import assert_no_secrets, cli, env_for
 from tests.s3 import S3_ENV, Bucket
 from tests.test_run import days_ago, hours_ago, run, settings_for, source_md5s
@@ -190,8 +190,8 @@ async def test_a_marker_without_its_manifest_is_not_taken_for_a_done_unit(
 async def test_verify_compares_every_part_size_with_its_manifest(
         emulator: RunningEmulator, output: Output) -> None:
     from backfill.destination import open_destination
-    from backfill.runner import open_store
-    from backfill.verify import verify
+    from backfill.engine.runner import open_store
+    from backfill.state.verify import verify
 
     keys = days_ago(4, 3)
     settings = output.settings(emulator, types=("visit",))

@@ -14,12 +14,13 @@ from anyio.abc import SocketStream
 
 from backfill.clock import wall_now
 from backfill.emulator import EmulatorConfig, RunningEmulator, serve
+from backfill.engine.progress import PlainReporter
+from backfill.engine.runner import backfill, retryable
 from backfill.errors import OutageError
 from backfill.keys import Granularity, Key
-from backfill.outage import OUTAGE_AFTER, ServiceHealth
-from backfill.report import PlainReporter, Summary
-from backfill.runner import backfill, retryable
-from backfill.store import Status, Store
+from backfill.model import Status, Summary
+from backfill.net.outage import OUTAGE_AFTER, ServiceHealth
+from backfill.state.store import Store
 from tests.helpers import cli, env_for
 from tests.test_run import downloaded_md5s, hours_ago, settings_for, source_md5s
 
@@ -224,7 +225,7 @@ async def test_an_outage_past_its_budget_raises_for_callers_and_the_watcher() ->
 
 
 async def test_each_link_host_is_judged_on_its_own() -> None:
-    from backfill.outage import LinkHosts
+    from backfill.net.outage import LinkHosts
 
     hosts = LinkHosts(budget=0.3, probe_interval=10.0)
     dead = hosts.for_url("https://bucket-a.example:443/part?sig=1")

@@ -16,9 +16,10 @@ import pytest
 from backfill.config import Settings, load
 from backfill.destination import descriptor, open_root
 from backfill.destination.descriptor import DESCRIPTOR, Descriptor, settle
+from backfill.destination.manifest import document, stale
 from backfill.errors import UsageError
 from backfill.keys import Granularity
-from backfill.manifest import ManifestPart, document, stale
+from backfill.model import ManifestPart
 from tests.helpers import cli, env_for
 from tests.s3 import Bucket
 

@@ -7,21 +7,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from backfill.api import parse_answer
 from backfill.config import Settings
+from backfill.engine.policy import Next, decide, expected_ready, fit_wait, poll_interval, typical
 from backfill.errors import RetryableError
+from backfill.growingio.api import parse_answer
 from backfill.keys import BEIJING, Key
 from backfill.layout import key_folder, redact
-from backfill.policy import (
-    Next,
-    backoff,
-    decide,
-    expected_ready,
-    fit_wait,
-    poll_interval,
-    retry_after,
-    typical,
-)
+from backfill.net.exchange import retry_after
+from backfill.net.retry import backoff
 
 S = Settings()
 NOW = datetime(2026, 11, 20, 12, tzinfo=BEIJING)

@@ -9,7 +9,7 @@ import pytest
 
 from backfill.emulator import EmulatorConfig, RunningEmulator, serve
 from backfill.errors import UsageError
-from backfill.proxy import Proxies, redact_proxy
+from backfill.net.proxy import Proxies, redact_proxy
 from tests.helpers import cli, env_for
 from tests.proxy import forward_proxy
 

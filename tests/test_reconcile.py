@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from backfill.keys import BEIJING, Granularity, Key, expand
 from backfill.layout import folder_key, key_folder, literal_prefix
-from backfill.reconcile import Unit, listing_prefixes
+from backfill.state.reconcile import Unit, listing_prefixes
 
 TEMPLATES = ["{type}/dt={date}/hour={hour}", "{type}/{key}", "raw/{yyyymmdd}/{type}/{hour}",
              "{type}/date={date}/{date}-{hour}"]

@@ -7,9 +7,9 @@ from datetime import datetime, timedelta
 
 from rich.console import Console
 
+from backfill.cli.report import print_summary, problem_lines
 from backfill.keys import BEIJING, Granularity, Key, expand
-from backfill.report import Summary, print_summary, problem_lines
-from backfill.store import Status
+from backfill.model import Status, Summary
 
 GONE = "beyond the 15-day retention (the oldest day kept is 2026-11-16)"
 

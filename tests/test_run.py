@@ -17,10 +17,11 @@ import pytest
 from backfill.clock import wall_now
 from backfill.config import Credentials, Settings
 from backfill.emulator import DEMO_CREDENTIALS, EmulatorConfig, Faults, RunningEmulator, serve
+from backfill.engine.progress import PlainReporter
+from backfill.engine.runner import backfill
 from backfill.keys import Granularity, Key, expand, key_at
-from backfill.report import PlainReporter, Summary
-from backfill.runner import backfill
-from backfill.store import Status, Store
+from backfill.model import Status, Summary
+from backfill.state.store import Store
 from tests.helpers import Api
 
 pytestmark = pytest.mark.anyio
@@ -324,7 +325,7 @@ async def test_keys_start_within_a_bounded_window(emulator: RunningEmulator, tmp
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     # Memory stays flat over a year of keys because only a window of key tasks exists
     # at a time. With a window of one, a key starts only after the one before it ended.
-    monkeypatch.setattr("backfill.scheduler.KEYS_IN_FLIGHT", 1)
+    monkeypatch.setattr("backfill.engine.scheduler.KEYS_IN_FLIGHT", 1)
     emulator.state.config.job_seconds = 0
     # Slow bodies, so that without the window the next keys' parts would start meanwhile.
     emulator.state.config.faults.update(slow_first_byte=1.0, slow_seconds=0.05)

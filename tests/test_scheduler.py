@@ -7,7 +7,7 @@ import threading
 import anyio
 import pytest
 
-from backfill.scheduler import GroupWrite
+from backfill.engine.scheduler import GroupWrite
 
 pytestmark = pytest.mark.anyio
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from backfill.store import DonePart, Status, Store
+from backfill.model import DonePart, Status
+from backfill.state.store import Store
 
 RELEASE_1 = """
 CREATE TABLE units (

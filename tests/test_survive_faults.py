@@ -142,8 +142,8 @@ async def test_a_key_failed_by_a_broken_download_shows_no_signed_link(
         fault: str, data_dir: Path, tmp_path: Path) -> None:
     import io
 
-    from backfill.report import PlainReporter
-    from backfill.runner import backfill
+    from backfill.engine.progress import PlainReporter
+    from backfill.engine.runner import backfill
 
     faults = Faults(**{fault: 1.0}, stall_seconds=5.0)
     config = EmulatorConfig(data_dir=data_dir, job_seconds=0.0, bytes_per_hour=8 * 1024,

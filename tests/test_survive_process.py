@@ -241,7 +241,7 @@ class _StopAfterParts:
     """A reporter that sets ``enough`` once ``count`` parts have been written."""
 
     def __init__(self, count: int) -> None:
-        from backfill.report import PlainReporter
+        from backfill.engine.progress import PlainReporter
 
         self._plain = PlainReporter(interval=3600)
         self.count = count
@@ -272,8 +272,8 @@ class _StopAfterParts:
 async def test_an_interrupted_run_keeps_every_finished_part_across_a_new_emulator(
         data_dir: Path, tmp_path: Path, size: str) -> None:
     from backfill.emulator import Faults
+    from backfill.engine.runner import backfill
     from backfill.keys import Granularity
-    from backfill.runner import backfill
     from tests.test_run import hours_ago, settings_for
 
     if size == "small parts":

@@ -19,10 +19,10 @@ import anyio
 import pytest
 
 from backfill.config import V2_TYPES, Settings, parse_out
+from backfill.destination.tables.schema import COLUMNS, column_kind
 from backfill.emulator import DEMO_CREDENTIALS, EmulatorConfig, Faults, RunningEmulator, serve
 from backfill.errors import IntegrityError
 from backfill.keys import Granularity, Key
-from backfill.schema import COLUMNS, column_kind
 from tests.helpers import cli, env_for
 from tests.s3 import S3_ENV, Bucket
 from tests.test_run import hours_ago, run, settings_for
@@ -360,7 +360,7 @@ async def test_typed_output_refuses_v1_and_says_how_to_get_the_extra(tmp_path: P
 
 def test_a_value_a_typed_column_cannot_hold_fails_with_its_row_never_its_content(
         tmp_path: Path) -> None:
-    from backfill.convert import UnitSchema, batches
+    from backfill.destination.tables.convert import UnitSchema, batches
 
     part = tmp_path / "part-00000.csv.gz"
     with gzip.open(part, "wt", newline="") as f:
@@ -375,7 +375,7 @@ def test_a_value_a_typed_column_cannot_hold_fails_with_its_row_never_its_content
 def test_a_field_longer_than_a_megabyte_and_every_escape_read_exactly(tmp_path: Path) -> None:
     import csv
 
-    from backfill.convert import UnitSchema, batches
+    from backfill.destination.tables.convert import UnitSchema, batches
 
     long = "x" * (3 << 20)
     variable = json.dumps({"城市": '北京 "旗舰店"', "a": "b,c\nd", "path": "x\\y"},

@@ -88,8 +88,9 @@ async def test_a_unit_verify_could_not_read_is_reported_and_never_marked(
     # that is not evidence of damage, so nothing is withdrawn or marked to be fetched.
     from backfill.destination.local import LocalFolder
     from backfill.errors import RemoteError
-    from backfill.store import Status, Store
-    from backfill.verify import verify
+    from backfill.model import Status
+    from backfill.state.store import Store
+    from backfill.state.verify import verify
     from tests.test_run import settings_for
 
     env = env_for(emulator.url)

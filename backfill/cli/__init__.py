@@ -16,7 +16,7 @@ from typing import Any
 def main() -> None:
     """Console entry point."""
     signal.signal(signal.SIGTERM, _terminate)  # first: nothing else may run before it
-    # Held until the event loop takes them, or until the end (see backfill.stops).
+    # Held until the event loop takes them, or until the end (see backfill.engine.stops).
     before = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS) if _CAN_MASK else None
     try:
         try:

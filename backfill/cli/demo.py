@@ -10,10 +10,10 @@ from typing import Annotated
 
 import typer
 
+from backfill.cli.report import print_summary
 from backfill.cli.shared import app, document, guarded, output, reporting, run_async
 from backfill.errors import Interrupted, UsageError
 from backfill.keys import BEIJING, Granularity, key_at
-from backfill.report import print_summary
 
 
 def _parse_moment(text: str) -> datetime:
@@ -60,8 +60,8 @@ def demo(
         "output holds, else csv].")] = None,
 ) -> None:
     """Back up a week of data from the bundled emulator: the whole flow, no account needed."""
+    from backfill.cli.demo_run import DEMO_TYPES, demo_settings, run_demo
     from backfill.config import parse_out
-    from backfill.demo import DEMO_TYPES, demo_settings, run_demo
 
     try:
         out = parse_out(out_)

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from backfill.cli.report import print_summary
 from backfill.cli.shared import (
     DATE_HELP,
     DryRun_,
@@ -33,8 +34,10 @@ from backfill.cli.shared import (
 )
 from backfill.clock import wall_now
 from backfill.config import Settings
+from backfill.engine.progress import Reporter
+from backfill.errors import EXIT_CODES
 from backfill.keys import Key, parse_bound
-from backfill.report import EXIT_CODES, Reporter, Summary, print_summary
+from backfill.model import Summary
 
 FETCHING = ("out", "granularity", "api", "types", "format", "downloads", "max_wait",
             "verify", "state_dir", "shard", "single_minter")
@@ -76,7 +79,7 @@ def run(
 def retry(from_: OptionalFrom_ = None, to: OptionalTo_ = None,
           dry_run: DryRun_ = False) -> None:
     """Fetch again only the keys that failed, were interrupted or were not ready."""
-    from backfill.runner import anything_to_retry, retryable
+    from backfill.engine.runner import anything_to_retry, retryable
 
     if not anything_to_retry(settings()):  # no call, not even to read the output
         _nothing_to_retry(settings())
@@ -93,7 +96,7 @@ def retry(from_: OptionalFrom_ = None, to: OptionalTo_ = None,
 
 def _nothing_to_retry(chosen: Settings) -> None:
     """One line, exit 0, no call and nothing created."""
-    from backfill.store import has_state
+    from backfill.state.store import has_state
 
     if has_state(chosen.state_folder):
         line = f"nothing to retry in {chosen.out}: no key failed, was interrupted or waits"
@@ -134,7 +137,7 @@ def catchup(
 ) -> None:
     """For cron and CI: fetch everything that should be ready now and is not done yet."""
     from backfill.config import parse_duration
-    from backfill.runner import catchup_keys
+    from backfill.engine.runner import catchup_keys
 
     chosen = settled()
     now = wall_now()
@@ -163,7 +166,7 @@ def _execute(chosen: Settings, keys: list[Key], *, force: bool = False,
 
     out = output()
     if dry_run:
-        from backfill.runner import dry_plan
+        from backfill.engine.runner import dry_plan
 
         plan = dry_plan(chosen, keys, force=force, now=wall_now())
         if out.json:
@@ -194,7 +197,7 @@ def _describe_plan(plan: dict[str, object]) -> str:
              f"time), at {plan['rate']:g} calls/s (the budget split {plan['shards']} ways)\n"
              if plan.get("shard") else "")
     from backfill.config import format_duration
-    from backfill.report import keys
+    from backfill.model import keys
 
     wait = format_duration(float(str(plan["max_wait_seconds"])))
     return (f"plan: {keys(int(str(plan['keys'])))} from {plan['first']} to {plan['last']} "
@@ -211,6 +214,6 @@ def _describe_plan(plan: dict[str, object]) -> str:
 
 async def _backfill(chosen: Settings, keys: list[Key], reporter: Reporter,
                     force: bool) -> Summary:
-    from backfill.runner import backfill
+    from backfill.engine.runner import backfill
 
     return await backfill(chosen, keys, reporter, force=force)

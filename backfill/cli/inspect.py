@@ -25,13 +25,13 @@ from backfill.cli.shared import (
     settled,
 )
 from backfill.config import Settings
-from backfill.errors import UsageError
+from backfill.errors import EXIT_CODES, ExitCode, UsageError
 from backfill.keys import Key
-from backfill.report import EXIT_CODES, EXIT_FAILED
-from backfill.store import Status, UnitRecord, has_state, running_pid
+from backfill.model import Status, UnitRecord
+from backfill.state.store import has_state, running_pid
 
 if TYPE_CHECKING:
-    from backfill.verify import VerifyReport
+    from backfill.state.verify import VerifyReport
 
 LOOKING = ("out", "granularity", "api", "format", "state_dir")
 
@@ -52,8 +52,8 @@ def status(from_: OptionalFrom_ = None, to: OptionalTo_ = None) -> None:
     What the destination's markers show complete is done, whatever the local state says
     (a few LIST calls for a bucket); nothing is created or changed."""
 
-    from backfill.report import human_bytes, keys
-    from backfill.status import SEVERITY, print_calendar, summarize
+    from backfill.model import human_bytes, keys
+    from backfill.state.status import SEVERITY, print_calendar, summarize
 
     chosen, within = optional_range(from_, to, settled())
     units = run_async(_units, chosen, within)
@@ -87,8 +87,8 @@ async def _units(chosen: Settings, within: list[Key] | None) -> list[UnitRecord]
     import anyio
 
     from backfill.destination import open_destination
-    from backfill.reconcile import finished
-    from backfill.runner import known_units
+    from backfill.engine.runner import known_units
+    from backfill.state.reconcile import finished
 
     known = await anyio.to_thread.run_sync(known_units, chosen)  # SQLite: off the loop
     exists = not isinstance(chosen.out, Path) or chosen.out.exists()
@@ -167,7 +167,7 @@ def check() -> None:
 
 
 def _token_in_use(client_id: str) -> str | None:
-    from backfill.auth import MintLock
+    from backfill.growingio.auth import MintLock
 
     holder: str | None = MintLock(client_id).holder()
     return holder
@@ -185,9 +185,9 @@ async def _check_store(settings: Settings) -> None:
 async def _check_token(settings: Settings) -> None:
     import aiohttp
 
-    from backfill.api import GrowingIO
-    from backfill.runner import service_health
-    from backfill.throttle import RateLimiter
+    from backfill.engine.runner import service_health
+    from backfill.growingio.api import GrowingIO
+    from backfill.net.throttle import RateLimiter
 
     # A check answers within half a minute, whatever the outage budget of a run.
     settings = replace(settings, outage_budget=min(settings.outage_budget, 30.0))
@@ -203,10 +203,10 @@ async def _check_reach(settings: Settings) -> str:
     nothing, or something else (a portal's page, a 5xx), answers."""
     import aiohttp
 
-    from backfill.api import not_json, redirect_refused
     from backfill.errors import RemoteError
-    from backfill.proxy import proxy_refusal
-    from backfill.transport import classify
+    from backfill.net.exchange import not_json, redirect_refused
+    from backfill.net.proxy import proxy_refusal
+    from backfill.net.transport import classify
 
     creds = settings.credentials
     url = f"{creds.base_url.rstrip('/')}/v2/insights/day/visit/{creds.ai}/20200101.json"
@@ -260,7 +260,7 @@ def verify(
     if isinstance(chosen.out, Path) and not has_state(chosen.state_folder):
         raise UsageError(f"no backfill state in {chosen.out}: nothing to verify")
     report = run_async(_verify, chosen, keys, deep)
-    code = EXIT_FAILED if report.damaged or report.unchecked else 0
+    code = ExitCode.FAILED if report.damaged or report.unchecked else ExitCode.OK
     if output().json:
         document({"checked": report.checked, "parts": report.parts,
                   "damaged": report.damaged, "unchecked": report.unchecked}, code)
@@ -283,9 +283,9 @@ async def _verify(settings: Settings, keys: list[Key] | None, deep: bool) -> Ver
     import anyio
 
     from backfill.destination import open_destination
-    from backfill.reconcile import reconcile
-    from backfill.runner import open_store
-    from backfill.verify import verify as verify_keys
+    from backfill.engine.runner import open_store
+    from backfill.state.reconcile import reconcile
+    from backfill.state.verify import verify as verify_keys
 
     store = await anyio.to_thread.run_sync(open_store, settings)
     try:
@@ -345,7 +345,7 @@ def _effective(chosen: Settings) -> list[tuple[str, str, str]]:
 
     from backfill.clock import OFFSET_VARIABLE, system_clock
     from backfill.config import ENV, option_names, written
-    from backfill.proxy import redact_proxy
+    from backfill.net.proxy import redact_proxy
 
     rows = []
     for name in option_names():

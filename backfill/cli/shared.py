@@ -18,10 +18,11 @@ from typing import Annotated, ParamSpec, TypeVar
 import typer
 
 from backfill import __version__
+from backfill.cli.report import make_reporter
 from backfill.config import Settings
-from backfill.errors import BackfillError, Interrupted, UsageError
+from backfill.engine.progress import Reporter
+from backfill.errors import EXIT_CODES, BackfillError, ExitCode, Interrupted, UsageError
 from backfill.keys import Key, expand, key_at
-from backfill.report import EXIT_CODES, EXIT_INTERRUPTED, Reporter, make_reporter
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -212,8 +213,8 @@ def guarded(command: Callable[P, R]) -> Callable[P, R]:
             failed(str(exc), exc.exit_code)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt as exc:  # a signal before or after the run's own handling
-            failed(str(Interrupted(str(exc) or "SIGINT")), EXIT_INTERRUPTED)
-            raise typer.Exit(EXIT_INTERRUPTED) from None
+            failed(str(Interrupted(str(exc) or "SIGINT")), ExitCode.INTERRUPTED)
+            raise typer.Exit(ExitCode.INTERRUPTED) from None
 
     return run
 
@@ -328,8 +329,8 @@ def range_keys(first: str, last: str, settings: Settings, *,
 
 def run_async(function: Callable[..., Awaitable[R]], *args: object) -> R:
     """Run ``function`` on an event loop that SIGINT and SIGTERM stop cleanly at any
-    moment (:class:`Interrupted`, exit 130): see :mod:`backfill.stops`."""
-    from backfill.stops import run_stoppable
+    moment (:class:`Interrupted`, exit 130): see :mod:`backfill.engine.stops`."""
+    from backfill.engine.stops import run_stoppable
 
     return run_stoppable(function, *args)
 
@@ -345,8 +346,8 @@ async def sync_cache(settings: Settings, keys: list[Key] | None) -> None:
     import anyio
 
     from backfill.destination import open_destination
-    from backfill.reconcile import reconcile
-    from backfill.store import Store
+    from backfill.state.reconcile import reconcile
+    from backfill.state.store import Store
 
     store = await anyio.to_thread.run_sync(Store, settings.state_folder)
     try:

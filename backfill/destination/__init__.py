@@ -9,22 +9,22 @@ same commit order per unit (one key of one data type):
 3. ``_SUCCESS``, strictly last. Fetching a unit again removes ``_SUCCESS`` first.
 
 So a reader that trusts ``_SUCCESS`` never sees a partial unit, and what the destination
-holds is the truth: the local state is a cache that :mod:`backfill.reconcile` rebuilds
+holds is the truth: the local state is a cache that :mod:`backfill.state.reconcile` rebuilds
 from the markers.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from backfill.transfer.download import PartSink
+
 if TYPE_CHECKING:
     from backfill.config import Settings
-    from backfill.integrity import Batch, Checker, Progress, Verified
-    from backfill.manifest import ManifestPart
+    from backfill.model import ManifestPart
 
 
 @dataclass(frozen=True)
@@ -33,43 +33,6 @@ class Stored:
 
     size: int
     etag: str | None = None
-
-
-class PartSink(Protocol):
-    """Where one part's bytes go while the downloader fetches and checks them."""
-
-    resumable: bool
-    """Whether bytes kept from an earlier attempt can be continued with ``Range``."""
-    whole_limit: int
-    """Parts up to this many bytes are read whole, checked, then written in one go."""
-
-    def admitted(self) -> AbstractAsyncContextManager[None]:
-        """Held from the request to the commit: waits while the destination has as many
-        parts in flight as its memory allows."""
-
-    async def restore(self, progress: Progress, checker: Checker) -> None:
-        """Keep exactly ``progress.offset`` bytes, fed to ``checker``; or reset the offset."""
-
-    async def refeed(self, checker: Checker) -> None:
-        """Feed the kept bytes again, through a checker that was just reset."""
-
-    async def write_whole(self, body: bytes, progress: Progress,
-                          check: Callable[[], Verified]) -> Verified:
-        """Run ``check`` (it raises on bad bytes), then write and commit ``body``."""
-
-    async def write_stream(self, batches: AsyncIterator[Batch], check: Callable[[Batch], None],
-                           progress: Progress, checkpoint: Callable[[Progress], Awaitable[None]],
-                           every: int) -> None:
-        """Write ``batches``, each passed to ``check`` (blocking: a worker thread's job,
-        the same trip as the batch's write where there is one) before it is written and
-        before the next is asked for. An error raised by either leaves nothing visible.
-        A resumable sink calls ``checkpoint`` after each ``every`` bytes made durable."""
-
-    async def commit(self, verified: Verified) -> Verified:
-        """Make the streamed part visible under its final name."""
-
-    async def discard(self) -> None:
-        """Drop whatever an attempt kept: its bytes were wrong."""
 
 
 class Destination(Protocol):
@@ -136,8 +99,8 @@ def open_destination(settings: Settings) -> Destination:
     inner = open_root(settings)
     if settings.format == "csv":
         return inner
-    from backfill.convert import require_tables
     from backfill.destination.tables import TableDestination
+    from backfill.destination.tables.convert import require_tables
 
     require_tables(settings.format)
     return TableDestination(inner, settings.format, settings)

@@ -127,8 +127,9 @@ def _said(name: str, value: Any, source: str) -> str:
 
 
 async def read(destination: Destination, settings: Settings) -> Descriptor | None:
-    """What the output records, or what it holds when it records nothing (an output of an
-    earlier version), or None for an output never written."""
+    """What the output records, or what its tables say when it records nothing (an output
+    of an earlier version), or None (see :func:`backfill.state.reconcile.recognise` for
+    what the local state can tell then)."""
     try:
         data = await destination.read(DESCRIPTOR)
     except FileNotFoundError:
@@ -150,15 +151,14 @@ async def record(destination: Destination, settings: Settings) -> None:
 
 
 async def _recognise(destination: Destination, settings: Settings) -> Descriptor | None:
-    """An output written before the record existed: a Delta log under a type's folder, or
-    the local state's keys and a manifest's format."""
+    """An output written before the record existed: a Delta log under a type's folder."""
     from backfill.config import V2_TYPES
 
     for data_type in V2_TYPES:
         found = await _delta_table(destination, data_type)
         if found is not None:
             return found
-    return await _from_state(destination, settings)
+    return None
 
 
 async def _delta_table(destination: Destination, data_type: str) -> Descriptor | None:
@@ -189,44 +189,3 @@ async def _delta_table(destination: Destination, data_type: str) -> Descriptor |
             partitions = [str(c) for c in metadata.get("partitionColumns") or []]
     hourly = Granularity.HOUR if "hour" in partitions else Granularity.DAY
     return Descriptor("delta", "v2", hourly if partitions else None)
-
-
-async def _from_state(destination: Destination, settings: Settings) -> Descriptor | None:
-    import anyio
-
-    from backfill.keys import Key
-    from backfill.layout import MANIFEST, key_folder
-    from backfill.store import Status, has_state
-
-    folder = settings.state_folder
-    if not await anyio.to_thread.run_sync(has_state, folder):
-        return None
-    units = await anyio.to_thread.run_sync(_state_units, folder)
-    if not units:
-        return None
-    apis = {api for api, _, _, _ in units}
-    widths = {len(key) for _, key, _, _ in units}
-    api = apis.pop() if len(apis) == 1 else None
-    granularity = (Granularity.HOUR if widths == {10} else Granularity.DAY if widths == {8}
-                   else None)
-    fmt = None
-    done = next(((k, t) for a, k, t, s in units if s is Status.DONE), None)
-    if done is not None:
-        path = f"{key_folder(settings.layout, Key.parse(done[0]), done[1])}/{MANIFEST}"
-        try:
-            manifest = json.loads(await destination.read(path))
-            fmt = manifest.get("format", "csv") if isinstance(manifest, dict) else None
-        except (FileNotFoundError, ValueError):
-            fmt = None
-    return Descriptor(fmt, api, granularity, None)
-
-
-def _state_units(folder: Any) -> list[tuple[str, str, str, Any]]:
-    from backfill.store import Store
-
-    store = Store(folder)
-    try:
-        return [(u.api, u.key, u.data_type, u.status) for u in store.units()]
-    finally:
-        store.close()
-

@@ -2,7 +2,7 @@
 renamed into place; the manifest and ``_SUCCESS`` are written the same way, last.
 
 An interrupted part keeps its bytes up to the last checkpoint and continues with
-``Range``. The state's file lock (:meth:`backfill.store.Store.lock`) keeps a second run
+``Range``. The state's file lock (:meth:`backfill.state.store.Store.lock`) keeps a second run
 out of the folder.
 """
 
@@ -21,13 +21,14 @@ import aiofiles.os
 import anyio
 
 from backfill.destination import Stored
+from backfill.destination.manifest import publish, remove, unpublish
 from backfill.errors import OutputError
 from backfill.layout import partial_name
-from backfill.manifest import ManifestPart, publish, remove, unpublish
+from backfill.model import ManifestPart
 
 if TYPE_CHECKING:
     from backfill.config import Settings
-    from backfill.integrity import Batch, Checker, Progress, Verified
+    from backfill.transfer.integrity import Batch, Checker, Progress, Verified
 
 
 class LocalFolder:
@@ -74,7 +75,7 @@ class LocalFolder:
     async def check(self, path: str, part: ManifestPart, listed: Stored, *,
                     deep: bool) -> None:
         # Reading a local file is cheap: its MD5 is checked every time, not only its size.
-        from backfill.integrity import check_part
+        from backfill.transfer.integrity import check_part
 
         file = self.root / path
         await anyio.to_thread.run_sync(

@@ -44,13 +44,14 @@ from obstore.exceptions import (
 from obstore.store import AzureStore, GCSStore, S3Store
 
 from backfill.destination import Stored
+from backfill.destination.manifest import named, stale
 from backfill.errors import IntegrityError, OutputError, RetryableError
 from backfill.layout import MANIFEST, MARKER, STATE_DIR
-from backfill.manifest import ManifestPart, named, stale
+from backfill.model import ManifestPart
 
 if TYPE_CHECKING:
     from backfill.config import Remote, Settings
-    from backfill.integrity import Batch, Checker, Progress, Verified
+    from backfill.transfer.integrity import Batch, Checker, Progress, Verified
 
     ObjectStoreT = S3Store | GCSStore | AzureStore
 
@@ -169,7 +170,7 @@ class ObjectStore:
             await self._check_bytes(path, part, shown)
 
     async def _check_bytes(self, path: str, part: ManifestPart, shown: str) -> None:
-        from backfill.integrity import Checker, is_gzip
+        from backfill.transfer.integrity import Checker, is_gzip
 
         checker = Checker(shown, inflate=True, gzip=is_gzip(path))
         try:

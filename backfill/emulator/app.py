@@ -31,13 +31,13 @@ from urllib.parse import parse_qsl, urlencode
 import anyio
 from aiohttp import web
 
-from backfill import auth
 from backfill.emulator.clock import Clock, machine_time
 from backfill.emulator.config import FAULT_KINDS, V1_TYPES, V2_TYPES, EmulatorConfig
 from backfill.emulator.data import DataSettings, DataStore, default_data_dir
 from backfill.emulator.jobs import Answer, JobBook, Status
 from backfill.emulator.links import BUCKET, LinkCheck, LinkSigner, StoredObject, s3_error
 from backfill.emulator.ratelimit import SlidingWindowLimiter, retry_after_header
+from backfill.growingio import auth
 from backfill.keys import Granularity, Key, parse_export_date
 
 _CHUNK = 256 * 1024

@@ -21,8 +21,8 @@ from datetime import UTC, timedelta
 from pathlib import Path
 from typing import IO
 
+from backfill.destination.tables.schema import COLUMNS, JSON_COLUMNS, TIME_COLUMNS
 from backfill.keys import Granularity, Key
-from backfill.schema import COLUMNS, JSON_COLUMNS, TIME_COLUMNS
 
 GENERATOR_VERSION = 2
 

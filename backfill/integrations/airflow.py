@@ -99,8 +99,8 @@ class GrowingIOFetchOperator(BaseOperator):
     def _fetch(self, context: Context, first: str, last: str, deadline: float, *,
                last_look: bool = False) -> dict[str, Any]:
         import backfill
+        from backfill.engine.progress import PlainReporter
         from backfill.errors import BackfillError
-        from backfill.report import make_reporter
 
         self._check_token_rule()
         waiting = self.deferrable and not last_look
@@ -110,7 +110,7 @@ class GrowingIOFetchOperator(BaseOperator):
         try:
             summary = backfill.fetch(
                 first, last, config=self.config, project=self.project,
-                environ=self._environ(), reporter=make_reporter(True),
+                environ=self._environ(), reporter=PlainReporter(),
                 **self._backfill_options(max_wait=wait))
         except BackfillError as exc:  # bad settings, credentials, a range all gone: one line
             span = first if first == last else f"{first} … {last}"
@@ -275,10 +275,10 @@ class GrowingIOReadyTrigger(BaseTrigger):
         import aiohttp
         import anyio
 
-        from backfill.api import GrowingIO
-        from backfill.policy import expected_ready
-        from backfill.runner import service_health
-        from backfill.throttle import RateLimiter
+        from backfill.engine.policy import expected_ready
+        from backfill.engine.runner import service_health
+        from backfill.growingio.api import GrowingIO
+        from backfill.net.throttle import RateLimiter
 
         poll = float(settings.poll_interval)
         pending = list(keys)

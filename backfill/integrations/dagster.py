@@ -80,7 +80,7 @@ def growingio_asset(name: str, *, start: str, out: str, granularity: str = "hour
     # annotations` in this module.
     def materialize(context: AssetExecutionContext) -> dg.MaterializeResult[Any]:
         import backfill
-        from backfill.report import keys as count_keys
+        from backfill.model import keys as count_keys
 
         keys = context.partition_key_range
         # With a project, the config maps its credentials; else the prefix here does.

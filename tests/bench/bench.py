@@ -165,8 +165,8 @@ def links(url: str, data_type: str, export_date: str) -> list[str]:
     import aiohttp
     import anyio
 
-    from backfill.auth import token_request_body
     from backfill.emulator import DEMO_CREDENTIALS as c
+    from backfill.growingio.auth import token_request_body
 
     async def ask() -> list[str]:
         async with aiohttp.ClientSession() as session:
@@ -225,7 +225,7 @@ def _checked_reference(conn: Connection, urls: list[str], folder: str) -> None:
     and rename. No state, no resume, no progress."""
     import anyio
 
-    from backfill.integrity import Checker
+    from backfill.transfer.integrity import Checker
 
     def write(fd: int, batch: list[bytes], checker: Checker) -> None:
         checker.feed_batch(batch)
@@ -313,7 +313,7 @@ def durable_write(folder: Path, size: int) -> float:
 
 def check_cpu(folder: Path) -> tuple[float, float]:
     """CPU seconds to MD5 the files, and to MD5 plus inflate them (backfill's checks)."""
-    from backfill.integrity import check_part
+    from backfill.transfer.integrity import check_part
 
     files = sorted(folder.glob("*.gz"))
     started = time.process_time()
@@ -335,8 +335,8 @@ def realistic_check(work: Path) -> dict[str, float]:
     import zlib
 
     from backfill.emulator.data import DataSettings, DataStore
-    from backfill.integrity import check_part
     from backfill.keys import Granularity, key_at
+    from backfill.transfer.integrity import check_part
 
     store = DataStore(work / "realistic", DataSettings(seed=1, bytes_per_hour=16 * MiB,
                                                        part_size=64 * MiB, compress_level=6))
@@ -470,7 +470,7 @@ def schedule_running(job_seconds: float, poll: float) -> int:
     """RUNNING answers one key gets under backfill's poll schedule for a job this long:
     the call that starts the job, then every re-poll that comes before it ends."""
     from backfill.config import Settings
-    from backfill.policy import poll_interval
+    from backfill.engine.policy import poll_interval
 
     settings = replace(Settings(), poll_interval=poll)
     running, elapsed = 1, poll_interval(0, settings)
@@ -519,8 +519,8 @@ from pathlib import Path
 from backfill.config import Credentials, Settings
 from backfill.emulator import DEMO_CREDENTIALS as c
 from backfill.keys import Granularity, expand, key_at
-from backfill.report import PlainReporter
-from backfill.runner import backfill
+from backfill.engine.progress import PlainReporter
+from backfill.engine.runner import backfill
 url, out = sys.argv[1], Path(sys.argv[2])
 last = key_at(datetime.now(UTC) - timedelta(days=2), Granularity.HOUR)
 keys = expand(key_at(last.start - timedelta(hours=8759), Granularity.HOUR), last)
@@ -548,7 +548,7 @@ def year_run(work: Path) -> Measured:
 def noop_year(work: Path) -> Measured:
     """A finished one-year hourly range, run again: planning only, no call at all."""
     from backfill.keys import Granularity, expand, key_at
-    from backfill.store import Store
+    from backfill.state.store import Store
 
     out = work / "year" / "out"
     Store(out / ".backfill").close()  # the schema

@@ -25,7 +25,7 @@ from bench import MiB, backfill_cli, emulator, env_for, measure
 _CONVERT = """
 import sys
 from pathlib import Path
-from backfill.convert import UnitSchema, header
+from backfill.destination.tables.convert import UnitSchema, header
 from backfill.destination.tables import _write_parquet
 data_type, out = sys.argv[1], Path(sys.argv[2])
 for index, name in enumerate(sys.argv[3:]):
@@ -36,7 +36,7 @@ for index, name in enumerate(sys.argv[3:]):
 
 _DUCKDB = """
 import sys, duckdb
-from backfill.schema import COLUMNS
+from backfill.destination.tables.schema import COLUMNS
 data_type, out = sys.argv[1], sys.argv[2]
 columns = "{" + ", ".join(f"'{c}': 'VARCHAR'" for c in COLUMNS[data_type]) + "}"
 connection = duckdb.connect()

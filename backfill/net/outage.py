@@ -4,7 +4,7 @@ Every call to a service (the export API with its token endpoint, or one host tha
 download links: each link host is judged on its own) reports whether the service
 answered. A call that fails because the service did not answer at all — connection
 refused or reset, DNS failure, timeout, 5xx — is a *miss*; a bad link (a refused scheme,
-an invalid redirect) is never one (see :mod:`backfill.transport`). ``OUTAGE_AFTER``
+an invalid redirect) is never one (see :mod:`backfill.net.transport`). ``OUTAGE_AFTER``
 misses in a row, with no answer between them, across every task of the run, make an
 outage. During an outage:
 
@@ -192,7 +192,7 @@ class LinkHosts:
 
     def for_url(self, url: str) -> ServiceHealth:
         """The judgement of the host that serves ``url``."""
-        from backfill.transport import origin
+        from backfill.net.transport import origin
 
         _, host, port = origin(url)
         name = f"{host}:{port}"

@@ -11,28 +11,12 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
 from backfill.layout import MANIFEST, MARKER, PARTIAL_SUFFIX, partial_name
-
-
-@dataclass(frozen=True)
-class ManifestPart:
-    file: str
-    size: int
-    md5: str
-    source: str
-    """The link the part came from, without its signed query."""
-    etag: str | None = None
-    """The object store's ETag of the stored part (none on local disk): ``verify`` compares
-    it without reading the part."""
-    rows: int | None = None
-    """Typed output: the rows of the file."""
-    source_md5: str | None = None
-    """Typed output: the MD5 of the verified source part the file was converted from."""
-    source_size: int | None = None
+from backfill.model import ManifestPart
 
 
 def document(*, key: str, data_type: str, api: str, parts: list[ManifestPart]) -> bytes:

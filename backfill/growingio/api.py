@@ -11,19 +11,18 @@ from typing import Any, Protocol
 
 import aiohttp
 import anyio
-from yarl import URL
 
-from backfill.auth import TokenHolder
 from backfill.clock import wall_now
 from backfill.config import Settings
-from backfill.errors import AuthError, PermanentError, RetryableError, UsageError
+from backfill.errors import AuthError, PermanentError, RetryableError
+from backfill.growingio.auth import TokenHolder
 from backfill.keys import Key
-from backfill.layout import redact
-from backfill.outage import ServiceHealth
-from backfill.policy import backoff, retry_after
-from backfill.proxy import proxy_refusal
-from backfill.throttle import RateLimiter
-from backfill.transport import classify, origin
+from backfill.net.exchange import not_json, redirect_refused, retry_after
+from backfill.net.outage import ServiceHealth
+from backfill.net.proxy import proxy_refusal
+from backfill.net.retry import backoff
+from backfill.net.throttle import RateLimiter
+from backfill.net.transport import classify
 
 
 @dataclass(frozen=True)
@@ -167,27 +166,6 @@ class GrowingIO:
                 self._limiter.pause(wait)  # the budget is spent for every task
             raise RetryableError("rate limited by the export API (429)", retry_after=wait)
         raise PermanentError(f"export API refused the request (HTTP {resp.status})")
-
-
-def not_json(resp: aiohttp.ClientResponse) -> str:
-    """What a 200 that is not JSON looks like, for one line."""
-    kind = resp.headers.get("Content-Type", "no content type").split(";")[0].strip()
-    return (f"it answered {resp.status} {kind}, not JSON: is a proxy or a portal in the "
-            "way?")
-
-
-def redirect_refused(what: str, base_url: str, resp: aiohttp.ClientResponse) -> UsageError:
-    """The one line for an API redirect, which is never followed (see :func:`origin`)."""
-    location = resp.headers.get("Location", "")
-    target = str(resp.url.join(URL(location))) if location else "nowhere"
-    shown = redact(target) if location else target
-    if location and origin(target) != origin(base_url):
-        scheme, host, port = origin(target)
-        return UsageError(f"{what} at {base_url} redirects to {shown} (HTTP {resp.status}): "
-                          "the credentials are sent only to GIO_BASE_URL's own origin; set "
-                          f"GIO_BASE_URL={scheme}://{host}:{port} if that is GrowingIO")
-    return UsageError(f"{what} at {base_url} redirects to {shown} (HTTP {resp.status}); "
-                      "backfill does not follow API redirects: check GIO_BASE_URL")
 
 
 class _TokenRejected(Exception):

@@ -1,14 +1,12 @@
-"""Pure timing decisions: backoff, when a key should be ready, what to do with an answer.
+"""Pure timing decisions: when a key should be ready, what to do with an answer.
 
 No I/O here: ``now`` and random numbers are passed in, so every rule is testable alone.
 """
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from email.utils import parsedate_to_datetime
 from enum import StrEnum
 
 from backfill.config import Settings
@@ -17,25 +15,6 @@ from backfill.keys import BEIJING, Granularity, Key
 LATE_HOURS = frozenset({23, 0, 1})
 NOT_EXISTS_GRACE = {Granularity.HOUR: timedelta(hours=6), Granularity.DAY: timedelta(hours=12)}
 """How long after its expected readiness a NOT_EXISTS is still 'not yet' rather than 'never'."""
-
-
-def backoff(attempt: int, base: float, cap: float, rng: random.Random) -> float:
-    """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**attempt)]."""
-    return rng.uniform(0, min(cap, base * 2 ** min(attempt, 30)))
-
-
-def retry_after(value: str | None, now: datetime) -> float | None:
-    """Seconds from a ``Retry-After`` header (seconds or an HTTP date), if usable."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = (parsedate_to_datetime(value) - now).total_seconds()
-        except (TypeError, ValueError):
-            return None
-    return min(max(seconds, 0.0), 3600.0)
 
 
 def expected_ready(key: Key, settings: Settings) -> datetime:

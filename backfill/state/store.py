@@ -15,64 +15,13 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from backfill.errors import OutputError
 from backfill.layout import MARKER, STATE_DIR
-
-
-class Status(StrEnum):
-    PENDING = "pending"
-    ACTIVE = "active"
-    """Being fetched, or interrupted while being fetched."""
-    DONE = "done"
-    FAILED = "failed"
-    GONE = "gone"
-    """Beyond the service's retention: it will never be fetched."""
-    NOT_READY = "not_ready"
-
-
-@dataclass(frozen=True)
-class PartRecord:
-    index: int
-    path: str
-    source: str
-    size: int | None
-    md5: str | None
-    done: bool
-    offset: int
-    etag: str | None
-    """The source object's ETag, to resume a download only from the same object."""
-    stored_etag: str | None = None
-    """The destination's ETag of the stored part (object stores)."""
-
-
-@dataclass(frozen=True)
-class DonePart:
-    key: str
-    data_type: str
-    index: int
-    size: int
-    md5: str
-    stored_etag: str | None = None
-
-
-@dataclass(frozen=True)
-class UnitRecord:
-    api: str
-    key: str
-    data_type: str
-    status: Status
-    attempts: int
-    last_error: str | None
-    parts: int
-    bytes: int
-    updated_at: str
-
+from backfill.model import DonePart, PartRecord, Status, UnitRecord
 
 _MIGRATIONS = (
     """

@@ -18,11 +18,13 @@ from typing import Generic, ParamSpec, Protocol, TypeVar
 
 import anyio
 
-from backfill.api import ExportAnswer, ExportApi
 from backfill.clock import wall_now
 from backfill.config import Settings, format_duration
-from backfill.destination import Destination, PartSink, Stored
-from backfill.download import Downloader
+from backfill.destination import Destination, Stored
+from backfill.destination.manifest import document
+from backfill.engine.plan import KeyTask
+from backfill.engine.policy import Next, decide, expected_ready, fit_wait, typical
+from backfill.engine.progress import Activity, PartWatch, Reporter
 from backfill.errors import (
     IntegrityError,
     LinkExpiredError,
@@ -32,14 +34,14 @@ from backfill.errors import (
     RetryableError,
     first_error,
 )
-from backfill.integrity import Progress
+from backfill.growingio.api import ExportAnswer, ExportApi
 from backfill.keys import Key
 from backfill.layout import key_folder, object_name, part_name, redact
-from backfill.manifest import ManifestPart, document
-from backfill.plan import KeyTask
-from backfill.policy import Next, backoff, decide, expected_ready, fit_wait, typical
-from backfill.report import Activity, PartWatch, Reporter, Summary
-from backfill.store import DonePart, PartRecord, Status, Store
+from backfill.model import DonePart, ManifestPart, PartRecord, Status, Summary
+from backfill.net.retry import backoff
+from backfill.state.store import Store
+from backfill.transfer.download import Downloader, PartSink
+from backfill.transfer.integrity import Progress
 
 KEYS_IN_FLIGHT = 1024
 """Keys started and not yet ended, at most. Sleeping keys (jobs RUNNING, data not ready)
@@ -51,7 +53,7 @@ T = TypeVar("T")
 
 
 class Watched(Protocol):
-    """A service whose outage ends the run (see :mod:`backfill.outage`)."""
+    """A service whose outage ends the run (see :mod:`backfill.net.outage`)."""
 
     async def watch(self) -> OutageError: ...
 
@@ -99,7 +101,7 @@ class Scheduler:
         self.activity = activity or Activity()
         """What the run is doing now, for the progress display and the heartbeat."""
         self._services = services
-        """The services whose outages end the run (see :mod:`backfill.outage`)."""
+        """The services whose outages end the run (see :mod:`backfill.net.outage`)."""
         self._ended: set[str] = set()
         self._store = store
         self._dest = destination

@@ -2,7 +2,7 @@
 
 Parts are downloaded as for ``csv``, verified, into a local staging folder beside the
 state (so they resume with ``Range`` even for a bucket). When a unit's parts are all
-there, the unit is converted (:mod:`backfill.convert`) and committed in one step:
+there, the unit is converted (:mod:`backfill.destination.tables.convert`) and committed in one step:
 
 - ``parquet``: ``part-NNNNN.parquet`` for each source part in the unit's Hive folder, then
   ``_manifest.json`` (each file's size, MD5 and rows, the source part's MD5, size and link,
@@ -30,13 +30,13 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from backfill.convert import UnitSchema, batches, header
 from backfill.destination import Destination, Stored
 from backfill.destination.descriptor import CREATION_KEY, Descriptor
 from backfill.destination.local import LocalFolder, LocalPart, _walk
+from backfill.destination.tables.convert import UnitSchema, batches, header
 from backfill.errors import IntegrityError, OutputError, RetryableError, UsageError
 from backfill.layout import MANIFEST, MARKER
-from backfill.manifest import ManifestPart
+from backfill.model import ManifestPart
 
 if TYPE_CHECKING:
     from backfill.config import Settings

@@ -10,9 +10,10 @@ from typing import Any
 from backfill.clock import wall_now
 from backfill.config import Credentials, Remote, Settings
 from backfill.emulator import DEMO_CREDENTIALS, EmulatorConfig, Faults, serve
+from backfill.engine.progress import Reporter
+from backfill.engine.runner import backfill
 from backfill.keys import Granularity, expand, key_at
-from backfill.report import Reporter, Summary
-from backfill.runner import backfill
+from backfill.model import Summary
 
 DEMO_TYPES = ("visit", "page", "custom_event")
 DEMO_DAYS = 7

@@ -3,7 +3,7 @@
 aiohttp's errors are read here and nowhere else. Three kinds matter to the run:
 
 - the host is **down** (refused, reset, DNS failure, timeout, a body cut off): a *miss*
-  that feeds the outage judgement (:mod:`backfill.outage`);
+  that feeds the outage judgement (:mod:`backfill.net.outage`);
 - the **request** was wrong (an invalid URL, a redirect to a non-http URL, too many
   redirects): the link's own, permanent problem; it never says anything about a host;
 - anything **else** (a TLS failure, a malformed answer): retried, but no miss either.
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from enum import Enum
 from urllib.parse import urlsplit
 
-from backfill.proxy import proxy_refusal, redact_proxy
+from backfill.net.proxy import proxy_refusal, redact_proxy
 
 ALLOWED_SCHEMES = ("http", "https")
 MAX_REDIRECTS = 5

@@ -26,10 +26,10 @@ import anyio
 from backfill.clock import system_clock, wall_now
 from backfill.config import Settings
 from backfill.errors import AuthError, RetryableError, TokenError
-from backfill.outage import ServiceHealth
-from backfill.policy import retry_after
-from backfill.proxy import proxy_refusal
-from backfill.transport import classify
+from backfill.net.exchange import not_json, redirect_refused, retry_after
+from backfill.net.outage import ServiceHealth
+from backfill.net.proxy import proxy_refusal
+from backfill.net.transport import classify
 
 TOKEN_PATH = "/auth/token"
 MAX_FRESH_REJECTIONS = 3
@@ -273,8 +273,6 @@ class TokenHolder:
                                          outage=self._health.missed(problem, retry_after=wait))
                 proxy_refusal(resp.status, proxy)
                 if 300 <= resp.status < 400:
-                    from backfill.api import redirect_refused
-
                     raise redirect_refused("the token endpoint", c.base_url, resp)
                 self._health.answered()
                 if resp.status == 429:
@@ -284,8 +282,6 @@ class TokenHolder:
                     raise AuthError(self._refusal(resp.status, text, resp.headers.get("Date")))
                 answer = _json(text)
                 if answer is None:
-                    from backfill.api import not_json
-
                     raise TokenError(f"{failed}: {not_json(resp)}")
         except (aiohttp.ClientError, TimeoutError) as exc:
             failure = classify(exc, proxy)

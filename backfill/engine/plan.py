@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from backfill.config import Settings
+from backfill.engine.policy import beyond_retention, expected_ready
 from backfill.keys import Key
-from backfill.policy import beyond_retention, expected_ready
-from backfill.store import Status
+from backfill.model import Status
 
 
 @dataclass(frozen=True)

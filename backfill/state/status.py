@@ -24,7 +24,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-from backfill.store import Status, UnitRecord
+from backfill.model import Status, UnitRecord
 
 # Worst first: a key shows the worst state of its types.
 SEVERITY = (Status.FAILED, Status.GONE, Status.NOT_READY, Status.ACTIVE, Status.PENDING,

@@ -20,11 +20,12 @@ import anyio
 
 from backfill.config import Settings
 from backfill.destination import Destination
+from backfill.destination.manifest import parse
 from backfill.errors import IntegrityError, OutputError, RemoteError, first_error
 from backfill.keys import Key
 from backfill.layout import MANIFEST, MARKER, key_folder
-from backfill.manifest import parse
-from backfill.store import Status, Store
+from backfill.model import Status
+from backfill.state.store import Store
 
 UNITS_AT_ONCE = 8
 

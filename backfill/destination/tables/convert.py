@@ -4,8 +4,8 @@ and a table (``--format parquet|delta``). Blocking: a worker thread's job.
 GrowingIO's dialect is read exactly: ``,`` separator, ``"`` quote, ``\\`` escape (no doubled
 quotes), quoted fields holding commas, quotes, newlines, and fields longer than a megabyte.
 Every value is read as text first, so nothing is guessed: ``00123`` and ``NULL`` stay text.
-Then the documented columns get their types (:mod:`backfill.schema`); an empty field of a
-typed column is a null. A column the schema does not know is kept, as text; a documented
+Then the documented columns get their types (:mod:`.schema`); an empty field of a typed
+column is a null. A column the schema does not know is kept, as text; a documented
 column a part lacks is null; no row is dropped. A value a typed column cannot hold fails
 the unit, naming the row by its number, never its content.
 
@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from backfill.destination.tables.schema import COLUMNS, column_kind
 from backfill.errors import IntegrityError, UsageError
-from backfill.schema import COLUMNS, column_kind
 
 if TYPE_CHECKING:
     import pyarrow as pa

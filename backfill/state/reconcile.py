@@ -12,19 +12,23 @@ nothing, and a fresh runner pays a few calls per type and month, never one per k
 
 from __future__ import annotations
 
+import json
 import os
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import anyio
 
 from backfill.config import Settings
 from backfill.destination import Destination, Stored
+from backfill.destination.descriptor import Descriptor
 from backfill.errors import first_error
 from backfill.keys import Granularity, Key
 from backfill.layout import MANIFEST, MARKER, folder_key, key_folder, literal_prefix
-from backfill.store import Status, Store
+from backfill.model import Status
+from backfill.state.store import Store, has_state
 
 LISTINGS_AT_ONCE = 8
 
@@ -144,3 +148,40 @@ async def _listings(destination: Destination, prefixes: list[str]
 def _count(files: dict[str, Stored]) -> tuple[int, int]:
     parts = [f.size for name, f in files.items() if name.startswith("part-")]
     return len(parts), sum(parts)
+
+
+async def recognise(destination: Destination, settings: Settings) -> Descriptor | None:
+    """What an output of an earlier version, with no record, holds, as this machine's state
+    tells it: the API and granularity of its keys, and the format a done unit's manifest
+    names. None when the state knows nothing."""
+
+    folder = settings.state_folder
+    if not await anyio.to_thread.run_sync(has_state, folder):
+        return None
+    units = await anyio.to_thread.run_sync(_state_units, folder)
+    if not units:
+        return None
+    apis = {api for api, _, _, _ in units}
+    widths = {len(key) for _, key, _, _ in units}
+    api = apis.pop() if len(apis) == 1 else None
+    granularity = (Granularity.HOUR if widths == {10} else Granularity.DAY if widths == {8}
+                   else None)
+    fmt = None
+    done = next(((k, t) for a, k, t, s in units if s is Status.DONE), None)
+    if done is not None:
+        path = f"{key_folder(settings.layout, Key.parse(done[0]), done[1])}/{MANIFEST}"
+        try:
+            manifest = json.loads(await destination.read(path))
+            fmt = manifest.get("format", "csv") if isinstance(manifest, dict) else None
+        except (FileNotFoundError, ValueError):
+            fmt = None
+    return Descriptor(fmt, api, granularity, None)
+
+
+def _state_units(folder: Path) -> list[tuple[str, str, str, Status]]:
+    store = Store(folder)
+    try:
+        return [(u.api, u.key, u.data_type, u.status) for u in store.units()]
+    finally:
+        store.close()
+

@@ -18,19 +18,20 @@ import anyio
 from backfill.clock import wall_now
 from backfill.config import Settings
 from backfill.destination import Destination, descriptor, open_destination
+from backfill.engine.plan import Plan, make_plan
+from backfill.engine.policy import beyond_retention, expected_ready, oldest_kept
+from backfill.engine.progress import Activity, Reporter
+from backfill.engine.stops import stop_on_signal
 from backfill.errors import Interrupted, first_error
 from backfill.keys import BEIJING, Granularity, Key, expand, key_at, parse_bound
-from backfill.outage import LinkHosts, ServiceHealth
-from backfill.plan import Plan, make_plan
-from backfill.policy import beyond_retention, expected_ready, oldest_kept
-from backfill.reconcile import reconcile
-from backfill.report import Activity, Reporter, Summary
-from backfill.stops import stop_on_signal
-from backfill.store import Status, Store, UnitRecord, has_state
-from backfill.throttle import RateLimiter
+from backfill.model import Status, Summary, UnitRecord
+from backfill.net.outage import LinkHosts, ServiceHealth
+from backfill.net.throttle import RateLimiter
+from backfill.state.reconcile import reconcile
+from backfill.state.store import Store, has_state
 
 if TYPE_CHECKING:
-    from backfill.api import ExportApi
+    from backfill.growingio.api import ExportApi
 
 
 def open_store(settings: Settings) -> Store:
@@ -146,9 +147,9 @@ async def _fetch(settings: Settings, store: Store, destination: Destination, pla
     # Imported here: a run that finds nothing to do (a no-op cron run) never needs them.
     import aiohttp
 
-    from backfill.api import GrowingIO
-    from backfill.download import BodyLimits, Downloader, block_size
-    from backfill.scheduler import Scheduler
+    from backfill.engine.scheduler import Scheduler
+    from backfill.growingio.api import GrowingIO
+    from backfill.transfer.download import BodyLimits, Downloader, block_size
 
     connector = aiohttp.TCPConnector(limit=settings.downloads + settings.polls + 2)
     async with aiohttp.ClientSession(connector=connector) as session:
