@@ -16,14 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from backfill.errors import UsageError
-from backfill.keys import Granularity, Shard
+from backfill.keys import V2_TYPES, Granularity, Shard
 from backfill.layout import STATE_DIR
 from backfill.net.proxy import Proxies
 
-V2_TYPES = (
-    "visit", "page", "action", "action_tag", "custom_event", "ads_track_activation",
-    "ads_track_click", "pvar", "evar", "vstr",
-)  # fmt: skip
 MAX_RATE = 2.0
 HOUR_LAG, LATE_HOUR_LAG, DAY_LAG = 40 * 60.0, 60 * 60.0, 3 * 3600.0
 """When GrowingIO can export a key, seconds after it ends: an hour after 40 minutes (60 for

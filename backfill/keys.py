@@ -16,6 +16,10 @@ from functools import cached_property
 from backfill.errors import UsageError
 
 BEIJING = timezone(timedelta(hours=8), "Asia/Shanghai")
+V2_TYPES = (  # the data types of GrowingIO's v2 API, as documented
+    "visit", "page", "action", "action_tag", "custom_event", "ads_track_activation",
+    "ads_track_click", "pvar", "evar", "vstr",
+)  # fmt: skip
 
 
 class Granularity(StrEnum):

@@ -127,7 +127,9 @@ def test_malformed_answers_are_retryable(body: object) -> None:
 
 @pytest.mark.parametrize("name", ["20261120", "2026112010", "2026112023", "2026112100",
                                   "2026112101", "2026112102"])
-def test_the_planner_and_the_emulator_share_one_readiness(name: str) -> None:
+def test_the_planner_and_the_emulator_agree_on_readiness(name: str) -> None:
+    # Two copies of the documentation's figures, written apart (the emulator imports nothing
+    # of the client's): this fails when one of them drifts.
     from backfill.config import Settings
     from backfill.emulator import EmulatorConfig
     from backfill.emulator.jobs import producible_at
@@ -135,3 +137,17 @@ def test_the_planner_and_the_emulator_share_one_readiness(name: str) -> None:
 
     key = Key.parse(name)
     assert expected_ready(key, Settings()) == producible_at(key, EmulatorConfig())
+
+
+def test_the_client_and_the_emulator_agree_on_the_documented_protocol() -> None:
+    """Each side wrote the API's facts from the documentation on its own."""
+    from backfill.destination.tables.schema import COLUMNS
+    from backfill.emulator import protocol
+    from backfill.growingio.auth import TOKEN_PATH, signature
+    from backfill.keys import V2_TYPES
+
+    assert V2_TYPES == protocol.V2_TYPES
+    assert COLUMNS == protocol.COLUMNS
+    assert TOKEN_PATH == protocol.TOKEN_PATH
+    for secret, uid, ai, tm in (("k", "u", "a", 1), ("私钥", "proj", "0123abcd", 1764000000000)):
+        assert signature(secret, uid, ai, tm) == protocol.signature(secret, uid, ai, tm)

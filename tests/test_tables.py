@@ -18,11 +18,11 @@ from typing import Any
 import anyio
 import pytest
 
-from backfill.config import V2_TYPES, Settings, parse_out
+from backfill.config import Settings, parse_out
 from backfill.destination.tables.schema import COLUMNS, column_kind
 from backfill.emulator import DEMO_CREDENTIALS, EmulatorConfig, Faults, RunningEmulator, serve
 from backfill.errors import IntegrityError
-from backfill.keys import Granularity, Key
+from backfill.keys import V2_TYPES, Granularity, Key
 from tests.helpers import cli, env_for
 from tests.s3 import S3_ENV, Bucket
 from tests.test_run import hours_ago, run, settings_for

@@ -152,7 +152,7 @@ async def record(destination: Destination, settings: Settings) -> None:
 
 async def _recognise(destination: Destination, settings: Settings) -> Descriptor | None:
     """An output written before the record existed: a Delta log under a type's folder."""
-    from backfill.config import V2_TYPES
+    from backfill.keys import V2_TYPES
 
     for data_type in V2_TYPES:
         found = await _delta_table(destination, data_type)

@@ -36,8 +36,8 @@ from backfill.emulator.config import FAULT_KINDS, V1_TYPES, V2_TYPES, EmulatorCo
 from backfill.emulator.data import DataSettings, DataStore, default_data_dir
 from backfill.emulator.jobs import Answer, JobBook, Status
 from backfill.emulator.links import BUCKET, LinkCheck, LinkSigner, StoredObject, s3_error
+from backfill.emulator.protocol import TOKEN_PATH, signature
 from backfill.emulator.ratelimit import SlidingWindowLimiter, retry_after_header
-from backfill.growingio import auth
 from backfill.keys import Granularity, Key, parse_export_date
 
 _CHUNK = 256 * 1024
@@ -113,7 +113,7 @@ def create_app(config: EmulatorConfig | None = None) -> web.Application:
     app = web.Application()
     app[STATE] = EmulatorState(config or EmulatorConfig())
     app.add_routes([
-        web.post(auth.TOKEN_PATH, _token),
+        web.post(TOKEN_PATH, _token),
         web.get("/insights/{ai}/{date}.json", _v1),
         web.get("/v2/insights/{export_type}/{data_type}/{ai}/{date}.json", _v2_type),
         web.get("/v2/insights/{export_type}/{ai}/{date}.json", _v2_all),
@@ -168,7 +168,7 @@ async def _token_answer(request: web.Request) -> web.StreamResponse:
     server_ms = (machine_time() + st.config.clock_offset) * 1000
     if abs(server_ms - tm) > st.config.token_skew_seconds * 1000:
         return _auth_failure(st, "tm is too far from the server's time")
-    expected = auth.signature(creds.secret, params["project"], params["ai"], tm)
+    expected = signature(creds.secret, params["project"], params["ai"], tm)
     if not compare_digest(params["auth"].encode(), expected.encode()):
         return _auth_failure(st, "signature does not match")
     # A new token revokes the previous one, as the real service does.

@@ -8,19 +8,9 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from backfill.config import DAY_LAG, HOUR_LAG, LATE_HOUR_LAG
-from backfill.config import V2_TYPES as V2_TYPES  # the server's list, re-exported
-
-V1_TYPES = (
-    "visit",
-    "page",
-    "action",
-    "action_tag",
-    "custom_attr",
-    "ads_track_click",
-    "ads_track_activation",
-)
-"""The seven tables a v1 answer mixes."""
+from backfill.emulator.protocol import DAY_READY, HOUR_READY, LATE_HOUR_READY
+from backfill.emulator.protocol import V1_TYPES as V1_TYPES
+from backfill.emulator.protocol import V2_TYPES as V2_TYPES
 
 
 @dataclass(frozen=True)
@@ -151,11 +141,11 @@ class EmulatorConfig:
     """Where the emulated clock starts; ``None`` means the real time."""
     speed: float = 1.0
     """Emulated seconds per real second; 0 freezes the clock."""
-    hour_lag: timedelta = timedelta(seconds=HOUR_LAG)
-    late_hour_lag: timedelta = timedelta(seconds=LATE_HOUR_LAG)
+    hour_lag: timedelta = HOUR_READY
+    late_hour_lag: timedelta = LATE_HOUR_READY
     """Lag for the hours 23:00–02:00, which the docs say take longer."""
-    day_lag: timedelta = timedelta(seconds=DAY_LAG)
-    """The same readiness the client plans with (one truth: backfill.config)."""
+    day_lag: timedelta = DAY_READY
+    """Readiness as the documentation gives it (the client keeps its own copy)."""
     job_seconds: float = 120.0
     """How long (emulated) an export job stays RUNNING after its first request."""
     retention_days: int = 15

@@ -21,7 +21,7 @@ from datetime import UTC, timedelta
 from pathlib import Path
 from typing import IO
 
-from backfill.destination.tables.schema import COLUMNS, JSON_COLUMNS, TIME_COLUMNS
+from backfill.emulator.protocol import COLUMNS, JSON_COLUMNS, TIME_COLUMNS
 from backfill.keys import Granularity, Key
 
 GENERATOR_VERSION = 2
