@@ -1,17 +1,26 @@
 """Settings: defaults, then the TOML file, then the environment, then flags (flags win).
 
-Secrets (the private key, a ready token) come only from the environment, never
-from the file, so a config file can be committed and shared.
+Each setting is declared once, as a field of :class:`Settings` made by :func:`setting`:
+its default, its parser and what it expects, its help, whether the commands that only
+look at an output take it too, and whether it may travel in a deferred trigger's
+arguments. The config file's parser, the command line's options, ``config show`` and
+the integrations all derive from that declaration. The credentials are declared the same
+way, with the environment variable each comes from.
+
+Secrets (the private key, a ready token) come only from the environment, never from the
+file, so a config file can be committed and shared.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -21,34 +30,72 @@ from backfill.layout import STATE_DIR
 from backfill.net.proxy import Proxies
 
 MAX_RATE = 2.0
-HOUR_LAG, LATE_HOUR_LAG, DAY_LAG = 40 * 60.0, 60 * 60.0, 3 * 3600.0
-"""When GrowingIO can export a key, seconds after it ends: an hour after 40 minutes (60 for
-23:00-02:00), a day after 3 hours (the documentation says 30-40 minutes, about 60, and
-2-4 hours). The planner, the dry run and the emulator all use these."""
+"""GrowingIO's limit: two export calls a second."""
 DEFAULT_BASE_URL = "https://www.growingio.com"
 DEFAULT_CONFIG = Path("backfill.toml")
 DEFAULT_LAYOUT = "{type}/dt={date}/hour={hour}"
+FORMATS = ("csv", "parquet", "delta")
+"""``--format``: the raw parts, typed Parquet in the same layout, a Delta table per type."""
 REMOTE_SCHEMES = {"s3": "s3", "s3a": "s3", "gs": "gs", "gcs": "gs", "az": "az", "azure": "az",
                   "abfs": "az", "abfss": "az"}
 """URL schemes of object stores, and the kind each names."""
-ENV = {
-    "base_url": "GIO_BASE_URL",
-    "client_id": "GIO_CLIENT_ID",
-    "secret": "GIO_SECRET",
-    "project_uid": "GIO_PROJECT_UID",
-    "ai": "GIO_AI",
-    "token": "GIO_TOKEN",
-}
+
+
+class Kind(StrEnum):
+    """How a setting's value is written back, in a config file and by ``config show``."""
+
+    TEXT = "text"
+    DURATION = "duration"
+    SIZE = "size"
+    FLAG = "flag"
+
+
+class Scope(StrEnum):
+    """Which commands take a setting as a flag (every one is a config key and a library
+    argument): all that read an output, or only those that fetch."""
+
+    OUTPUT = "output"
+    FETCH = "fetch"
+
+
+@dataclass(frozen=True)
+class Declared:
+    """What one setting is, besides its name, type and default (its field's)."""
+
+    parse: Callable[[Any], Any]
+    expected: str
+    """What a value must be, for the one line that refuses another: ``a duration such as
+    30m``."""
+    help: str
+    kind: Kind = Kind.TEXT
+    scope: Scope = Scope.FETCH
+    trigger: bool = False
+    """Safe in a deferred trigger's arguments: nothing secret, plain JSON."""
+
+
+def setting(default: Any, parse: Callable[[Any], Any], expected: str, help: str, *,
+            kind: Kind = Kind.TEXT, scope: Scope = Scope.FETCH, trigger: bool = False) -> Any:
+    """Declare a setting: a field of :class:`Settings` with what it is (see
+    :class:`Declared`)."""
+    return field(default=default, metadata={"declared": Declared(parse, expected, help, kind,
+                                                                 scope, trigger)})
+
+
+def credential(variable: str, default: str = "", *, secret: bool = False) -> Any:
+    """Declare a credential: the environment variable it comes from; a secret comes from
+    there only (never from a file), and is never shown."""
+    return field(default=default, repr=not secret,
+                 metadata={"env": variable, "secret": secret})
 
 
 @dataclass(frozen=True)
 class Credentials:
-    base_url: str = DEFAULT_BASE_URL
-    client_id: str = ""
-    project_uid: str = ""
-    ai: str = ""
-    secret: str = field(default="", repr=False)
-    token: str = field(default="", repr=False)
+    base_url: str = credential("GIO_BASE_URL", DEFAULT_BASE_URL)
+    client_id: str = credential("GIO_CLIENT_ID")
+    project_uid: str = credential("GIO_PROJECT_UID")
+    ai: str = credential("GIO_AI")
+    secret: str = credential("GIO_SECRET", secret=True)
+    token: str = credential("GIO_TOKEN", secret=True)
 
     def require(self) -> Credentials:
         """Check that the API can be reached with these; raise a UsageError naming what lacks."""
@@ -61,6 +108,11 @@ class Credentials:
         if not re.match(r"^https?://[^/?#\s]+", self.base_url):
             raise UsageError(f"GIO_BASE_URL must be an http(s) URL, got {self.base_url!r}")
         return self
+
+
+ENV: dict[str, str] = {f.name: f.metadata["env"] for f in fields(Credentials)}
+"""Each credential's environment variable: ``{"secret": "GIO_SECRET", …}``."""
+SECRETS = frozenset(f.name for f in fields(Credentials) if f.metadata["secret"])
 
 
 @dataclass(frozen=True)
@@ -101,77 +153,185 @@ def user_state_home(env: Mapping[str, str] | None = None) -> Path:
     return Path(env.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
 
 
+# Parsers: each takes what a file (TOML), a flag (text) or an argument (Python) gives.
+def _duration(value: Any) -> float:
+    return parse_duration(value)
+
+
+def _speed(value: Any) -> float:
+    return float(parse_size(value, 0, 1 << 40))
+
+
+def _part_size(value: Any) -> int:
+    return parse_size(value, 1, 1 << 50)
+
+
+def _ints(low: int, high: int) -> Callable[[Any], int]:
+    return lambda value: _int(value, low, high)
+
+
+def _choices(*options: str) -> Callable[[Any], Any]:
+    return lambda value: _choice(value, options)
+
+
+def _folder(value: Any) -> Path:
+    return Path(_str(value)).expanduser()
+
+
+def _shard(value: Any) -> Shard:
+    return Shard.parse(_str(value))
+
+
+def _rate(value: Any) -> float:
+    return _number(value, 0.01, MAX_RATE)
+
+
+def _layout(value: Any) -> str:
+    return check_layout(_str(value))
+
+
+def _out(value: Any) -> Path | Remote:
+    return parse_out(value)
+
+
+def _types(value: Any) -> tuple[str, ...]:
+    return parse_types(value)
+
+
+OUTPUT, DURATION, SIZE = Scope.OUTPUT, Kind.DURATION, Kind.SIZE
+_SIZE_HELP = "such as 4KiB, 512MiB or 1GB"
+
+
 @dataclass(frozen=True)
 class Settings:
-    """Everything a run needs. Durations are seconds."""
+    """Everything a run needs; each field a setting declared with :func:`setting` (but
+    ``storage``, ``credentials``, ``proxies`` and ``sources``). Durations are seconds."""
 
-    out: Path | Remote = Path("data")
-    """A local folder or an object-store URL."""
-    state_dir: Path | None = None
-    """Where the local state (a cache of what is done) lives; see :attr:`state_folder`."""
-    granularity: Granularity = Granularity.DAY
-    api: str = "v2"
-    types: tuple[str, ...] = ()
-    """Wanted v2 data types; empty means all."""
-    downloads: int = 8
-    polls: int = 4
-    rate: float = MAX_RATE
-    max_wait: float = 1800.0
-    poll_interval: float = 30.0
-    """First wait before asking again about a RUNNING job; grows to ``max_poll_interval``."""
-    max_poll_interval: float = 300.0
-    not_ready_interval: float = 600.0
-    """Wait before asking again about a key that answered NOT_EXISTS but is still due."""
-    error_retries: int = 3
-    error_retry_delay: float = 300.0
-    retries: int = 6
-    backoff: float = 1.0
-    max_backoff: float = 60.0
-    expire: int = 60
-    """Minutes the requested links stay valid."""
-    retention_days: int = 15
-    hour_lag: float = HOUR_LAG
-    late_hour_lag: float = LATE_HOUR_LAG
-    day_lag: float = DAY_LAG
-    layout: str = DEFAULT_LAYOUT
-    connect_timeout: float = 10.0
-    read_timeout: float = 60.0
-    format: str = "csv"
-    """``csv``: the raw parts; ``parquet``: typed Parquet in the same layout; ``delta``: a
-    Delta Lake table per data type (the ``tables`` extra)."""
-    verify: str = "auto"
-    """``auto``: inflate a part's gzip stream only when no MD5 proves its bytes (else check
-    its framing); ``full``: inflate every part."""
-    outage_budget: float = 180.0
-    """How long a service may fail every call (refused, reset, timeouts, 5xx) before the
-    run stops with exit 1. Three read timeouts: long enough to tell a hung server from a
-    slow one and to ride out a deploy or a failover, short enough for an hourly job."""
-    min_speed: float = 4096.0
-    """Bytes per second a download must beat over ``min_speed_time``, or it is cut and goes
-    on over a fresh connection (curl's --speed-limit; 0: never). 4 KiB/s: a line shared by
-    8 downloads at 256 kbit/s still beats it, and a part that slow (64 MB in 4.5 hours)
-    does better on a fresh connection almost always."""
-    min_speed_time: float = 60.0
-    """The window ``min_speed`` is judged over: as long as the read timeout."""
-    max_part_size: int = 512 * 1024 * 1024
-    """The most one part may be: GrowingIO splits at 64 MB, so this is an 8x margin. A body
-    without a length stops here, a declared length past it is refused, and either way the
-    attempt is discarded like a bad body."""
-    start: str | None = None
-    """Where ``catchup`` starts when the output holds nothing yet (a date as ``--from``
-    takes it); unset, the oldest key GrowingIO still keeps (``retention_days``)."""
-    heartbeat: float = 30.0
-    """Plain and JSON logs say what the run waits for at least this often."""
+    out: Path | Remote = setting(
+        Path("data"), _out, "a folder or an s3://, gs:// or az:// URL",
+        "Output folder (or file:// URL), or an object store: s3://BUCKET/PREFIX, gs://…, "
+        "az://… [default: ./data].", scope=OUTPUT)
+    state_dir: Path | None = setting(
+        None, _folder, "a folder",
+        "Folder of the local state, a cache of what is done [default: OUT/.backfill; for a "
+        "bucket, ~/.local/state/backfill/<its URL>].", scope=OUTPUT)
+    granularity: Granularity = setting(
+        Granularity.DAY, _choices("day", "hour"), "day or hour",
+        "day or hour [default: what the output holds, else what the dates say: 2026-11-30 a "
+        "day, 2026-11-30T15 an hour, -7d days, -36h hours].", scope=OUTPUT)
+    api: str = setting("v2", _choices("v1", "v2"), "v1 or v2",
+                       "v1 or v2 [default: what the output holds, else v2].", scope=OUTPUT,
+                       trigger=True)
+    types: tuple[str, ...] = setting(
+        (), _types, "a list of data types",
+        "v2 data types, comma-separated [default: all ten].", scope=OUTPUT)
+    format: str = setting(
+        "csv", _choices(*FORMATS), ", ".join(FORMATS[:-1]) + f" or {FORMATS[-1]}",
+        "csv: the raw parts; parquet: typed Parquet in the same layout; delta: a Delta Lake "
+        "table per data type (pip install 'growingio-backfill[tables]') [default: what the "
+        "output holds, else csv].", scope=OUTPUT)
+    layout: str = setting(
+        DEFAULT_LAYOUT, _layout, "a folder template such as {type}/dt={date}/hour={hour}",
+        "Folder of each key and type; placeholders {type} {date} {hour} {yyyymmdd} {key} "
+        "(day keys drop hour=) [default: what the output holds, else "
+        "{type}/dt={date}/hour={hour}].", scope=OUTPUT)
+    shard: Shard | None = setting(
+        None, _shard, "K/N with 1 <= K <= N, such as 2/4",
+        "K/N: fetch only shard K of N (every N-th key in time), at rate/N; for N machines "
+        "or jobs on one destination.", scope=OUTPUT)
+    single_minter: bool = setting(
+        False, lambda v: _bool(v), "true or false",
+        "With --shard and GIO_SECRET: this is the only process that mints tokens (else "
+        "GIO_TOKEN is required).", kind=Kind.FLAG)
+    downloads: int = setting(8, _ints(1, 64), "an integer from 1 to 64",
+                             "Keys and parts downloading at once.")
+    polls: int = setting(4, _ints(1, 32), "an integer from 1 to 32",
+                         "Export calls in flight at once, all within --rate.")
+    rate: float = setting(MAX_RATE, _rate, "a number of calls per second, at most 2",
+                          "Export calls per second; GrowingIO allows at most 2.",
+                          trigger=True)
+    max_wait: float = setting(
+        1800.0, _duration, "a duration such as 30m",
+        "How long to wait for keys not ready yet, e.g. 30m (a bare number is seconds).",
+        kind=DURATION)
+    poll_interval: float = setting(
+        30.0, _duration, "a duration such as 30s",
+        "First wait before asking again about a RUNNING job; grows by half each time.",
+        kind=DURATION, trigger=True)
+    max_poll_interval: float = setting(300.0, _duration, "a duration such as 5m",
+                                       "Longest wait between two asks about a RUNNING job.",
+                                       kind=DURATION, trigger=True)
+    not_ready_interval: float = setting(
+        600.0, _duration, "a duration such as 10m",
+        "Wait before asking again about a key that answered NOT_EXISTS but is still due.",
+        kind=DURATION, trigger=True)
+    error_retries: int = setting(3, _ints(0, 100), "an integer from 0 to 100",
+                                 "Times an export job answering ERROR is asked again.",
+                                 trigger=True)
+    error_retry_delay: float = setting(300.0, _duration, "a duration such as 5m",
+                                       "Wait before asking again about a job that answered "
+                                       "ERROR.", kind=DURATION, trigger=True)
+    retries: int = setting(6, _ints(0, 100), "an integer from 0 to 100",
+                           "Attempts for 429, 5xx and broken exchanges, with backoff.",
+                           trigger=True)
+    backoff: float = setting(1.0, _duration, "a duration such as 1s",
+                             "First backoff; doubles, with jitter, up to --max-backoff.",
+                             kind=DURATION, trigger=True)
+    max_backoff: float = setting(60.0, _duration, "a duration such as 60s",
+                                 "Longest backoff.", kind=DURATION, trigger=True)
+    expire: int = setting(60, _ints(1, 7 * 24 * 60), "minutes from 1 to 10080",
+                          "Minutes the requested download links stay valid.",
+                          trigger=True)
+    retention_days: int = setting(15, _ints(1, 3650), "a number of days from 1 to 3650",
+                                  "Days GrowingIO keeps raw data; older keys are gone.",
+                                  trigger=True)
+    hour_lag: float = setting(40 * 60.0, _duration, "a duration such as 40m",
+                              "When an hour is exportable after it ends.",
+                              kind=DURATION, trigger=True)
+    late_hour_lag: float = setting(60 * 60.0, _duration, "a duration such as 60m",
+                                   "The same for the hours 23:00-02:00.",
+                                   kind=DURATION, trigger=True)
+    day_lag: float = setting(3 * 3600.0, _duration, "a duration such as 3h",
+                             "When a day is exportable after it ends.",
+                             kind=DURATION, trigger=True)
+    connect_timeout: float = setting(10.0, _duration, "a duration such as 10s",
+                                     "Connecting may take this long.",
+                                     kind=DURATION, trigger=True)
+    read_timeout: float = setting(60.0, _duration, "a duration such as 60s",
+                                  "A silent socket for this long is retried.",
+                                  kind=DURATION, trigger=True)
+    verify: str = setting("auto", _choices("auto", "full"), "auto or full",
+                          "auto: inflate a part only when no MD5 proves its bytes; full: "
+                          "inflate every part.")
+    outage_budget: float = setting(
+        180.0, _duration, "a duration such as 3m",
+        "How long a service may fail every call before the run stops with exit 1; shorter "
+        "blips are ridden out.", kind=DURATION, trigger=True)
+    min_speed: float = setting(
+        4096.0, _speed, f"bytes per second {_SIZE_HELP} (0: never cut)",
+        "A download slower than this (per second) for --min-speed-time is cut and goes on "
+        "over a fresh connection; 0: never.", kind=SIZE)
+    min_speed_time: float = setting(60.0, _duration, "a duration such as 60s",
+                                    "The window --min-speed is judged over.",
+                                    kind=DURATION)
+    max_part_size: int = setting(
+        128 * 1024 * 1024, _part_size, f"a size {_SIZE_HELP}",
+        "The most a part may be (GrowingIO splits at 64 MB): a body without a length stops "
+        "here, a longer declared length is refused.", kind=SIZE)
+    heartbeat: float = setting(30.0, _duration, "a duration such as 30s",
+                               "Plain and JSON logs say what the run waits for this often.",
+                               kind=DURATION)
+    start: str | None = setting(
+        None, lambda v: _date(v), "a date such as 2026-11-01, 2026-11-01T05 or -7d",
+        "Where catchup begins: as a flag, from this key on whatever the output holds; in the "
+        "config, only on an output that holds nothing yet [default: the earliest key not "
+        "complete; on an empty output, the oldest key GrowingIO still keeps].")
+    lease_time: float = setting(300.0, _duration, "a duration such as 5m",
+                                "A bucket's lease lasts this long unless renewed: a run "
+                                "killed with -9 blocks it this long.",
+                                kind=DURATION)
     chunk_size: int = 1024 * 1024
     checkpoint_bytes: int = 16 * 1024 * 1024
-    shard: Shard | None = None
-    """This run's share of the keys (``--shard K/N``); its rate is ``rate / N``."""
-    single_minter: bool = False
-    """With shards: the user states that this one process mints tokens with the private
-    key (no other shard does), so minting cannot revoke another's token."""
-    lease_time: float = 300.0
-    """How long a remote output's lease lasts unless renewed: a run killed with -9 blocks
-    the destination at most this long."""
     storage: Storage = Storage()
     credentials: Credentials = Credentials()
     proxies: Proxies = field(default_factory=Proxies)
@@ -201,60 +361,25 @@ class Settings:
         return self.types or V2_TYPES
 
 
-# Keys the file may hold, with their parser. Durations accept "90s", "30m", "2h", "1d".
-def _duration(value: Any) -> float:
-    return parse_duration(value)
+@functools.cache
+def declared() -> dict[str, Declared]:
+    """Every setting, by name, in the order of :class:`Settings`."""
+    return {f.name: f.metadata["declared"] for f in fields(Settings)
+            if "declared" in f.metadata}
 
 
-def _speed(value: Any) -> float:
-    return float(parse_size(value, 0, 1 << 40))
+def flag(name: str) -> str:
+    """A setting's flag: ``--max-wait`` for ``max_wait``."""
+    return "--" + name.replace("_", "-")
 
 
-def _part_size(value: Any) -> int:
-    return parse_size(value, 1, 1 << 50)
+def default(name: str) -> Any:
+    """A setting's default value."""
+    return getattr(Settings(), name)
 
 
-_FILE_KEYS: dict[str, tuple[str, Any]] = {
-    "out": ("a folder or an s3://, gs:// or az:// URL", lambda v: parse_out(v)),
-    "state_dir": ("a folder", lambda v: Path(_str(v)).expanduser()),
-    "lease_time": ("a duration such as 5m", _duration),
-    "shard": ("K/N with 1 <= K <= N, such as 2/4", lambda v: Shard.parse(_str(v))),
-    "single_minter": ("true or false", lambda v: _bool(v)),
-    "granularity": ("day or hour", lambda v: _choice(v, ("day", "hour"))),
-    "api": ("v1 or v2", lambda v: _choice(v, ("v1", "v2"))),
-    "types": ("a list of data types", lambda v: parse_types(v)),
-    "downloads": ("an integer from 1 to 64", lambda v: _int(v, 1, 64)),
-    "polls": ("an integer from 1 to 32", lambda v: _int(v, 1, 32)),
-    "rate": ("a number of calls per second, at most 2", lambda v: _number(v, 0.01, MAX_RATE)),
-    "max_wait": ("a duration such as 30m", _duration),
-    "poll_interval": ("a duration such as 30s", _duration),
-    "max_poll_interval": ("a duration such as 5m", _duration),
-    "not_ready_interval": ("a duration such as 10m", _duration),
-    "error_retries": ("an integer from 0 to 100", lambda v: _int(v, 0, 100)),
-    "error_retry_delay": ("a duration such as 5m", _duration),
-    "retries": ("an integer from 0 to 100", lambda v: _int(v, 0, 100)),
-    "backoff": ("a duration such as 1s", _duration),
-    "max_backoff": ("a duration such as 60s", _duration),
-    "expire": ("minutes from 1 to 10080", lambda v: _int(v, 1, 7 * 24 * 60)),
-    "retention_days": ("a number of days from 1 to 3650", lambda v: _int(v, 1, 3650)),
-    "layout": ("a folder template such as {type}/dt={date}/hour={hour}",
-               lambda v: check_layout(_str(v))),
-    "connect_timeout": ("a duration such as 10s", _duration),
-    "read_timeout": ("a duration such as 60s", _duration),
-    "outage_budget": ("a duration such as 3m", _duration),
-    "hour_lag": ("a duration such as 40m", _duration),
-    "late_hour_lag": ("a duration such as 60m", _duration),
-    "day_lag": ("a duration such as 3h", _duration),
-    "verify": ("auto or full", lambda v: _choice(v, ("auto", "full"))),
-    "format": ("csv, parquet or delta", lambda v: _choice(v, ("csv", "parquet", "delta"))),
-    "min_speed": ("bytes per second such as 4KiB (0: never cut)", _speed),
-    "min_speed_time": ("a duration such as 60s", _duration),
-    "heartbeat": ("a duration such as 30s", _duration),
-    "start": ("a date such as 2026-11-01, 2026-11-01T05 or -7d", lambda v: _date(v)),
-    "max_part_size": ("a size such as 512MiB", _part_size),
-}
-_API_KEYS = ("base_url", "client_id", "project_uid", "ai")
-_STORAGE_KEYS = ("endpoint", "region", "virtual_hosted_style")
+_API_KEYS = tuple(f.name for f in fields(Credentials) if not f.metadata["secret"])
+_STORAGE_KEYS = tuple(f.name for f in fields(Storage))
 
 
 @dataclass(frozen=True)
@@ -304,15 +429,15 @@ def config_file(path: Path | None, env: Mapping[str, str] | None = None) -> Path
 
 def option_names() -> tuple[str, ...]:
     """The settings a config file, a flag or a library call may give."""
-    return tuple(_FILE_KEYS)
+    return tuple(declared())
 
 
 def written(name: str, value: Any) -> str:
     """A setting's value as a config file writes it: ``30m``, ``4KiB``, ``visit,page``."""
-    parse = _FILE_KEYS[name][1] if name in _FILE_KEYS else None
-    if parse is _duration:
+    kind = declared()[name].kind if name in declared() else Kind.TEXT
+    if kind is Kind.DURATION:
         return format_duration(value)
-    if parse in (_speed, _part_size):
+    if kind is Kind.SIZE:
         return format_size(value)
     if isinstance(value, tuple):
         return ",".join(value) or "(all)"
@@ -320,6 +445,8 @@ def written(name: str, value: Any) -> str:
         return "(none)"
     if isinstance(value, bool):
         return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
     return str(getattr(value, "value", value))
 
 
@@ -430,15 +557,17 @@ def did_you_mean(word: str, known: list[str] | tuple[str, ...], *, every: bool =
 
 
 def parse_flag(name: str, value: Any) -> Any:
-    if name not in _FILE_KEYS:
+    """A flag's (or an argument's) value, parsed as its setting declares; raises
+    :class:`UsageError` naming the flag and what it must be."""
+    if name not in declared():
         return value
-    expected, parse = _FILE_KEYS[name]
+    what = declared()[name]
     try:
-        return parse(value)
+        return what.parse(value)
     except (UsageError, ValueError, TypeError) as exc:
         detail = f": {exc}" if isinstance(exc, UsageError) else ""
-        flag = "--" + name.replace("_", "-")
-        raise UsageError(f"{flag} must be {expected}, got {value!r}{detail}") from None
+        raise UsageError(f"{flag(name)} must be {what.expected}, got {value!r}{detail}"
+                         ) from None
 
 
 def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, str], Storage, list[Project]]:
@@ -463,7 +592,7 @@ def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, str], Storage, lis
             continue
         if key == "growingio" and isinstance(raw, dict):
             for name, value in raw.items():
-                if name in ("secret", "token"):
+                if name in SECRETS:
                     raise UsageError(f"{path}: growingio.{name} does not belong in a file: set "
                                      f"{ENV[name]} in the environment")
                 if name not in _API_KEYS:
@@ -473,20 +602,20 @@ def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, str], Storage, lis
                     raise UsageError(f"{path}: growingio.{name} must be a string")
                 api[name] = value
             continue
-        if key not in _FILE_KEYS:
+        if key not in declared():
             raise UsageError(f"{path}: unknown key {key!r}"
-                             + did_you_mean(key, [*_FILE_KEYS, "growingio", "storage",
+                             + did_you_mean(key, [*declared(), "growingio", "storage",
                                                   "projects"]))
         values[key] = _parse_value(str(path), key, raw)
     return values, api, storage, found
 
 
 def _parse_value(where: str, key: str, raw: Any) -> Any:
-    expected, parse = _FILE_KEYS[key]
+    what = declared()[key]
     try:
-        return parse(raw)
+        return what.parse(raw)
     except (UsageError, ValueError, TypeError):
-        raise UsageError(f"{where}: {key} must be {expected}, got {raw!r}") from None
+        raise UsageError(f"{where}: {key} must be {what.expected}, got {raw!r}") from None
 
 
 def _read_project(path: Path, index: int, entry: Any) -> Project:
@@ -500,7 +629,7 @@ def _read_project(path: Path, index: int, entry: Any) -> Project:
     for key, raw in entry.items():
         if key in ("name", "env_prefix"):
             continue
-        if key not in _FILE_KEYS:
+        if key not in declared():
             raise UsageError(f"{where}: unknown key {key!r} (credentials come from "
                              f"{prefix}CLIENT_ID and the like)")
         values[key] = _parse_value(where, key, raw)
@@ -682,18 +811,24 @@ def _date(value: Any) -> str:
 
 
 def _bool(value: Any) -> bool:
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
     if not isinstance(value, bool):
         raise TypeError
     return value
 
 
 def _int(value: Any, low: int, high: int) -> int:
+    if isinstance(value, str) and re.fullmatch(r"\s*\d+\s*", value):
+        value = int(value)  # a flag's text
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ValueError
     return value
 
 
 def _number(value: Any, low: float, high: float) -> float:
+    if isinstance(value, str):
+        value = float(value)  # a flag's text; ValueError when it is not a number
     if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
         raise ValueError
     return float(value)

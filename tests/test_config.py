@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backfill.config import Remote, Storage, load, parse_duration, parse_out
+from backfill.config import Remote, Settings, Storage, load, parse_duration, parse_out
 from backfill.errors import UsageError
 from backfill.keys import Granularity
 
@@ -213,9 +213,9 @@ def test_the_example_config_documents_every_setting() -> None:
 def test_sizes_take_units_and_the_example_means_what_it_says(tmp_path: Path) -> None:
     example = Path(__file__).resolve().parent.parent / "config.example.toml"
     s = load(example, {}, env={})
-    assert (s.min_speed, s.min_speed_time, s.max_part_size) == (4096, 60, 512 << 20)
+    assert (s.min_speed, s.min_speed_time, s.max_part_size) == (4096, 60, 128 << 20)
     assert load(None, {"max_part_size": "1GB", "min_speed": 0}, env={}).max_part_size == 10**9
-    with pytest.raises(UsageError, match="--max-part-size must be a size such as 512MiB"):
+    with pytest.raises(UsageError, match="--max-part-size must be a size such as 4KiB"):
         load(None, {"max_part_size": "lots"}, env={})
 
 
@@ -264,3 +264,25 @@ def test_a_project_inherits_the_base_url_and_keeps_its_secrets() -> None:
     assert mapped["GIO_SECRET"] == "acme-secret" and mapped["GIO_CLIENT_ID"] == "acme"
     own = Project("beta", "BETA_GIO_").environ({**env, "BETA_GIO_BASE_URL": "https://b"})
     assert own["GIO_BASE_URL"] == "https://b" and "GIO_SECRET" not in own
+
+
+def test_each_setting_is_declared_once_and_everything_derives_from_it() -> None:
+    """The file's keys, the flags, config show and the integrations read one declaration:
+    a setting added there appears everywhere, with no list of names kept by hand."""
+    from typer.testing import CliRunner
+
+    from backfill.cli import app
+    from backfill.config import Scope, declared, default, flag, parse_flag, written
+
+    run_help = CliRunner().invoke(app, ["run", "--help"], terminal_width=200).output
+    status_help = CliRunner().invoke(app, ["status", "--help"], terminal_width=200).output
+    for name, what in declared().items():
+        assert flag(name) in run_help, name
+        assert (flag(name) in status_help) is (what.scope is Scope.OUTPUT), name
+        # What config show writes, the parser reads back as the same value.
+        if default(name) is not None and not isinstance(default(name), tuple):
+            assert parse_flag(name, written(name, default(name))) == default(name), name
+    assert Settings().max_part_size == 128 << 20  # twice GrowingIO's 64 MB parts
+    trigger = {name for name, what in declared().items() if what.trigger}
+    assert {"poll_interval", "rate", "api"} <= trigger
+    assert not trigger & {"out", "state_dir", "shard", "single_minter"}

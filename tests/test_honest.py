@@ -154,7 +154,7 @@ async def test_config_show_prints_sizes_in_the_units_the_config_takes(tmp_path: 
     _, out, _ = await cli(["config", "show", "--json"], {}, tmp_path)
     shown = json.loads(out)["settings"]
     assert shown["min_speed"]["value"] == "4KiB"
-    assert shown["max_part_size"]["value"] == "512MiB"
+    assert shown["max_part_size"]["value"] == "128MiB"
     assert shown["max_wait"]["value"] == "30m"
 
 

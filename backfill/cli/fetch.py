@@ -33,15 +33,11 @@ from backfill.cli.shared import (
     warning,
 )
 from backfill.clock import wall_now
-from backfill.config import Settings
+from backfill.config import Scope, Settings
 from backfill.engine.progress import Reporter
 from backfill.errors import EXIT_CODES
 from backfill.keys import Key, parse_bound
 from backfill.model import Summary
-
-FETCHING = ("out", "granularity", "api", "types", "format", "downloads", "max_wait",
-            "verify", "state_dir", "shard", "single_minter")
-"""The settings flags of the commands that fetch (``config show`` takes them too)."""
 
 
 @app.command(epilog=f"""Examples:
@@ -54,7 +50,7 @@ FETCHING = ("out", "granularity", "api", "types", "format", "downloads", "max_wa
 {EXIT_CODES}""")
 @guarded
 @reporting
-@configured(*FETCHING)
+@configured(Scope.FETCH)
 def run(
     from_: Annotated[str, typer.Option("--from", help=f"First key, inclusive: {DATE_HELP}")],
     to: Annotated[str, typer.Option("--to", help="Last key, inclusive (same forms).")],
@@ -75,7 +71,7 @@ def run(
 {EXIT_CODES}""")
 @guarded
 @reporting
-@configured(*FETCHING)
+@configured(Scope.FETCH)
 def retry(from_: OptionalFrom_ = None, to: OptionalTo_ = None,
           dry_run: DryRun_ = False) -> None:
     """Fetch again only the keys that failed, were interrupted or were not ready."""
@@ -124,12 +120,8 @@ Exit 4 (some keys not ready yet) is not a failure: the next run takes them.
 {EXIT_CODES}""")
 @guarded
 @reporting
-@configured(*FETCHING)
+@configured(Scope.FETCH)
 def catchup(
-    start: Annotated[str | None, typer.Option(
-        help="Fetch from this key on [default: the earliest key not complete; on an output "
-        "that holds nothing yet, `start` in the config, else the oldest key GrowingIO "
-        "still keeps].")] = None,
     lag: Annotated[str | None, typer.Option(
         help="Only keys that ended this long ago, e.g. 2h [default: the documented "
         "readiness].")] = None,
@@ -141,6 +133,9 @@ def catchup(
 
     chosen = settled()
     now = wall_now()
+    # --start: from there on, whatever the output holds; `start` in a config file only
+    # says where an output that holds nothing yet begins (see catchup_keys).
+    start = chosen.start if chosen.sources.get("start", "").startswith("flag") else None
     if start is not None:
         from backfill.library import for_range
 

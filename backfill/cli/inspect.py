@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
-from backfill.cli.fetch import FETCHING
 from backfill.cli.shared import (
     OptionalFrom_,
     OptionalTo_,
@@ -24,7 +23,7 @@ from backfill.cli.shared import (
     settings,
     settled,
 )
-from backfill.config import Settings
+from backfill.config import Scope, Settings
 from backfill.errors import EXIT_CODES, ExitCode, UsageError
 from backfill.keys import Key
 from backfill.model import Status, UnitRecord
@@ -33,7 +32,6 @@ from backfill.state.store import has_state, running_pid
 if TYPE_CHECKING:
     from backfill.state.verify import VerifyReport
 
-LOOKING = ("out", "granularity", "api", "format", "state_dir")
 
 
 @app.command(epilog="""Examples:
@@ -45,7 +43,7 @@ LOOKING = ("out", "granularity", "api", "format", "state_dir")
 """)
 @guarded
 @reporting
-@configured(*LOOKING)
+@configured(Scope.OUTPUT)
 def status(from_: OptionalFrom_ = None, to: OptionalTo_ = None) -> None:
     """What is done, failed or waiting (no API call): counts, calendar, problems.
 
@@ -123,7 +121,7 @@ did not check, it says it did not.
 """)
 @guarded
 @reporting
-@configured("out")
+@configured(Scope.OUTPUT)
 def check() -> None:
     """Check the configuration, that the export API answers, and the credentials (a token
     request, no export call); for a bucket, that it can be listed."""
@@ -245,7 +243,7 @@ async def _check_reach(settings: Settings) -> str:
 {EXIT_CODES}""")
 @guarded
 @reporting
-@configured(*LOOKING)
+@configured(Scope.OUTPUT)
 def verify(
     from_: OptionalFrom_ = None, to: OptionalTo_ = None,
     deep: Annotated[bool, typer.Option(
@@ -311,7 +309,7 @@ app.add_typer(config_app, name="config")
 """)
 @guarded
 @reporting
-@configured(*FETCHING)
+@configured(Scope.FETCH)
 def config_show() -> None:
     """Every setting a run would use, with where it came from: a flag, the environment,
     the config file (which one), or the default. Secrets are never shown."""

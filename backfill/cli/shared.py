@@ -19,7 +19,7 @@ import typer
 
 from backfill import __version__
 from backfill.cli.report import make_reporter
-from backfill.config import Settings
+from backfill.config import Kind, Scope, Settings, declared, default, flag, written
 from backfill.engine.progress import Reporter
 from backfill.errors import EXIT_CODES, BackfillError, ExitCode, Interrupted, UsageError
 from backfill.keys import Key, expand, key_at
@@ -152,10 +152,11 @@ def reporting(command: Callable[..., R]) -> Callable[..., R]:
     return _with_options(command, _OUTPUT_OPTIONS, take)
 
 
-def configured(*names: str) -> Callable[[Callable[..., R]], Callable[..., R]]:
-    """Give a command the settings flags ``names`` (``out``, ``granularity``…), spelled and
-    explained the same on every command; :func:`settings` reads them."""
-    options = {name: _SETTINGS_OPTIONS[name] for name in ("config", "project", *names)}
+def configured(scope: Scope) -> Callable[[Callable[..., R]], Callable[..., R]]:
+    """Give a command the flags of the settings of ``scope`` (see
+    :func:`_setting_options`), spelled and explained as declared; :func:`settings` reads
+    them."""
+    options = _setting_options(scope)
 
     def decorate(command: Callable[..., R]) -> Callable[..., R]:
         def take(values: dict[str, object]) -> None:
@@ -170,8 +171,6 @@ def settings() -> Settings:
     """The settings of this command: config file, environment, then its flags."""
     flags = dict(said.flags)
     config, project = flags.pop("config", None), flags.pop("project", None)
-    if flags.get("single_minter") is False:
-        flags["single_minter"] = None  # not given
     return load_settings(config, project=project, **flags)  # type: ignore[arg-type]
 
 
@@ -231,54 +230,38 @@ DATE_HELP = ("YYYY-MM-DD, YYYYMMDD, YYYY-MM-DDTHH, YYYYMMDDHH, today, yesterday,
              "(Beijing time).")
 
 
-# Options shared by the commands that fetch (run, retry, catchup).
-Granularity_ = Annotated[str | None, typer.Option(
-    "--granularity", help="day or hour [default: what the dates say: 2026-11-30 a day, "
-    "2026-11-30T15 an hour, -7d days, -36h hours].")]
-Api_ = Annotated[str | None, typer.Option("--api", help="v1 or v2 [default: v2].")]
-Types_ = Annotated[str | None, typer.Option(
-    "--types", help="v2 data types, comma-separated [default: all].")]
-Out_ = Annotated[str | None, typer.Option(
-    "--out", help="Output folder (or file:// URL), or an object store: s3://BUCKET/PREFIX, "
-    "gs://…, az://… [default: ./data].")]
 Project_ = Annotated[str | None, typer.Option(
     "--project", help="Use the [[projects]] entry of this name in the config: its settings, "
     "and its credentials from <env_prefix>CLIENT_ID and the like.")]
-Shard_ = Annotated[str | None, typer.Option(
-    "--shard", help="K/N: fetch only shard K of N (every N-th key in time), at rate/N; for "
-    "N machines or jobs on one destination.")]
-SingleMinter_ = Annotated[bool, typer.Option(
-    "--single-minter", help="With --shard and GIO_SECRET: this is the only process that "
-    "mints tokens (else GIO_TOKEN is required).")]
-StateDir_ = Annotated[str | None, typer.Option(
-    "--state-dir", help="Folder of the local state, a cache of what is done [default: "
-    "OUT/.backfill; for a bucket, ~/.local/state/backfill/<its URL>].")]
 Config_ = Annotated[Path | None, typer.Option(
     "--config", help="TOML config file [default: ./backfill.toml if present].")]
-Downloads_ = Annotated[int | None, typer.Option(
-    "--downloads", help="Keys and parts downloading at once [default: 8].")]
-MaxWait_ = Annotated[str | None, typer.Option(
-    "--max-wait", help="How long to wait for keys not ready yet, e.g. 30m [default: 30m].")]
 Force_ = Annotated[bool, typer.Option("--force", help="Fetch keys again even if done.")]
-Verify_ = Annotated[str | None, typer.Option(
-    "--verify", help="auto: inflate a part only when no MD5 proves its bytes; full: inflate "
-    "every part [default: auto].")]
-Format_ = Annotated[str | None, typer.Option(
-    "--format", help="csv: the raw parts; parquet: typed Parquet in the same layout; delta: "
-    "a Delta Lake table per data type (pip install 'growingio-backfill[tables]') "
-    "[default: csv].")]
 DryRun_ = Annotated[bool, typer.Option(
     "--dry-run", help="Print the plan and make no API call.")]
 OptionalFrom_ = Annotated[str | None, typer.Option("--from", help="Only keys from here.")]
 OptionalTo_ = Annotated[str | None, typer.Option("--to", help="Only keys up to here.")]
-_SETTINGS_OPTIONS: dict[str, tuple[object, object]] = {
-    "config": (Config_, None), "project": (Project_, None), "out": (Out_, None),
-    "granularity": (Granularity_, None), "api": (Api_, None), "types": (Types_, None),
-    "downloads": (Downloads_, None), "max_wait": (MaxWait_, None), "verify": (Verify_, None),
-    "format": (Format_, None),
-    "state_dir": (StateDir_, None), "shard": (Shard_, None),
-    "single_minter": (SingleMinter_, False),
-}
+
+
+def _setting_options(scope: Scope) -> dict[str, tuple[object, object]]:
+    """The flags of the settings a command takes, each as its declaration says: every
+    setting for the commands that fetch; those naming an output for the others."""
+    options: dict[str, tuple[object, object]] = {"config": (Config_, None),
+                                                 "project": (Project_, None)}
+    for name, what in declared().items():
+        if scope is Scope.OUTPUT and what.scope is not Scope.OUTPUT:
+            continue
+        shown = what.help if "[default:" in what.help else (
+            f"{what.help} [default: {written(name, default(name))}]")
+        if what.kind is Kind.FLAG:
+            annotation: object = Annotated[bool | None, typer.Option(
+                f"{flag(name)}/--no-{flag(name)[2:]}", help=shown, show_default=False)]
+        else:
+            annotation = Annotated[str | None, typer.Option(flag(name), help=shown,
+                                                            show_default=False)]
+        options[name] = (annotation, None)
+    return options
+
+
 _OUTPUT_OPTIONS: dict[str, tuple[object, object]] = {
     "quiet": (Annotated[bool, typer.Option(
         "--quiet", "-q", help="Plain log lines instead of progress bars.")], False),

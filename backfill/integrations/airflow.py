@@ -30,6 +30,7 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
@@ -43,8 +44,9 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from backfill.config import Project, option_names
 from backfill.keys import BEIJING, Granularity, key_at
 
-_OPERATOR_ARGS = frozenset({"retries", "pool", "queue", "executor", "params"})
-"""backfill settings whose names BaseOperator takes itself: they go in ``options``."""
+_OPERATOR_ARGS = frozenset(inspect.signature(BaseOperator.__init__).parameters)
+"""What BaseOperator takes itself (``retries``, ``pool``…): a backfill setting of such a
+name goes in ``options``."""
 TRIGGER = "backfill.integrations.airflow.GrowingIOReadyTrigger"
 
 
@@ -170,10 +172,11 @@ class GrowingIOFetchOperator(BaseOperator):
         return options
 
     def _trigger_options(self) -> dict[str, Any]:
-        """What the trigger needs of the settings: nothing secret, plain JSON."""
-        wanted = ("api", "rate", "poll_interval", "max_poll_interval", "hour_lag",
-                  "late_hour_lag", "day_lag", "connect_timeout", "read_timeout", "expire")
-        return {k: v for k, v in self.options.items() if k in wanted}
+        """What the trigger needs of the settings: those declared safe to travel in its
+        arguments (nothing secret, plain JSON)."""
+        from backfill.config import declared
+
+        return {k: v for k, v in self.options.items() if k in declared() and declared()[k].trigger}
 
     def _types(self) -> list[str]:
         if isinstance(self.types, str):

@@ -103,7 +103,7 @@ class BodyLimits:
     min_speed: float = 4096.0
     """Bytes per second; a transfer under it for ``min_speed_time`` is cut (0: never)."""
     min_speed_time: float = 60.0
-    max_size: int = 512 * 1024 * 1024
+    max_size: int = 128 * 1024 * 1024
     """The most a part may be: a body without a length stops here, and a declared length
     past it is refused."""
 
