@@ -1,5 +1,9 @@
-"""Time, through one door: the wall clock (what is due, what is kept, Beijing days) and the
-monotonic clock (waits, rates, durations).
+"""Time, through one door: the wall clock (what is due, what is kept, Beijing days), the
+monotonic clock (waits, rates, durations), and sleeping.
+
+Everything of the client that reads the time or waits for it is given a :class:`Clock`:
+the key lifecycle, the rate gate, the outage judgement, the downloader's speed window, the
+reporters. Tests give a fake one and run hours of waiting in milliseconds.
 
 ``BACKFILL_CLOCK_OFFSET`` (seconds, may be negative) shifts the wall clock: a test, or a
 demo, can run at another hour of the day than the machine's. The bundled emulator reads
@@ -9,6 +13,7 @@ clock. ``backfill config show`` says when it is set: it is never meant for real 
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Mapping
@@ -16,17 +21,22 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
+import anyio
+
 from backfill.errors import UsageError
 
 OFFSET_VARIABLE = "BACKFILL_CLOCK_OFFSET"
 
 
 class Clock(Protocol):
-    """Wall time (aware, UTC) and a monotonic clock, in seconds."""
+    """Wall time (aware, UTC), a monotonic clock in seconds, and a way to sleep on it."""
 
     def now(self) -> datetime: ...
-    def time(self) -> float: ...
+    def time(self) -> float:
+        """Wall time, seconds since the epoch."""
     def monotonic(self) -> float: ...
+    async def sleep(self, seconds: float) -> None:
+        """Return once ``seconds`` passed on :meth:`monotonic` (at once for none)."""
 
 
 @dataclass(frozen=True)
@@ -39,11 +49,32 @@ class SystemClock:
         return datetime.fromtimestamp(self.time(), UTC)
 
     def time(self) -> float:
-        """Seconds since the epoch."""
         return time.time() + self.offset
 
     def monotonic(self) -> float:
         return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await anyio.sleep(max(seconds, 0.0))
+
+
+async def wait(event: anyio.Event, clock: Clock, seconds: float) -> bool:
+    """Wait for ``event``, at most ``seconds`` on ``clock`` (forever for ``inf``); whether
+    it was set."""
+    if event.is_set():
+        return True
+    if math.isinf(seconds):
+        await event.wait()
+        return True
+    async with anyio.create_task_group() as group:
+        async def expire() -> None:
+            await clock.sleep(seconds)
+            group.cancel_scope.cancel()
+
+        group.start_soon(expire)
+        await event.wait()
+        group.cancel_scope.cancel()
+    return event.is_set()
 
 
 def system_clock(env: Mapping[str, str] | None = None) -> SystemClock:
@@ -60,5 +91,6 @@ def system_clock(env: Mapping[str, str] | None = None) -> SystemClock:
 
 
 def wall_now() -> datetime:
-    """The wall clock's now, as :func:`system_clock` gives it."""
+    """The wall clock's now, as :func:`system_clock` gives it (for the command line's
+    one-off questions; a run is given its clock)."""
     return system_clock().now()

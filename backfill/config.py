@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import random
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -28,6 +29,7 @@ from backfill.errors import UsageError
 from backfill.keys import V2_TYPES, Granularity, Shard
 from backfill.layout import STATE_DIR
 from backfill.net.proxy import Proxies
+from backfill.net.retry import RetryPolicy
 
 MAX_RATE = 2.0
 """GrowingIO's limit: two export calls a second."""
@@ -352,6 +354,11 @@ class Settings:
             folder = user_state_home() / "backfill" / self.out.slug()
         # Each shard keeps its own state: shards never share a cache, nor its lock.
         return folder / self.shard.slug if self.shard is not None else folder
+
+    def retry_policy(self, rng: random.Random | None = None) -> RetryPolicy:
+        """The run's one retry policy (``retries``, ``backoff``, ``max_backoff``)."""
+        return RetryPolicy(self.retries, self.backoff, self.max_backoff,
+                           rng or random.Random())
 
     @property
     def wanted_types(self) -> tuple[str, ...]:

@@ -10,7 +10,7 @@ only that root, prints ``str(error)`` as one line and exits with ``exit_code``::
     │   └── TokenError                    no token to be had: an unusable answer (a portal)
     ├── RemoteError               exit 1  the API or a link answered something unusable
     │   ├── RetryableError                429, 5xx, connection trouble: try again later
-    │   │   └── LinkExpiredError          a signed link expired: ask the API again
+    │   ├── LinkExpiredError              a signed link expired: ask the API again
     │   └── PermanentError                other 4xx: this key cannot be fetched
     ├── IntegrityError            exit 1  a download failed verification
     ├── OutageError               exit 1  a service stayed unreachable past the outage budget
@@ -98,8 +98,9 @@ class RetryableError(RemoteError):
         self.outage = outage
 
 
-class LinkExpiredError(RetryableError):
-    """A signed download link is no longer valid; fresh links must be requested."""
+class LinkExpiredError(RemoteError):
+    """A signed download link is no longer valid; fresh links must be requested (trying
+    the same link again would not help)."""
 
 
 class PermanentError(RemoteError):
@@ -137,11 +138,22 @@ class Interrupted(BackfillError):
                          "same command again to resume")
 
 
-def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The error to report from a task group: the first of ours, else the group itself."""
+def flatten(error: BaseException) -> BaseException:
+    """What to report of ``error``: an exception group (from a task group) whose every
+    exception is one of ours (or a stop) is reported as its first of ours, one line; a
+    group that holds anything else (a bug) is returned whole, to be raised with its
+    traceback. Used once, where the library (or the command line) hands an error out."""
+    if not isinstance(error, BaseExceptionGroup):
+        return error
+    leaves = _leaves(error)
+    if not all(isinstance(e, BackfillError | KeyboardInterrupt) for e in leaves):
+        return error
+    ours = [e for e in leaves if isinstance(e, BackfillError)]
+    return (ours or leaves)[0]
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    found: list[BaseException] = []
     for error in group.exceptions:
-        if isinstance(error, BaseExceptionGroup):
-            error = first_error(error)
-        if isinstance(error, BackfillError | KeyboardInterrupt):
-            return error
-    return group
+        found += _leaves(error) if isinstance(error, BaseExceptionGroup) else [error]
+    return found

@@ -7,12 +7,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from backfill.clock import wall_now
+from backfill.clock import system_clock
 from backfill.config import Credentials, Remote, Settings
 from backfill.emulator import DEMO_CREDENTIALS, EmulatorConfig, Faults, serve
 from backfill.engine.progress import Reporter
-from backfill.engine.runner import backfill
 from backfill.keys import Granularity, expand, key_at
+from backfill.library import fetch_keys
 from backfill.model import Summary
 
 DEMO_TYPES = ("visit", "page", "custom_event")
@@ -59,6 +59,6 @@ async def run_demo(settings: Settings, reporter: Reporter) -> tuple[Summary, dic
         c = DEMO_CREDENTIALS
         credentials = Credentials(base_url=emulator.url, client_id=c.client_id,
                                   secret=c.secret, project_uid=c.project_uid, ai=c.ai)
-        summary = await backfill(replace(settings, credentials=credentials),
-                                 demo_keys(wall_now()), reporter)
+        summary = await fetch_keys(replace(settings, credentials=credentials),
+                                   demo_keys(system_clock().now()), reporter=reporter)
         return summary, emulator.state.stats()

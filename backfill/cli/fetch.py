@@ -1,14 +1,15 @@
-"""The commands that fetch: ``run``, ``retry`` and ``catchup``."""
+"""The commands that fetch: ``run``, ``retry`` and ``catchup``, each a few lines over the
+library (:mod:`backfill.library`)."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-from pathlib import Path
+from functools import partial
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from backfill import library
 from backfill.cli.report import print_summary
 from backfill.cli.shared import (
     DATE_HELP,
@@ -21,23 +22,17 @@ from backfill.cli.shared import (
     document,
     error,
     guarded,
-    optional_range,
     output,
-    range_keys,
     reporting,
-    retention_window,
     run_async,
     settings,
     settled,
-    sync_cache,
     warning,
 )
-from backfill.clock import wall_now
-from backfill.config import Scope, Settings
-from backfill.engine.progress import Reporter
+from backfill.config import Scope, Settings, format_duration, parse_duration
 from backfill.errors import EXIT_CODES
-from backfill.keys import Key, parse_bound
-from backfill.model import Summary
+from backfill.keys import Key
+from backfill.model import keys as count_keys
 
 
 @app.command(epilog=f"""Examples:
@@ -57,7 +52,7 @@ def run(
     force: Force_ = False, dry_run: DryRun_ = False,
 ) -> None:
     """Backfill a range of days or hours into the output folder or bucket."""
-    chosen, keys = range_keys(from_, to, settled())
+    chosen, keys = library.range_keys(settled(), from_, to)
     _execute(chosen, keys, force=force, dry_run=dry_run)
 
 
@@ -75,16 +70,10 @@ def run(
 def retry(from_: OptionalFrom_ = None, to: OptionalTo_ = None,
           dry_run: DryRun_ = False) -> None:
     """Fetch again only the keys that failed, were interrupted or were not ready."""
-    from backfill.engine.runner import anything_to_retry, retryable
-
-    if not anything_to_retry(settings()):  # no call, not even to read the output
+    if not library.anything_to_retry(settings()):  # no call, not even to read the output
         _nothing_to_retry(settings())
-    chosen, within = optional_range(from_, to, settled())
-    keys, types = retryable(chosen, within, wall_now())
-    if chosen.api == "v2":
-        wanted = set(chosen.types or types)  # --types narrows what is retried
-        chosen = replace(chosen, types=tuple(t for t in types if t in wanted))
-        keys = keys if chosen.types else []
+    chosen, within = library.optional_range(settled(), from_, to)
+    chosen, keys = library.retry_keys(chosen, within)
     if not keys:
         _nothing_to_retry(chosen)
     _execute(chosen, keys, dry_run=dry_run)
@@ -92,17 +81,8 @@ def retry(from_: OptionalFrom_ = None, to: OptionalTo_ = None,
 
 def _nothing_to_retry(chosen: Settings) -> None:
     """One line, exit 0, no call and nothing created."""
-    from backfill.state.store import has_state
-
-    if has_state(chosen.state_folder):
-        line = f"nothing to retry in {chosen.out}: no key failed, was interrupted or waits"
-    elif isinstance(chosen.out, Path):
-        line = f"nothing to retry: no backfill state in {chosen.out} yet (run `backfill run`)"
-    else:
-        line = (f"nothing to retry: this machine has no state for {chosen.out}; on a fresh "
-                "runner, `backfill catchup` finds from the bucket where to start")
+    line = library.nothing_to_retry(chosen)
     if output().json:
-
         document({"keys": 0, "to_fetch": 0, "message": line})
     else:
         typer.echo(line)
@@ -128,30 +108,14 @@ def catchup(
     dry_run: DryRun_ = False,
 ) -> None:
     """For cron and CI: fetch everything that should be ready now and is not done yet."""
-    from backfill.config import parse_duration
-    from backfill.engine.runner import catchup_keys
-
-    chosen = settled()
-    now = wall_now()
-    # --start: from there on, whatever the output holds; `start` in a config file only
-    # says where an output that holds nothing yet begins (see catchup_keys).
-    start = chosen.start if chosen.sources.get("start", "").startswith("flag") else None
-    if start is not None:
-        from backfill.library import for_range
-
-        chosen = for_range(chosen, start, start)  # a start of 2026-11-30T15: hours
-    if start is None and not isinstance(chosen.out, Path):
-        # A fresh runner knows nothing: what the bucket holds within the retention says
-        # where to start.
-        run_async(sync_cache, chosen, retention_window(chosen, now))
-    first = parse_bound(start, chosen.granularity, now=now, end=False) if start else None
-    keys, gone = catchup_keys(chosen, first, parse_duration(lag) if lag else None, now)
-    if gone:
+    plan = run_async(partial(library.catchup_keys, settled(),
+                             lag=parse_duration(lag) if lag else None))
+    if gone := plan.gone:
         what = (f"key {gone[0]} is" if len(gone) == 1
                 else f"{len(gone)} keys from {gone[0]} to {gone[-1]} are")
-        warning(f"{what} beyond the {chosen.retention_days}-day retention and will never "
-                "be fetched")
-    _execute(chosen, keys, dry_run=dry_run)
+        warning(f"{what} beyond the {plan.settings.retention_days}-day retention and will "
+                "never be fetched")
+    _execute(plan.settings, plan.keys, dry_run=dry_run)
 
 
 def _execute(chosen: Settings, keys: list[Key], *, force: bool = False,
@@ -161,15 +125,14 @@ def _execute(chosen: Settings, keys: list[Key], *, force: bool = False,
 
     out = output()
     if dry_run:
-        from backfill.engine.runner import dry_plan
-
-        plan = dry_plan(chosen, keys, force=force, now=wall_now())
+        plan = library.plan(chosen, keys, force=force)
         if out.json:
             document(plan)
         else:
             typer.echo(_describe_plan(plan))
         raise typer.Exit(0)
-    summary = run_async(_backfill, chosen, keys, out.reporter(chosen.heartbeat), force)
+    summary = run_async(partial(library.fetch_keys, chosen, keys, force=force,
+                                reporter=out.reporter(chosen.heartbeat)))
     report = {**summary.to_json(), "destination": str(chosen.out),
               "state": str(chosen.state_folder)}
     if out.log_format == "json":
@@ -191,11 +154,8 @@ def _describe_plan(plan: dict[str, object]) -> str:
     shard = (f"  shard:                   {plan['shard']}: one key in {plan['shards']} (by "
              f"time), at {plan['rate']:g} calls/s (the budget split {plan['shards']} ways)\n"
              if plan.get("shard") else "")
-    from backfill.config import format_duration
-    from backfill.model import keys
-
     wait = format_duration(float(str(plan["max_wait_seconds"])))
-    return (f"plan: {keys(int(str(plan['keys'])))} from {plan['first']} to {plan['last']} "
+    return (f"plan: {count_keys(int(str(plan['keys'])))} from {plan['first']} to {plan['last']} "
             f"({plan['granularity']}, {plan['api']}: {plan['types']}; {plan['format']})\n"
             f"{shard}"
             f"  into:                    {plan['destination']} (state in {plan['state']})\n"
@@ -205,10 +165,3 @@ def _describe_plan(plan: dict[str, object]) -> str:
             f"  beyond retention:        {plan['gone']}\n"
             f"  not ready by --max-wait: {plan['not_due']} (keys not ready are waited for up "
             f"to {wait})")
-
-
-async def _backfill(chosen: Settings, keys: list[Key], reporter: Reporter,
-                    force: bool) -> Summary:
-    from backfill.engine.runner import backfill
-
-    return await backfill(chosen, keys, reporter, force=force)

@@ -1,14 +1,17 @@
-"""The commands that look without fetching: ``status``, ``verify`` and ``check``."""
+"""The commands that look without fetching: ``status``, ``verify``, ``check`` and ``config
+show``, each a few lines over the library (:mod:`backfill.library`)."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from backfill import library
+from backfill.cli.report import print_calendar
 from backfill.cli.shared import (
     OptionalFrom_,
     OptionalTo_,
@@ -16,7 +19,6 @@ from backfill.cli.shared import (
     configured,
     document,
     guarded,
-    optional_range,
     output,
     reporting,
     run_async,
@@ -24,14 +26,9 @@ from backfill.cli.shared import (
     settled,
 )
 from backfill.config import Scope, Settings
-from backfill.errors import EXIT_CODES, ExitCode, UsageError
-from backfill.keys import Key
-from backfill.model import Status, UnitRecord
-from backfill.state.store import has_state, running_pid
-
-if TYPE_CHECKING:
-    from backfill.state.verify import VerifyReport
-
+from backfill.errors import EXIT_CODES, ExitCode
+from backfill.model import human_bytes, keys, plural
+from backfill.state.status import SEVERITY
 
 
 @app.command(epilog="""Examples:
@@ -49,15 +46,8 @@ def status(from_: OptionalFrom_ = None, to: OptionalTo_ = None) -> None:
 
     What the destination's markers show complete is done, whatever the local state says
     (a few LIST calls for a bucket); nothing is created or changed."""
-
-    from backfill.model import human_bytes, keys
-    from backfill.state.status import SEVERITY, print_calendar, summarize
-
-    chosen, within = optional_range(from_, to, settled())
-    units = run_async(_units, chosen, within)
-    wanted = {k.name for k in within} if within is not None else None
-    report = summarize(units, str(chosen.out), chosen.api, wanted,
-                       running=running_pid(chosen.state_folder) is not None)
+    chosen, within = library.optional_range(settled(), from_, to)
+    report = run_async(library.status, chosen, within)
     if output().json:
         document(report.to_json(), indent=2)
         return
@@ -73,39 +63,9 @@ def status(from_: OptionalFrom_ = None, to: OptionalTo_ = None) -> None:
     for unit in report.problems[:shown]:
         why = f": {unit.last_error}" if unit.last_error else ""
         console.print(f"  {unit.key} {unit.data_type}: {report.word(unit.status)} after "
-                      f"{unit.attempts} attempt{'' if unit.attempts == 1 else 's'}{why}",
-                      highlight=False)
+                      f"{plural(unit.attempts, 'attempt')}{why}", highlight=False)
     if len(report.problems) > shown:
         console.print(f"  … and {len(report.problems) - shown} more (backfill status --json)")
-
-
-async def _units(chosen: Settings, within: list[Key] | None) -> list[UnitRecord]:
-    """The state's units, with what the destination's markers show complete counted done
-    (the destination is the truth), read-only."""
-    import anyio
-
-    from backfill.destination import open_destination
-    from backfill.engine.runner import known_units
-    from backfill.state.reconcile import finished
-
-    known = await anyio.to_thread.run_sync(known_units, chosen)  # SQLite: off the loop
-    exists = not isinstance(chosen.out, Path) or chosen.out.exists()
-    destination = await anyio.to_thread.run_sync(open_destination, chosen)
-    complete = await finished(destination, chosen, within) if exists else {}
-    if not known and not complete:
-        raise UsageError(f"nothing in {chosen.out} yet: no finished unit and no backfill "
-                         "state; run `backfill run` first")
-    by_unit = {(u.key, u.data_type): u for u in known}
-    units = []
-    for (key, data_type), (parts, size) in complete.items():
-        unit = by_unit.pop((key, data_type), None)
-        units.append(UnitRecord(chosen.api, key, data_type, Status.DONE,
-                                unit.attempts if unit else 0, None, parts, size,
-                                unit.updated_at if unit else ""))
-    for unit in by_unit.values():  # recorded done, but no marker there: not done any more
-        units.append(replace(unit, status=Status.PENDING, last_error="no _SUCCESS in the "
-                             "destination") if unit.status is Status.DONE else unit)
-    return sorted(units, key=lambda u: (u.key, u.data_type))
 
 
 @app.command(epilog="""Examples:
@@ -125,112 +85,13 @@ did not check, it says it did not.
 def check() -> None:
     """Check the configuration, that the export API answers, and the credentials (a token
     request, no export call); for a bucket, that it can be listed."""
-    chosen = settings()
-    creds = chosen.credentials.require()
-    route = chosen.proxies.describe(creds.base_url)
-    checked = ["configuration: the config file, the environment and the flags are valid"]
-    facts: dict[str, object] = {"base_url": creds.base_url, "client_id": creds.client_id,
-                                "project_uid": creds.project_uid, "ai": creds.ai,
-                                "route": route}
-    if not isinstance(chosen.out, Path):
-        # The store first: its answer costs nothing, a token may revoke another's.
-        run_async(_check_store, chosen)
-        checked.append(f"storage: {chosen.out} can be listed with the storage credentials")
-        facts["bucket"] = "listed"
-    unchecked: list[str] = []
-    holder = _token_in_use(creds.client_id) if creds.secret else None
-    if creds.secret and holder is None:
-        run_async(_check_token, chosen)
-        facts["token"] = "issued"
-        checked.append(f"credentials: {creds.base_url}, reached {route}, issued a token "
-                       f"for project UID {creds.project_uid}, project id (GIO_AI) {creds.ai}, "
-                       f"client {creds.client_id}")
-    else:
-        answer = run_async(_check_reach, chosen)
-        facts["api"] = answer
-        checked.append(f"export API: {creds.base_url}, reached {route}, answers {answer}")
-        if creds.secret:
-            facts["token"] = "not checked: in use by a running backfill"
-            unchecked.append(f"GIO_SECRET: {holder} uses a token of client {creds.client_id}, "
-                             "and minting one to check the secret would revoke it")
-        else:
-            facts["token"] = "not checked: GIO_TOKEN is used as is"
-            unchecked.append("GIO_TOKEN: only an export call could check it, and check "
-                             "makes none")
+    report = run_async(library.check, settings())
     if output().json:
-        document({"ok": True, **facts, "checked": checked, "not_checked": unchecked})
+        document({"ok": True, **report.facts, "checked": report.checked,
+                  "not_checked": report.not_checked})
         return
-    typer.echo("\n".join([*(f"ok: {line}" for line in checked),
-                          *(f"not checked: {line}" for line in unchecked)]))
-
-
-def _token_in_use(client_id: str) -> str | None:
-    from backfill.growingio.auth import MintLock
-
-    holder: str | None = MintLock(client_id).holder()
-    return holder
-
-
-async def _check_store(settings: Settings) -> None:
-    import anyio
-
-    from backfill.destination import open_root
-
-    destination = await anyio.to_thread.run_sync(open_root, settings)
-    await destination.listing(".backfill/")
-
-
-async def _check_token(settings: Settings) -> None:
-    import aiohttp
-
-    from backfill.engine.runner import service_health
-    from backfill.growingio.api import GrowingIO
-    from backfill.net.throttle import RateLimiter
-
-    # A check answers within half a minute, whatever the outage budget of a run.
-    settings = replace(settings, outage_budget=min(settings.outage_budget, 30.0))
-    async with aiohttp.ClientSession() as session:
-        client = GrowingIO(session, settings, RateLimiter(settings.rate),
-                           service_health(settings))
-        await client.tokens.current()
-
-
-async def _check_reach(settings: Settings) -> str:
-    """Ask the export API a question without credentials: any answer the API gives one
-    (401, 403) shows it is there and reached. Raises :class:`RemoteError` (exit 1) when
-    nothing, or something else (a portal's page, a 5xx), answers."""
-    import aiohttp
-
-    from backfill.errors import RemoteError
-    from backfill.net.exchange import not_json, redirect_refused
-    from backfill.net.proxy import proxy_refusal
-    from backfill.net.transport import classify
-
-    creds = settings.credentials
-    url = f"{creds.base_url.rstrip('/')}/v2/insights/day/visit/{creds.ai}/20200101.json"
-    proxy = settings.proxies.for_url(url)
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=min(settings.connect_timeout, 10),
-                                    sock_read=min(settings.read_timeout, 10))
-    try:
-        async with aiohttp.ClientSession() as session, session.get(
-                url, proxy=proxy, timeout=timeout, allow_redirects=False) as resp:
-            proxy_refusal(resp.status, proxy)
-            if 300 <= resp.status < 400:
-                raise redirect_refused("the export API", creds.base_url, resp)
-            if resp.status in (401, 403):
-                return f"HTTP {resp.status} to a call without a token, as it should"
-            if resp.status == 200:
-                try:
-                    await resp.json(content_type=None)
-                except ValueError:
-                    raise RemoteError(f"{creds.base_url} is not the export API: "
-                                      f"{not_json(resp)}") from None
-            raise RemoteError(f"{creds.base_url} answered HTTP {resp.status} to a call without "
-                              "a token, where the export API answers 401: check GIO_BASE_URL")
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise RemoteError(f"cannot reach the export API at {creds.base_url}: "
-                          f"{classify(exc, proxy).words}; check GIO_BASE_URL and the "
-                          "network") from None
+    typer.echo("\n".join([*(f"ok: {line}" for line in report.checked),
+                          *(f"not checked: {line}" for line in report.not_checked)]))
 
 
 @app.command(epilog=f"""Examples:
@@ -247,17 +108,16 @@ async def _check_reach(settings: Settings) -> str:
 def verify(
     from_: OptionalFrom_ = None, to: OptionalTo_ = None,
     deep: Annotated[bool, typer.Option(
-        "--deep", help="Read every part and inflate its gzip stream too.")] = False,
+        "--deep", help="Read every part and inflate its gzip stream too (a table's files: "
+        "count their rows).")] = False,
 ) -> None:
-    """Re-check finished keys against their manifests; mark damaged ones for `run`.
+    """Re-check finished keys against their manifests (a table: against its log); mark
+    damaged ones for `run`.
 
     On disk every part is read; in a bucket its size and ETag are looked up (--deep
     downloads and re-checks it)."""
-
-    chosen, keys = optional_range(from_, to, settled())
-    if isinstance(chosen.out, Path) and not has_state(chosen.state_folder):
-        raise UsageError(f"no backfill state in {chosen.out}: nothing to verify")
-    report = run_async(_verify, chosen, keys, deep)
+    chosen, within = library.optional_range(settled(), from_, to)
+    report = run_async(partial(library.verify, chosen, within, deep=deep))
     code = ExitCode.FAILED if report.damaged or report.unchecked else ExitCode.OK
     if output().json:
         document({"checked": report.checked, "parts": report.parts,
@@ -275,24 +135,6 @@ def verify(
         typer.echo(f"checked {report.checked} finished units ({report.parts} parts): "
                    f"{verdict}")
     raise typer.Exit(code)
-
-
-async def _verify(settings: Settings, keys: list[Key] | None, deep: bool) -> VerifyReport:
-    import anyio
-
-    from backfill.destination import open_destination
-    from backfill.engine.runner import open_store
-    from backfill.state.reconcile import reconcile
-    from backfill.state.verify import verify as verify_keys
-
-    store = await anyio.to_thread.run_sync(open_store, settings)
-    try:
-        destination = await anyio.to_thread.run_sync(open_destination, settings)
-        if not isinstance(settings.out, Path):
-            await reconcile(store, destination, settings, keys)
-        return await verify_keys(store, destination, settings, keys, deep=deep)
-    finally:
-        await anyio.to_thread.run_sync(store.close)
 
 
 config_app = typer.Typer(help="The configuration a command would use, and where each value "
@@ -342,7 +184,7 @@ def _effective(chosen: Settings) -> list[tuple[str, str, str]]:
     import dataclasses
 
     from backfill.clock import OFFSET_VARIABLE, system_clock
-    from backfill.config import ENV, option_names, written
+    from backfill.config import ENV, SECRETS, option_names, written
     from backfill.net.proxy import redact_proxy
 
     rows = []
@@ -356,14 +198,13 @@ def _effective(chosen: Settings) -> list[tuple[str, str, str]]:
         rows.append(("clock", f"shifted by {shift:+.0f} s (a test setting)",
                      f"environment {OFFSET_VARIABLE}"))
     creds = chosen.credentials
-    for name in ("base_url", "client_id", "project_uid", "ai"):
-        rows.append((f"growingio.{name}", getattr(creds, name) or "(not set)",
-                     chosen.sources.get(f"growingio.{name}", "default")))
-    for name in ("secret", "token"):
-        given = bool(getattr(creds, name))
-        rows.append((f"growingio.{name}", "*** (set)" if given else "(not set)",
-                     chosen.sources.get(f"growingio.{name}", f"environment {ENV[name]}"
-                                        if given else "default")))
+    for field in dataclasses.fields(creds):
+        value, name = getattr(creds, field.name), f"growingio.{field.name}"
+        if field.name in SECRETS:
+            rows.append((name, "*** (set)" if value else "(not set)", chosen.sources.get(
+                name, f"environment {ENV[field.name]}" if value else "default")))
+        else:
+            rows.append((name, value or "(not set)", chosen.sources.get(name, "default")))
     for field in dataclasses.fields(chosen.storage):
         value = getattr(chosen.storage, field.name)
         rows.append((f"storage.{field.name}", "(not set)" if value in ("", None) else str(value),

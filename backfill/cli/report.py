@@ -8,6 +8,7 @@ signed query.
 from __future__ import annotations
 
 import sys
+from collections import defaultdict
 
 from rich.console import Console
 from rich.progress import (
@@ -25,6 +26,7 @@ from rich.text import Text
 from backfill.engine.progress import Activity, PartWatch, PlainReporter, Reporter
 from backfill.keys import Key
 from backfill.model import Status, Summary, human_bytes
+from backfill.state.status import SEVERITY, StatusReport
 
 
 class BarsReporter:
@@ -202,3 +204,36 @@ def shown_key(key: Key) -> str:
     return key.start.strftime("%Y-%m-%dT%H" if key.hour is not None else "%Y-%m-%d")
 
 
+GLYPHS = {
+    Status.DONE: ("█", "green"),
+    Status.FAILED: ("✗", "bold red"),
+    Status.GONE: ("·", "dim"),
+    Status.NOT_READY: ("…", "yellow"),
+    Status.ACTIVE: ("▶", "cyan"),
+    Status.PENDING: ("○", "white"),
+}
+
+
+def print_calendar(report: StatusReport, console: Console) -> None:
+    """Days as rows; hours as columns for hourly keys, one glyph per day for daily keys."""
+    days: dict[str, dict[int | None, Status]] = defaultdict(dict)
+    for name, state in report.keys.items():
+        day = f"{name[:4]}-{name[4:6]}-{name[6:8]}"
+        days[day][int(name[8:10]) if len(name) == 10 else None] = state
+    hourly = any(hour is not None for cells in days.values() for hour in cells)
+    if hourly:
+        console.print(Text("           " + "".join(f"{h:<6d}" for h in range(0, 24, 3)),
+                           style="dim"))
+    for day in sorted(days):
+        line = Text(f"{day} ")
+        cells = days[day]
+        for hour in (range(24) if hourly else [None]):
+            cell = cells.get(hour)
+            glyph, style = GLYPHS[cell] if cell else (" ", "")
+            line.append(f"{glyph} " if hourly else glyph, style=style)
+        console.print(line)
+    legend = Text("  ")
+    for state in SEVERITY:
+        glyph, style = GLYPHS[state]
+        legend.append(glyph, style=style).append(f" {report.word(state)}  ")
+    console.print(legend)

@@ -11,9 +11,8 @@ import functools
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated, ParamSpec, TypeVar
+from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 
@@ -22,7 +21,6 @@ from backfill.cli.report import make_reporter
 from backfill.config import Kind, Scope, Settings, declared, default, flag, written
 from backfill.engine.progress import Reporter
 from backfill.errors import EXIT_CODES, BackfillError, ExitCode, Interrupted, UsageError
-from backfill.keys import Key, expand, key_at
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -88,9 +86,10 @@ class Output:
     def event(self, name: str, **fields: object) -> None:
         """One JSON line on stderr (``--log-format json``)."""
         import json
-        from datetime import UTC
 
-        typer.echo(json.dumps({"time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        from backfill.clock import system_clock
+
+        typer.echo(json.dumps({"time": system_clock().now().isoformat(timespec="milliseconds"),
                                "event": name, **fields}), err=True)
 
 
@@ -169,9 +168,12 @@ def configured(scope: Scope) -> Callable[[Callable[..., R]], Callable[..., R]]:
 
 def settings() -> Settings:
     """The settings of this command: config file, environment, then its flags."""
-    flags = dict(said.flags)
+    from backfill import library
+
+    flags: dict[str, Any] = {name: value for name, value in said.flags.items()
+                             if value is not None}
     config, project = flags.pop("config", None), flags.pop("project", None)
-    return load_settings(config, project=project, **flags)  # type: ignore[arg-type]
+    return library.configure(config, project=project, origin="flag", **flags)
 
 
 def settled() -> Settings:
@@ -279,64 +281,9 @@ _OUTPUT_OPTIONS: dict[str, tuple[object, object]] = {
 }
 
 
-def optional_range(first: str | None, last: str | None, settings: Settings
-                   ) -> tuple[Settings, list[Key] | None]:
-    """The keys of ``--from``/``--to`` when both are given, with the granularity their
-    form says; (settings, None) when neither is."""
-    if (first is None) != (last is None):
-        raise UsageError("give both --from and --to, or neither")
-    if first is None or last is None:
-        return settings, None
-    return range_keys(first, last, settings, check_retention=False)
-
-
-def load_settings(config: Path | None, *, project: str | None = None,
-                  **flags: object) -> Settings:
-    from backfill.config import check_token_rule, load
-
-    settings = load(config, flags, project=project)
-    check_token_rule(settings)  # before anything reads the state or the network
-    return settings
-
-
-def range_keys(first: str, last: str, settings: Settings, *,
-               check_retention: bool = True) -> tuple[Settings, list[Key]]:
-    """The keys from ``first`` to ``last``, and the settings with the granularity the
-    dates mean (``2026-11-30T15`` hours, ``2026-11-30`` days)."""
-    from backfill import library
-
-    settings = library.for_range(settings, first, last)
-    return settings, library.expand_range(first, last, settings,
-                                          check_retention=check_retention)
-
-
 def run_async(function: Callable[..., Awaitable[R]], *args: object) -> R:
     """Run ``function`` on an event loop that SIGINT and SIGTERM stop cleanly at any
     moment (:class:`Interrupted`, exit 130): see :mod:`backfill.engine.stops`."""
     from backfill.engine.stops import run_stoppable
 
     return run_stoppable(function, *args)
-
-
-
-def retention_window(settings: Settings, now: datetime) -> list[Key]:
-    first = key_at(now - timedelta(days=settings.retention_days), settings.granularity)
-    return expand(first, key_at(now, settings.granularity))
-
-
-async def sync_cache(settings: Settings, keys: list[Key] | None) -> None:
-    """Bring the local cache of a bucket in line with what the bucket holds."""
-    import anyio
-
-    from backfill.destination import open_destination
-    from backfill.state.reconcile import reconcile
-    from backfill.state.store import Store
-
-    store = await anyio.to_thread.run_sync(Store, settings.state_folder)
-    try:
-        destination = await anyio.to_thread.run_sync(open_destination, settings)
-        await reconcile(store, destination, settings, keys)
-    finally:
-        await anyio.to_thread.run_sync(store.close)
-
-

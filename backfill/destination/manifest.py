@@ -19,14 +19,15 @@ from backfill.layout import MANIFEST, MARKER, PARTIAL_SUFFIX, partial_name
 from backfill.model import ManifestPart
 
 
-def document(*, key: str, data_type: str, api: str, parts: list[ManifestPart]) -> bytes:
+def document(*, key: str, data_type: str, api: str, parts: list[ManifestPart],
+             completed_at: datetime) -> bytes:
     """The manifest's bytes."""
     entries = [{k: v for k, v in asdict(p).items() if v is not None} for p in parts]
     return json.dumps({
         "key": key,
         "data_type": data_type,
         "api": api,
-        "completed_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "completed_at": completed_at.astimezone(UTC).isoformat(timespec="seconds"),
         "parts": entries,
     }, indent=2).encode() + b"\n"
 

@@ -27,7 +27,7 @@ import secrets
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +43,7 @@ from obstore.exceptions import (
 )
 from obstore.store import AzureStore, GCSStore, S3Store
 
+from backfill.clock import system_clock
 from backfill.destination import Stored
 from backfill.destination.manifest import named, stale
 from backfill.errors import IntegrityError, OutputError, RetryableError
@@ -452,7 +453,8 @@ class Lease:
 
 
 def _now() -> datetime:
-    return datetime.now(UTC)
+    """A lease's time: wall-clock time, which every machine on the bucket shares."""
+    return system_clock().now()
 
 
 _QUERY = re.compile(r"(https?://[^\s?]*)\?\S*")

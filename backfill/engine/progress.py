@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol, TextIO
 
+from backfill.clock import Clock, SystemClock
 from backfill.keys import BEIJING
 from backfill.model import Status, human_bytes, keys
 from backfill.transfer.download import Watch
@@ -26,19 +26,26 @@ class Activity:
     """What a run is doing now and what it waits for; the scheduler writes it, reporters
     read it (the live display's phase line, the heartbeat of plain and JSON logs)."""
 
+    clock: Clock
     keys_total: int = 0
     keys_done: int = 0
     bytes: int = 0
     running: dict[str, float] = field(default_factory=dict)
-    """Keys whose export job is RUNNING, and when each is asked again (anyio time)."""
+    """Keys whose export job is RUNNING, and when each is asked again (the clock's
+    monotonic time)."""
     not_due: dict[str, datetime] = field(default_factory=dict)
     """Keys not exportable yet, and from when they should be."""
     downloading: set[str] = field(default_factory=set)
     asking: int = 0
-    started: float = field(default_factory=time.monotonic)
+    started: float | None = None
+    """When the run started (the clock's monotonic time; its first reading if not given)."""
     token_pending: Callable[[], bool] = field(default=lambda: False, repr=False)
     outage: Callable[[], str | None] = field(default=lambda: None, repr=False)
     """The service that is not answering now, in words, if one is not."""
+
+    def __post_init__(self) -> None:
+        if self.started is None:
+            self.started = self.clock.monotonic()
 
     def facts(self, now: float) -> dict[str, Any]:
         """The same as :meth:`describe`, as fields (the JSON heartbeat). ``now`` is anyio's
@@ -99,8 +106,11 @@ class Activity:
         soonest = min(self.running.values(), default=None)
         return None if soonest is None else max(round(soonest - now), 0)
 
+    def _elapsed(self) -> float:
+        return self.clock.monotonic() - (self.started or 0.0)
+
     def _rate(self) -> float:
-        return self.bytes / max(time.monotonic() - self.started, 1e-9)
+        return self.bytes / max(self._elapsed(), 1e-9)
 
     def _eta(self) -> int | None:
         """Keys left at the pace of the keys done so far; none while any key waits for an
@@ -109,7 +119,7 @@ class Activity:
         left = self.keys_total - self.keys_done
         if not self.keys_done or not left or self.running or self.not_due or self.asking:
             return None
-        return round((time.monotonic() - self.started) / self.keys_done * left)
+        return round(self._elapsed() / self.keys_done * left)
 
 
 def _s(count: int) -> str:
@@ -150,7 +160,8 @@ class PlainReporter:
 
     def __init__(self, stream: TextIO | None = None, interval: float = 10.0, *,
                  json_lines: bool = False, heartbeat: float = 30.0,
-                 level: str = "info") -> None:
+                 level: str = "info", clock: Clock | None = None) -> None:
+        self._clock = clock or SystemClock()
         self._stream = stream or sys.stderr
         self._interval = interval
         self._heartbeat = heartbeat
@@ -159,7 +170,7 @@ class PlainReporter:
         self._bytes = 0
         self._done = 0
         self._total = 0
-        self._started = time.monotonic()
+        self._started = self._clock.monotonic()
         self._last = self._started
 
     def warning(self, text: str) -> None:
@@ -167,9 +178,9 @@ class PlainReporter:
 
     def heartbeat(self, activity: Activity, now: float) -> None:
         """A line when none came for ``heartbeat`` seconds: what the run waits for."""
-        if time.monotonic() - self._last < self._heartbeat:
+        if self._clock.monotonic() - self._last < self._heartbeat:
             return
-        self._last = time.monotonic()
+        self._last = self._clock.monotonic()
         self._say(activity.describe(now), event="heartbeat", **activity.facts(now))
 
     def begin(self, to_fetch: int, already_done: int, max_wait: float = 0.0) -> None:
@@ -191,7 +202,6 @@ class PlainReporter:
                   level=level, event="key", key=key, status=status.value, detail=detail)
         self._tick()
 
-
     def part(self, label: str) -> PartWatch:
         reporter = self
 
@@ -206,7 +216,7 @@ class PlainReporter:
         self._tick(force=True)
 
     def _tick(self, force: bool = False) -> None:
-        now = time.monotonic()
+        now = self._clock.monotonic()
         if not force and now - self._last < self._interval:
             return
         self._last = now
@@ -218,9 +228,9 @@ class PlainReporter:
     def _say(self, text: str, *, level: str = "info", **fields: object) -> None:
         if _LEVELS.index(level) > self._level:
             return
-        self._last = time.monotonic()
+        self._last = self._clock.monotonic()
         if self._json:
-            line = json.dumps({"time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            line = json.dumps({"time": self._clock.now().isoformat(timespec="milliseconds"),
                                **fields, "message": text})
         else:
             line = f"backfill: {text}"

@@ -8,27 +8,24 @@ from __future__ import annotations
 
 import contextlib
 import json
-import random
-import time
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import TYPE_CHECKING
 
 import anyio
 
-from backfill.clock import wall_now
+from backfill.clock import Clock, system_clock
 from backfill.config import Settings
 from backfill.destination import Destination, descriptor, open_destination
 from backfill.engine.plan import Plan, make_plan
-from backfill.engine.policy import beyond_retention, expected_ready, oldest_kept
+from backfill.engine.policy import oldest_kept
 from backfill.engine.progress import Activity, Reporter
 from backfill.engine.stops import stop_on_signal
-from backfill.errors import Interrupted, first_error
-from backfill.keys import BEIJING, Granularity, Key, expand, key_at, parse_bound
-from backfill.model import Status, Summary, UnitRecord
-from backfill.net.outage import LinkHosts, ServiceHealth
-from backfill.net.throttle import RateLimiter
+from backfill.errors import Interrupted
+from backfill.keys import Key
+from backfill.model import Status, Summary
+from backfill.net.exchange import LinkHosts
 from backfill.state.reconcile import reconcile
-from backfill.state.store import Store, has_state
+from backfill.state.store import Store
 
 if TYPE_CHECKING:
     from backfill.growingio.api import ExportApi
@@ -56,31 +53,30 @@ def plan_keys(store: Store, settings: Settings, keys: list[Key], *, force: bool,
 
 
 async def backfill(settings: Settings, keys: list[Key], reporter: Reporter, *,
-                   force: bool = False, api: ExportApi | None = None) -> Summary:
+                   force: bool = False, api: ExportApi | None = None,
+                   clock: Clock | None = None) -> Summary:
     """Fetch ``keys`` (this shard's only, with a shard) into ``settings.out``; finished
-    keys cost nothing unless ``force``.
+    keys cost nothing unless ``force``. ``clock``: the run's time (the machine's by
+    default); ``api``: the export API (GrowingIO's, through ``settings``, by default)."""
 
-    Raises :class:`Interrupted` on SIGINT/SIGTERM (when called from the main thread),
-    once the state is consistent.
-    """
     keys = shard_keys(settings, keys)
+    clock = clock or system_clock()
     interrupted: list[str] = []
     summary = Summary()
-    try:
-        async with anyio.create_task_group() as group:
-            group.start_soon(stop_on_signal, group.cancel_scope, interrupted)
-            await _backfill(settings, keys, reporter, force, api, summary)
-            group.cancel_scope.cancel()
-    except BaseExceptionGroup as errors:
-        raise first_error(errors) from None
+    async with anyio.create_task_group() as group:
+        group.start_soon(stop_on_signal, group.cancel_scope, interrupted)
+        await _backfill(settings, keys, reporter, force, api, summary, clock)
+        group.cancel_scope.cancel()
     if interrupted:
         raise Interrupted(interrupted[0])
     return summary
 
 
 async def _backfill(settings: Settings, keys: list[Key], reporter: Reporter, force: bool,
-                    api: ExportApi | None, summary: Summary) -> None:
-    started = time.monotonic()
+                    api: ExportApi | None, summary: Summary, clock: Clock) -> None:
+    """Raises :class:`Interrupted` on SIGINT/SIGTERM (when called from the main thread),
+    once the state is consistent."""
+    started = clock.monotonic()
     store = await anyio.to_thread.run_sync(open_store, settings)
     if warning := set_aside_warning(store):
         reporter.warning(warning)
@@ -91,7 +87,7 @@ async def _backfill(settings: Settings, keys: list[Key], reporter: Reporter, for
         # no export call: the destination's markers say they are done.
         await reconcile(store, destination, settings, keys)
         plan = await anyio.to_thread.run_sync(_plan_and_record, store, settings, keys, force,
-                                              summary)
+                                              summary, clock.now())
         if plan.tasks:
             settings.credentials.require()
         # One writer per destination: refused before any export call, and before the bars.
@@ -101,7 +97,8 @@ async def _backfill(settings: Settings, keys: list[Key], reporter: Reporter, for
             reporter.begin(len(plan.tasks), len(plan.done), settings.max_wait)
             try:
                 if plan.tasks:
-                    await _fetch(settings, store, destination, plan, reporter, summary, api)
+                    await _fetch(settings, store, destination, plan, reporter, summary, api,
+                                 clock)
             finally:
                 reporter.end()
         summary.held_parts, summary.held_bytes = await anyio.to_thread.run_sync(
@@ -109,7 +106,7 @@ async def _backfill(settings: Settings, keys: list[Key], reporter: Reporter, for
     finally:
         with anyio.CancelScope(shield=True):  # closing checkpoints the WAL: disk I/O
             await anyio.to_thread.run_sync(store.close)
-    summary.seconds = time.monotonic() - started
+    summary.seconds = clock.monotonic() - started
 
 
 def _held(store: Store, settings: Settings, keys: list[Key]) -> tuple[int, int]:
@@ -121,17 +118,18 @@ def _held(store: Store, settings: Settings, keys: list[Key]) -> tuple[int, int]:
 
 
 def _plan_and_record(store: Store, settings: Settings, keys: list[Key], force: bool,
-                     summary: Summary) -> Plan:
+                     summary: Summary, now: datetime) -> Plan:
     """Plan against the state and record the keys that need no call (SQLite: a thread)."""
-    plan = plan_keys(store, settings, keys, force=force, now=wall_now())
-    _record_skipped(store, settings, plan, summary)
+    plan = plan_keys(store, settings, keys, force=force, now=now)
+    _record_skipped(store, settings, plan, summary, now)
     return plan
 
 
-def _record_skipped(store: Store, settings: Settings, plan: Plan, summary: Summary) -> None:
+def _record_skipped(store: Store, settings: Settings, plan: Plan, summary: Summary,
+                    now: datetime) -> None:
     for key in plan.done:
         summary.add(key.name, Status.DONE)
-    oldest = oldest_kept(wall_now(), settings.retention_days)
+    oldest = oldest_kept(now, settings.retention_days)
     reasons = ((plan.gone, Status.GONE, f"beyond the {settings.retention_days}-day retention "
                                         f"(the oldest day kept is {oldest:%Y-%m-%d})"),
                (plan.not_due, Status.NOT_READY, "not exportable before --max-wait runs out"))
@@ -143,7 +141,8 @@ def _record_skipped(store: Store, settings: Settings, plan: Plan, summary: Summa
 
 
 async def _fetch(settings: Settings, store: Store, destination: Destination, plan: Plan,
-                 reporter: Reporter, summary: Summary, api: ExportApi | None) -> None:
+                 reporter: Reporter, summary: Summary, api: ExportApi | None,
+                 clock: Clock) -> None:
     # Imported here: a run that finds nothing to do (a no-op cron run) never needs them.
     import aiohttp
 
@@ -153,66 +152,60 @@ async def _fetch(settings: Settings, store: Store, destination: Destination, pla
 
     connector = aiohttp.TCPConnector(limit=settings.downloads + settings.polls + 2)
     async with aiohttp.ClientSession(connector=connector) as session:
-        limiter = RateLimiter(settings.rate)
-        limiter.remember(await anyio.to_thread.run_sync(_load_recent_calls, settings))
-        api_health = service_health(settings)
-        link_hosts = LinkHosts(budget=settings.outage_budget, probe_interval=settings.backoff)
-        client = GrowingIO(session, settings, limiter, api_health, random.Random())
+        client = GrowingIO.open(session, settings, clock)
+        gate = client.service.gate
+        recent = await anyio.to_thread.run_sync(_load_recent_calls, settings)
+        if recent is not None:  # else the gate assumes the budget was just spent
+            gate.remember(recent)
+        link_hosts = LinkHosts(clock, budget=settings.outage_budget,
+                               probe_interval=settings.backoff)
         limits = BodyLimits(min_speed=settings.min_speed,
                             min_speed_time=settings.min_speed_time,
                             max_size=settings.max_part_size)
-        downloader = Downloader(session,
+        downloader = Downloader(session, clock,
                                 chunk_size=block_size(settings.chunk_size, settings.downloads),
                                 checkpoint_bytes=settings.checkpoint_bytes,
                                 connect_timeout=settings.connect_timeout,
                                 read_timeout=settings.read_timeout, hosts=link_hosts,
                                 proxies=settings.proxies, deep=settings.verify == "full",
                                 limits=limits)
-        activity = Activity(keys_total=len(plan.tasks),
+        api_health = client.service.health
+        activity = Activity(clock, keys_total=len(plan.tasks),
                             token_pending=lambda: client.tokens.fetching,
                             outage=lambda: api_health.trouble() or link_hosts.trouble())
         scheduler = Scheduler(settings, store, destination, api or client, downloader,
-                              reporter, summary, services=(api_health, link_hosts),
+                              reporter, summary, clock, services=(api_health, link_hosts),
                               activity=activity)
         try:
             async with anyio.create_task_group() as group:
-                group.start_soon(_heartbeat, reporter, activity)
+                group.start_soon(_heartbeat, reporter, activity, clock)
                 await scheduler.run(plan.tasks)
                 group.cancel_scope.cancel()
-        except BaseExceptionGroup as errors:
-            raise first_error(errors) from None
         finally:
             client.tokens.release()
             summary.api_calls += client.stats.calls
             summary.retries += client.stats.retries
             with anyio.CancelScope(shield=True):  # also when the run is being cancelled
-                await anyio.to_thread.run_sync(_save_recent_calls, settings, limiter.recent())
+                await anyio.to_thread.run_sync(_save_recent_calls, settings, gate.recent())
 
 
-async def _heartbeat(reporter: Reporter, activity: Activity) -> None:
+async def _heartbeat(reporter: Reporter, activity: Activity, clock: Clock) -> None:
     """Tell the reporter what the run does, every second: the live display shows it, the
     plain and JSON logs say it when nothing else was said for a while."""
     while True:
-        await anyio.sleep(1.0)
-        reporter.heartbeat(activity, anyio.current_time())
-
-
-def service_health(settings: Settings) -> ServiceHealth:
-    """The run's judgement of the export API (with its token endpoint); the hosts that
-    serve the download links are judged apart, each on its own (:class:`LinkHosts`)."""
-    return ServiceHealth(f"the export API at {settings.credentials.base_url}",
-                         budget=settings.outage_budget, probe_interval=settings.backoff)
+        await clock.sleep(1.0)
+        reporter.heartbeat(activity, clock.monotonic())
 
 
 # Back-to-back runs (run, then retry, then catchup) share the server's window: the
 # last calls of one run are handed to the next through the state folder.
-def _load_recent_calls(settings: Settings) -> list[float]:
+def _load_recent_calls(settings: Settings) -> list[float] | None:
     try:
         times = json.loads((settings.state_folder / RECENT_CALLS).read_text())
     except (OSError, ValueError):
-        return []
+        return None
     if not isinstance(times, list):
-        return []
+        return None
     return [float(t) for t in times if isinstance(t, int | float)]
 
 
@@ -227,130 +220,4 @@ def shard_keys(settings: Settings, keys: list[Key]) -> list[Key]:
     return keys if shard is None else [k for k in keys if shard.holds(k)]
 
 
-def known_units(settings: Settings) -> list[UnitRecord]:
-    """The units in the state, or none when there is no state yet (nothing is created)."""
-    return [u for u in _state_units(settings) if u.api == settings.api]
-
-
-def _state_units(settings: Settings) -> list[UnitRecord]:
-    if not has_state(settings.state_folder):
-        return []
-    store = Store(settings.state_folder)
-    try:
-        return store.units()
-    finally:
-        store.close()
-
-
-def dry_plan(settings: Settings, keys: list[Key], *, force: bool, now: datetime
-             ) -> dict[str, Any]:
-    """What a run would do, from the state alone: no call, nothing written."""
-    keys = shard_keys(settings, keys)
-    known = {(u.key, u.data_type): u.status for u in known_units(settings)}
-    plan = make_plan(keys, settings, known, now, force=force)
-    calls = len(plan.tasks)  # one export call per key at the very least
-    return {
-        "keys": len(keys),
-        "first": keys[0].name if keys else None,
-        "last": keys[-1].name if keys else None,
-        "granularity": keys[0].granularity.value if keys else settings.granularity.value,
-        "api": settings.api,
-        "types": ",".join(settings.wanted_types),
-        "done": len(plan.done),
-        "to_fetch": len(plan.tasks),
-        "gone": len(plan.gone),
-        "not_due": len(plan.not_due),
-        "max_wait_seconds": settings.max_wait,
-        "format": settings.format,
-        "min_api_calls": calls,
-        "min_seconds": calls / settings.rate,
-        "rate": settings.rate,
-        "shard": str(settings.shard) if settings.shard else None,
-        "shards": settings.shard.n if settings.shard else 1,
-        "destination": str(settings.out),
-        "state": str(settings.state_folder),
-    }
-
-
 RECENT_CALLS = "recent-calls.json"
-RETRYABLE = frozenset({Status.FAILED, Status.ACTIVE, Status.NOT_READY, Status.PENDING})
-
-
-def anything_to_retry(settings: Settings) -> bool:
-    """Whether the state holds any unit, of any API, that ``retry`` could take; reads the
-    state alone (nothing is created)."""
-    return any(u.status in RETRYABLE or u.status is Status.GONE
-               for u in _state_units(settings))
-
-
-def retryable(settings: Settings, within: list[Key] | None, now: datetime
-              ) -> tuple[list[Key], tuple[str, ...]]:
-    """Keys (and their data types) that failed, were interrupted or were not ready.
-
-    Keys marked gone come back only if they are within the retention again (the
-    ``retention_days`` setting grew); finished keys are never touched.
-    """
-    wanted = {k.name for k in within} if within is not None else None
-    names: set[str] = set()
-    types: set[str] = set()
-    for unit in known_units(settings):
-        if wanted is not None and unit.key not in wanted:
-            continue
-        key = Key.parse(unit.key)
-        back = unit.status is Status.GONE and not beyond_retention(
-            key, now, settings.retention_days)
-        if unit.status in RETRYABLE or back:
-            names.add(unit.key)
-            types.add(unit.data_type)
-    return sorted(Key.parse(n) for n in names), tuple(sorted(types - {"all"}))
-
-
-def catchup_keys(settings: Settings, first: Key | None, lag: float | None, now: datetime
-                 ) -> tuple[list[Key], list[Key]]:
-    """Keys from ``first`` to the newest that should be ready now; returns (keys to fetch,
-    keys already beyond retention).
-
-    Without ``first``: from the earliest key the state knows not complete (or the one
-    after the newest complete), and on an output that holds nothing yet from the
-    configured ``start``, else the oldest key GrowingIO still keeps: the first catch-up
-    is the backfill of what GrowingIO holds.
-    """
-    granularity = settings.granularity
-    last = key_at(now, granularity)
-    while not _should_be_ready(last, settings, lag, now):
-        last = Key(last.start - granularity.step, granularity)
-    if first is None:
-        first = _earliest_incomplete(settings, granularity) or _first_start(settings, now)
-    if first > last:
-        return [], []
-    keys = expand(first, last)
-    gone = [k for k in keys if beyond_retention(k, now, settings.retention_days)]
-    return [k for k in keys if k not in set(gone)], gone
-
-
-def _should_be_ready(key: Key, settings: Settings, lag: float | None, now: datetime) -> bool:
-    if lag is None:
-        return expected_ready(key, settings) <= now
-    return key.end + timedelta(seconds=lag) <= now
-
-
-def _earliest_incomplete(settings: Settings, granularity: Granularity) -> Key | None:
-    width = 8 if granularity is Granularity.DAY else 10
-    units = [u for u in known_units(settings) if len(u.key) == width]
-    if not units:
-        return None
-    pending = [u.key for u in units if u.status in RETRYABLE]
-    if pending:
-        return Key.parse(min(pending))
-    newest = Key.parse(max(u.key for u in units))
-    return Key(newest.start + granularity.step, granularity)
-
-
-def _first_start(settings: Settings, now: datetime) -> Key:
-    """Where the first catch-up of an output starts: ``start``, or the first key of the
-    oldest day GrowingIO will still keep when the run may end (``max_wait`` on), so that
-    the edge of the retention does not pass a key between the plan and its call."""
-    if settings.start is not None:
-        return parse_bound(settings.start, settings.granularity, now=now, end=False)
-    kept = oldest_kept(now + timedelta(seconds=settings.max_wait), settings.retention_days)
-    return key_at(datetime(kept.year, kept.month, kept.day, tzinfo=BEIJING), settings.granularity)

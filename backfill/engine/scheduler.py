@@ -12,18 +12,20 @@ import random
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import timedelta
 from functools import partial
 from typing import Generic, ParamSpec, Protocol, TypeVar
 
 import anyio
 
-from backfill.clock import wall_now
+from backfill.clock import Clock
 from backfill.config import Settings, format_duration
 from backfill.destination import Destination, Stored
 from backfill.destination.manifest import document
+from backfill.engine import lifecycle
+from backfill.engine.lifecycle import Download, End, Wait
 from backfill.engine.plan import KeyTask
-from backfill.engine.policy import Next, decide, expected_ready, fit_wait, typical
+from backfill.engine.policy import typical
 from backfill.engine.progress import Activity, PartWatch, Reporter
 from backfill.errors import (
     IntegrityError,
@@ -32,13 +34,12 @@ from backfill.errors import (
     PermanentError,
     RemoteError,
     RetryableError,
-    first_error,
 )
 from backfill.growingio.api import ExportAnswer, ExportApi
 from backfill.keys import Key
 from backfill.layout import key_folder, object_name, part_name, redact
 from backfill.model import DonePart, ManifestPart, PartRecord, Status, Summary
-from backfill.net.retry import backoff
+from backfill.net.retry import retrying
 from backfill.state.store import Store
 from backfill.transfer.download import Downloader, PartSink
 from backfill.transfer.integrity import Progress
@@ -92,13 +93,13 @@ class Scheduler:
 
     def __init__(self, settings: Settings, store: Store, destination: Destination,
                  api: ExportApi, downloader: Downloader, reporter: Reporter,
-                 summary: Summary, *,
-                 now: Callable[[], datetime] = wall_now,
+                 summary: Summary, clock: Clock, *,
                  rng: random.Random | None = None,
                  services: Sequence[Watched] = (),
                  activity: Activity | None = None) -> None:
         self._s = settings
-        self.activity = activity or Activity()
+        self._clock = clock
+        self.activity = activity or Activity(clock)
         """What the run is doing now, for the progress display and the heartbeat."""
         self._services = services
         """The services whose outages end the run (see :mod:`backfill.net.outage`)."""
@@ -109,8 +110,8 @@ class Scheduler:
         self._downloader = downloader
         self._reporter = reporter
         self._summary = summary
-        self._now = now
         self._rng = rng or random.Random()
+        self._policy = settings.retry_policy(self._rng)
         self._key_slots = anyio.CapacityLimiter(settings.downloads)
         self._part_slots = anyio.CapacityLimiter(settings.downloads)
         self._poll_slots = anyio.CapacityLimiter(settings.polls)
@@ -127,7 +128,7 @@ class Scheduler:
         budget ends it too, but as a result, not an error: every key not finished is
         recorded failed (so ``retry`` takes it) and ``summary.outage`` says why.
         """
-        self._deadline = anyio.current_time() + self._s.max_wait
+        self._deadline = self._clock.time() + self._s.max_wait
         outages: list[OutageError] = []
 
         async def watch(service: Watched, scope: anyio.CancelScope) -> None:
@@ -140,11 +141,8 @@ class Scheduler:
                     group.start_soon(watch, service, group.cancel_scope)
                 await self._run_keys(tasks)
                 group.cancel_scope.cancel()  # every key ended: stop watching
-        except BaseExceptionGroup as group_error:
-            error = first_error(group_error)
-            if not isinstance(error, OutageError):
-                raise error from None
-            outages.append(error)
+        except* OutageError as found:  # a key's call met the end of the budget first
+            outages += [e for e in _leaves(found) if isinstance(e, OutageError)]
         if outages:
             await self._stop_for_outage(tasks, outages[0])
 
@@ -159,13 +157,10 @@ class Scheduler:
             finally:
                 window.release()
 
-        try:
-            async with anyio.create_task_group() as group:
-                for task in tasks:
-                    await window.acquire()
-                    group.start_soon(key_in_window, task)
-        except BaseExceptionGroup as group_error:
-            raise first_error(group_error) from None
+        async with anyio.create_task_group() as group:
+            for task in tasks:
+                await window.acquire()
+                group.start_soon(key_in_window, task)
 
     async def _stop_for_outage(self, tasks: list[KeyTask], outage: OutageError) -> None:
         """Record every key without an end as failed by the outage, in one transaction."""
@@ -211,86 +206,55 @@ class Scheduler:
             return KeyResult(Status.FAILED, str(exc))
 
     async def _work(self, state: _KeyState) -> KeyResult:
-        key, types = state.task.key, state.task.types
-        wait = (expected_ready(key, self._s) - self._now()).total_seconds()
-        polls = errors = refreshes = 0
-        running_since: float | None = None
-        # Waiting ends --max-wait after the run's start. A key already due then, whose
-        # first answer came later (a long range spends hours on the call budget alone),
-        # waits --max-wait from that answer: its job deserves what an early one gets.
-        deadline, late_start = self._deadline, wait <= 0
-        asked = last_look = False
-        status: str | None = None  # of the last answer
-        pause = 0.0  # before asking for fresh links; it holds no download slot
+        """Drive the key's lifecycle (:mod:`backfill.engine.lifecycle`) to its end: ask,
+        wait, download, as it says. An ask and the download of its links hold one of the
+        ``downloads`` slots, so links are fresh when the parts start; waits hold none."""
+        key, types, clock = state.task.key, state.task.types, self._clock
+        step = lifecycle.start(key, self._s, clock.time(), self._deadline)
         while True:
-            if pause > 0:
-                await anyio.sleep(pause)
-                pause = 0.0
-            if wait > 0:
-                wait, last_look, give_up = fit_wait(wait, deadline - anyio.current_time(),
-                                                    asked=asked, last_look=last_look)
-                if give_up:
-                    return KeyResult(Status.NOT_READY, self._not_ready_reason(polls))
-                await self._wait(key.name, wait, job=status not in (None, "NOT_EXISTS"))
+            action = step.action
+            if isinstance(action, End):
+                return KeyResult(action.status, action.reason)
+            if isinstance(action, Wait):
+                await self._wait(key.name, action)
+                step = lifecycle.woke(step.life, clock.time())
+                continue
             async with self._key_slots:
                 answer = await self._ask(key, types)
-                asked, status = True, answer.status
-                if late_start:
-                    late_start = False
-                    deadline = max(deadline, anyio.current_time() + self._s.max_wait)
-                errors += answer.status == "ERROR"
-                if answer.status == "RUNNING" and running_since is None:
-                    running_since = anyio.current_time()
-                elif answer.status == "FINISHED" and running_since is not None and not refreshes:
-                    self._job_seconds.append(anyio.current_time() - running_since)
-                decision = decide(answer.status, key, self._now(), polls=polls, errors=errors,
-                                  error_message=answer.error, settings=self._s,
-                                  typical_job=typical(self._job_seconds))
-                if decision.action is Next.DOWNLOAD:
+                step = lifecycle.answered(step.life, answer.status, answer.error,
+                                          clock.time(), settings=self._s,
+                                          typical_job=typical(self._job_seconds))
+                if step.job_seconds is not None:
+                    self._job_seconds.append(step.job_seconds)
+                if not isinstance(step.action, Download):
+                    continue
+                try:
+                    self.activity.downloading.add(key.name)
                     try:
-                        self.activity.downloading.add(key.name)
-                        try:
-                            await self._download(state, answer)
-                        finally:
-                            self.activity.downloading.discard(key.name)
-                        return KeyResult(Status.DONE, absent=answer.absent)
-                    except (LinkExpiredError, IntegrityError, RetryableError) as exc:
-                        refreshes += 1
-                        if refreshes > self._s.retries:
-                            return KeyResult(Status.FAILED, str(exc))
-                        self._summary.retries += 1
-                        # Expired links: ask again at once. Bad bytes or a broken line:
-                        # back off a little, then ask again for fresh links. The data is
-                        # ready, so --max-wait (a wait for readiness) does not cut this.
-                        wait = 0.0
-                        if not isinstance(exc, LinkExpiredError):
-                            pause = backoff(refreshes, self._s.backoff, self._s.max_backoff,
-                                            self._rng)
-                        continue
-            if decision.action is Next.FAIL:
-                return KeyResult(Status.FAILED, decision.reason)
-            if decision.action is Next.GONE:
-                return KeyResult(Status.GONE, decision.reason)
-            polls += answer.status == "RUNNING"
-            wait = decision.delay
+                        await self._download(state, answer)
+                    finally:
+                        self.activity.downloading.discard(key.name)
+                    return KeyResult(Status.DONE, absent=answer.absent)
+                except (LinkExpiredError, IntegrityError, RetryableError) as exc:
+                    self._summary.retries += 1
+                    step = lifecycle.download_failed(
+                        step.life, expired=isinstance(exc, LinkExpiredError), reason=str(exc),
+                        now=clock.time(), policy=self._policy)
 
-    async def _wait(self, name: str, seconds: float, *, job: bool) -> None:
+    async def _wait(self, name: str, wait: Wait) -> None:
         """Sleep before asking about a key again; the activity says why meanwhile: its job
         is RUNNING (or failed and is asked again), or its data is not exportable yet."""
-        activity = self.activity
-        if job:
-            activity.running[name] = anyio.current_time() + seconds
+        activity, clock = self.activity, self._clock
+        seconds = wait.until - clock.time()
+        if wait.job:
+            activity.running[name] = clock.monotonic() + seconds
         else:
-            activity.not_due[name] = self._now() + timedelta(seconds=seconds)
+            activity.not_due[name] = clock.now() + timedelta(seconds=seconds)
         try:
-            await anyio.sleep(seconds)
+            await clock.sleep(seconds)
         finally:
             activity.running.pop(name, None)
             activity.not_due.pop(name, None)
-
-    def _not_ready_reason(self, polls: int) -> str:
-        what = "export job still running" if polls else "not exportable yet"
-        return f"{what} when --max-wait ran out; run again later"
 
     async def _ask(self, key: Key, types: tuple[str, ...]) -> ExportAnswer:
         self.activity.asking += 1
@@ -382,28 +346,18 @@ class Scheduler:
             await self._db(self._store.checkpoint, api, key.name, job.data_type, job.index,
                            progress.offset, progress.etag)
 
-        attempt = 0
+        def counted(exc: RetryableError) -> None:
+            self._summary.retries += 1
+
         try:
             async with self._part_slots:
-                while True:
-                    try:
-                        verified = await self._downloader.fetch(job.link, job.sink,
-                                                                job.progress, checkpoint, watch,
-                                                                shown=job.source)
-                        watch.finished()
-                        break
-                    except (LinkExpiredError, IntegrityError):
-                        raise
-                    except RetryableError as exc:
-                        if not exc.outage:  # a miss in an outage is the run's to judge
-                            attempt += 1
-                            if attempt > self._s.retries:
-                                raise
-                        self._summary.retries += 1
-                        if exc.outage:
-                            continue  # the next attempt waits while the outage lasts
-                        await anyio.sleep(max(exc.retry_after or 0.0, backoff(
-                            attempt, self._s.backoff, self._s.max_backoff, self._rng)))
+                # Expired links and bad bytes are the key's to handle (fresh links); a
+                # broken line or a busy host is tried again here, as the policy says.
+                verified = await retrying(
+                    lambda: self._downloader.fetch(job.link, job.sink, job.progress,
+                                                   checkpoint, watch, shown=job.source),
+                    self._policy, self._clock, on_retry=counted)
+                watch.finished()
             # In place now: recording it must finish even when the run is being stopped,
             # or the rerun would fetch a finished part again. A short SQLite write.
             with anyio.CancelScope(shield=True):
@@ -424,7 +378,8 @@ class Scheduler:
         folder = key_folder(self._s.layout, key, data_type)
         parts = [ManifestPart(r.path.rpartition("/")[2], r.size or 0, r.md5 or "", r.source,
                               r.stored_etag) for r in records]
-        manifest = document(key=key.name, data_type=data_type, api=api, parts=parts)
+        manifest = document(key=key.name, data_type=data_type, api=api, parts=parts,
+                            completed_at=self._clock.now())
         await self._dest.publish(str(folder), manifest, {p.file for p in parts})
         await self._db(self._store.finish_unit, api, key.name, data_type)
 
@@ -486,6 +441,11 @@ class GroupWrite(Generic[T]):
                     self._error = exc
                     raise
             self._written = taken
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    return [leaf for error in group.exceptions
+            for leaf in (_leaves(error) if isinstance(error, BaseExceptionGroup) else [error])]
 
 
 def _recheck_done(present: dict[str, Stored], records: list[PartRecord]) -> list[PartRecord]:

@@ -21,7 +21,7 @@ from typing import TypeVar
 
 import anyio
 
-from backfill.errors import Interrupted, first_error
+from backfill.errors import Interrupted, flatten
 
 T = TypeVar("T")
 STOPS = (signal.SIGINT, signal.SIGTERM)
@@ -67,10 +67,15 @@ async def _watched(function: Callable[..., Awaitable[T]], args: tuple[object, ..
 
 @contextlib.contextmanager
 def _first_of_group() -> Iterator[None]:
+    """The command line's boundary: a group of our errors is one of them (see
+    :func:`flatten`); a group with anything else goes on whole, traceback and all."""
     try:
         yield
     except BaseExceptionGroup as errors:
-        raise first_error(errors) from None
+        flat = flatten(errors)
+        if flat is errors:
+            raise
+        raise flat from None
 
 
 async def stop_on_signal(scope: anyio.CancelScope, received: list[str]) -> None:

@@ -23,13 +23,11 @@ from typing import Any
 import aiohttp
 import anyio
 
-from backfill.clock import system_clock, wall_now
+from backfill.clock import Clock
 from backfill.config import Settings
 from backfill.errors import AuthError, RetryableError, TokenError
-from backfill.net.exchange import not_json, redirect_refused, retry_after
-from backfill.net.outage import ServiceHealth
-from backfill.net.proxy import proxy_refusal
-from backfill.net.transport import classify
+from backfill.net.exchange import Service, not_json, redirect_refused
+from backfill.net.retry import RetryPolicy, Tries, retrying
 
 TOKEN_PATH = "/auth/token"
 MAX_FRESH_REJECTIONS = 3
@@ -139,14 +137,15 @@ class TokenHolder:
     """
 
     def __init__(self, session: aiohttp.ClientSession, settings: Settings,
-                 timeout: aiohttp.ClientTimeout, health: ServiceHealth, *,
-                 attempts: int = 4) -> None:
+                 timeout: aiohttp.ClientTimeout, service: Service, policy: RetryPolicy,
+                 clock: Clock) -> None:
         self._session = session
         self._creds = settings.credentials
         self._proxies = settings.proxies
         self._timeout = timeout
-        self._health = health
-        self._attempts = attempts
+        self._service = service
+        self._policy = policy
+        self._clock = clock
         self._token: str | None = self._creds.token or None
         self._generation = 0
         self._proven = False
@@ -236,23 +235,17 @@ class TokenHolder:
         self._generation += 1
 
     async def _fetch_loop(self) -> None:
-        attempt = 0
-        while True:
-            try:
-                async with self._health.attempt():
-                    await self._ask()
-                    return
-            except RetryableError as exc:
-                if exc.outage:
-                    continue
-                attempt += 1
-                if attempt >= self._attempts:
-                    self._failure = TokenError(f"{exc} ({attempt} attempts)")
-                    raise self._failure from None
-                await anyio.sleep(max(exc.retry_after or 0.0, min(30.0, 0.5 * 2**attempt)))
-            except AuthError as exc:
-                self._failure = exc
-                raise
+        """Ask for a token as the run's retry policy says; a failure is the run's verdict:
+        every later caller gets it, with no request."""
+        tries = Tries()
+        try:
+            await retrying(self._ask, self._policy, self._clock, tries)
+        except RetryableError as exc:
+            self._failure = TokenError(f"{exc} ({tries.counted} attempts)")
+            raise self._failure from None
+        except AuthError as exc:
+            self._failure = exc
+            raise
 
     async def _ask(self) -> None:
         """One token request; raises :class:`RetryableError` when no token came of it, and
@@ -260,34 +253,21 @@ class TokenHolder:
         c = self._creds
         url = c.base_url.rstrip("/") + TOKEN_PATH
         proxy = self._proxies.for_url(url)
-        body = token_request_body(c.secret, c.project_uid, c.ai, int(system_clock().time() * 1000))
+        body = token_request_body(c.secret, c.project_uid, c.ai, int(self._clock.time() * 1000))
         failed = f"cannot get a token from {c.base_url}"
-        try:
-            async with self._session.post(url, data=body.encode(), timeout=self._timeout,
-                                          headers={"X-Client-Id": c.client_id},
-                                          proxy=proxy, allow_redirects=False) as resp:
-                wait = retry_after(resp.headers.get("Retry-After"), wall_now())
-                if resp.status >= 500:
-                    problem = f"HTTP {resp.status}"
-                    raise RetryableError(f"{failed}: {problem}", retry_after=wait,
-                                         outage=self._health.missed(problem, retry_after=wait))
-                proxy_refusal(resp.status, proxy)
-                if 300 <= resp.status < 400:
-                    raise redirect_refused("the token endpoint", c.base_url, resp)
-                self._health.answered()
-                if resp.status == 429:
-                    raise RetryableError(f"{failed}: HTTP 429", retry_after=wait)
-                text = await resp.content.read(MAX_ANSWER)
-                if resp.status != 200:
-                    raise AuthError(self._refusal(resp.status, text, resp.headers.get("Date")))
-                answer = _json(text)
-                if answer is None:
-                    raise TokenError(f"{failed}: {not_json(resp)}")
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            failure = classify(exc, proxy)
-            raise RetryableError(f"{failed}: {failure.words}",
-                                 outage=failure.down and self._health.missed(failure.words)
-                                 ) from None
+        async with self._service.exchange(lambda: self._session.post(
+                url, data=body.encode(), timeout=self._timeout,
+                headers={"X-Client-Id": c.client_id}, proxy=proxy, allow_redirects=False),
+                proxy=proxy, what=failed) as resp:
+            if 300 <= resp.status < 400:
+                raise redirect_refused("the token endpoint", c.base_url, resp)
+            text = await resp.content.read(MAX_ANSWER)
+            if resp.status != 200:
+                raise AuthError(self._refusal(resp.status, text, resp.headers.get("Date")))
+            answer = _json(text)
+            if answer is None:  # a portal's page: judged once, for the whole run
+                raise TokenError(f"{failed}: {not_json(resp)}")
+            self._service.health.answered()
         code = answer.get("code") if isinstance(answer, dict) else None
         if not isinstance(code, str) or not code:
             raise TokenError(f"{failed}: the answer is JSON but holds no token "
@@ -301,7 +281,7 @@ class TokenHolder:
         that disagrees with the server's, since the signature carries the time."""
         line = (f"GrowingIO refused the token request (HTTP {status}: {self._said(text)}): "
                 "check GIO_CLIENT_ID, GIO_SECRET, GIO_PROJECT_UID and GIO_AI")
-        if skew := clock_skew(date, wall_now()):
+        if skew := clock_skew(date, self._clock.now()):
             line += f"; {skew}"
         return line
 

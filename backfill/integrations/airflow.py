@@ -31,7 +31,6 @@
 from __future__ import annotations
 
 import inspect
-import time
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -82,7 +81,7 @@ class GrowingIOFetchOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         first, last = self._range(context)
-        deadline = time.time() + self._max_wait()  # wall clock: it outlives a deferral
+        deadline = _clock().time() + self._max_wait()  # wall clock: it outlives a deferral
         return self._fetch(context, first, last, deadline)
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
@@ -108,7 +107,8 @@ class GrowingIOFetchOperator(BaseOperator):
         waiting = self.deferrable and not last_look
         # A deferrable task never waits on a worker: what is not ready defers, and the
         # last look (after the trigger) asks once. Only deferrable=False waits here.
-        wait = 0.0 if self.deferrable else max(deadline - time.time(), 0.0)
+        asked_at = _clock().time()
+        wait = 0.0 if self.deferrable else max(deadline - asked_at, 0.0)
         try:
             summary = backfill.fetch(
                 first, last, config=self.config, project=self.project,
@@ -117,16 +117,17 @@ class GrowingIOFetchOperator(BaseOperator):
         except BackfillError as exc:  # bad settings, credentials, a range all gone: one line
             span = first if first == last else f"{first} … {last}"
             raise AirflowException(f"GrowingIO keys {span}: {exc}") from None
-        not_ready = [k for k, p in summary.problems.items() if p.startswith("not_ready")]
-        if not_ready and waiting and time.time() < deadline:
+        not_ready = sorted(k for k, p in summary.problems.items() if p.startswith("not_ready"))
+        if not_ready and waiting and _clock().time() < deadline:
             self.log.info("%d keys not ready: deferring until they are (or %s)",
                           len(not_ready), datetime.fromtimestamp(deadline, UTC))
             self.defer(trigger=GrowingIOReadyTrigger(
                 first=first, last=last, granularity=self.granularity, types=self._types(),
                 env_prefix=self.env_prefix, project=self.project, config=self.config,
-                options=self._trigger_options(), deadline=deadline),
+                options=self._trigger_options(), deadline=deadline, keys=not_ready,
+                asked_at=asked_at),
                 method_name="execute_complete",
-                timeout=timedelta(seconds=max(deadline - time.time(), 1.0) + 60))
+                timeout=timedelta(seconds=max(deadline - _clock().time(), 1.0) + 60))
         facts: dict[str, Any] = {
             "keys": sum(summary.statuses.values()), "parts": summary.held_parts,
             "bytes": summary.held_bytes, "fetched_parts": summary.parts,
@@ -226,25 +227,31 @@ class GrowingIOFetchOperator(BaseOperator):
 
 
 class GrowingIOReadyTrigger(BaseTrigger):
-    """Waits, in the triggerer, until every key of a range is ready at GrowingIO (its
-    export job ``FINISHED``) or the wall-clock ``deadline`` passes; one export call per
-    poll, async I/O only. Its arguments hold no secret: credentials are read here, from
-    the triggerer's environment or the config's ``[[projects]]``."""
+    """Waits, in the triggerer, until every key the worker found not ready (``keys``, of
+    the range ``first`` to ``last``) is ready at GrowingIO (its export job ``FINISHED``),
+    or the wall-clock ``deadline`` passes. It drives each key's lifecycle, the one the
+    worker's run drives (:func:`backfill.library.until_ready`): the keys the worker asked at
+    ``asked_at`` are asked again a poll after that, all the keys due together, within the
+    calls-per-second budget. Async I/O only. Its arguments hold no secret: credentials are
+    read here, from the triggerer's environment or the config's ``[[projects]]``."""
 
     def __init__(self, *, first: str, last: str, granularity: str, types: list[str],
                  env_prefix: str, project: str | None, config: str | None,
-                 options: dict[str, Any], deadline: float) -> None:
+                 options: dict[str, Any], deadline: float, keys: list[str] | None = None,
+                 asked_at: float | None = None) -> None:
         super().__init__()
         self.first, self.last, self.granularity = first, last, granularity
         self.types, self.env_prefix, self.project = types, env_prefix, project
         self.config, self.options, self.deadline = config, options, deadline
+        self.keys, self.asked_at = keys, asked_at
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return TRIGGER, {"first": self.first, "last": self.last,
                          "granularity": self.granularity, "types": self.types,
                          "env_prefix": self.env_prefix, "project": self.project,
                          "config": self.config, "options": self.options,
-                         "deadline": self.deadline}
+                         "deadline": self.deadline, "keys": self.keys,
+                         "asked_at": self.asked_at}
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         import anyio
@@ -262,52 +269,32 @@ class GrowingIOReadyTrigger(BaseTrigger):
         yield TriggerEvent(event)
 
     def _plan(self) -> tuple[Any, list[Any]]:
-        from backfill.config import load
-        from backfill.library import expand_range, for_range
+        from backfill import library
+        from backfill.keys import Key
 
         options = {**self.options, "granularity": self.granularity}
         if self.types:
             options["types"] = self.types
-        settings = load(Path(self.config) if self.config else None, options,
-                        _environ(self.env_prefix, self.project), project=self.project,
-                        origin="argument")
-        settings = for_range(settings, self.first, self.last)
-        return settings, expand_range(self.first, self.last, settings, check_retention=False)
+        settings = library.configure(self.config, project=self.project, **options,
+                                     environ=_environ(self.env_prefix, self.project))
+        settings, keys = library.range_keys(settings, self.first, self.last,
+                                            check_retention=False)
+        if self.keys is not None:
+            keys = [k for k in keys if k.name in set(self.keys)] or [
+                Key.parse(name) for name in self.keys]
+        return settings, keys
 
     async def _wait(self, settings: Any, keys: list[Any]) -> str:
-        import aiohttp
-        import anyio
+        from backfill import library
 
-        from backfill.engine.policy import expected_ready
-        from backfill.engine.runner import service_health
-        from backfill.growingio.api import GrowingIO
-        from backfill.net.throttle import RateLimiter
+        return await library.until_ready(settings, keys, deadline=self.deadline,
+                                         asked_at=self.asked_at)
 
-        poll = float(settings.poll_interval)
-        pending = list(keys)
-        async with aiohttp.ClientSession() as session:
-            client = GrowingIO(session, settings, RateLimiter(settings.rate),
-                               service_health(settings))
-            try:
-                while pending:
-                    now = time.time()
-                    if now >= self.deadline:
-                        return "deadline"
-                    due = [k for k in pending if expected_ready(k, settings).timestamp() <= now]
-                    if not due:
-                        soonest = min(expected_ready(k, settings).timestamp() for k in pending)
-                        await anyio.sleep(min(soonest, self.deadline) - now)
-                        continue
-                    key = due[0]
-                    answer = await client.export(key, settings.wanted_types)
-                    if answer.status == "RUNNING":
-                        pending.append(pending.pop(pending.index(key)))  # the next one
-                        await anyio.sleep(min(poll, max(self.deadline - time.time(), 0)))
-                    else:  # FINISHED, or an answer the worker reports (gone, failed)
-                        pending.remove(key)
-            finally:
-                client.tokens.release()
-        return "ready"
+
+def _clock() -> Any:
+    from backfill.clock import system_clock
+
+    return system_clock()
 
 
 def _environ(prefix: str, project: str | None) -> dict[str, str] | None:

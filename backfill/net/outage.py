@@ -15,21 +15,26 @@ outage. During an outage:
 - once the outage has lasted ``budget`` seconds since its first miss, the run stops
   (:class:`OutageError`): one line, exit 1, every unfinished key left retryable.
 
-A ``Retry-After`` that came with a miss (a 503) or a 429 pauses every call to the service
-for that long, probes included.
+An answer the client cannot use (a page where JSON was expected, a document of the
+wrong shape) is judged across keys: while other keys get good answers, it is that key's
+problem, tried again within the key's retries and then failed with the reason; only when
+``OUTAGE_AFTER`` different keys in a row get one, with no good answer between them, is it
+the service's (a captive portal, a proxy's page), and a miss.
+
+The ``Retry-After`` holds are the rate gate's (:mod:`backfill.net.throttle`).
 """
 
 from __future__ import annotations
 
 import math
 import random
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 import anyio
 
+from backfill.clock import Clock, wait
 from backfill.errors import OutageError
 
 OUTAGE_AFTER = 3
@@ -41,10 +46,11 @@ MAX_PROBE_INTERVAL = 15.0
 class ServiceHealth:
     """What the run knows about one service; shared by every task that calls it."""
 
-    def __init__(self, name: str, *, budget: float, probe_interval: float,
+    def __init__(self, name: str, clock: Clock, *, budget: float, probe_interval: float,
                  rng: random.Random | None = None,
                  on_change: Callable[[], None] | None = None) -> None:
         self.name = name
+        self._clock = clock
         self._on_change = on_change
         self._budget = budget
         self._probe_interval = max(probe_interval, 0.01)
@@ -56,7 +62,8 @@ class ServiceHealth:
         self._next_probe = 0.0
         self._probing = False
         self._probes = 0
-        self._paused_until = 0.0
+        self._unusable: set[str] = set()
+        """Keys that got an unusable answer since the last good one."""
         self._changed = anyio.Event()
         self.outages = 0
         """Outages seen in this run (blips included)."""
@@ -80,14 +87,10 @@ class ServiceHealth:
 
     @asynccontextmanager
     async def attempt(self) -> AsyncIterator[None]:
-        """Hold the caller during an outage or a pause, then let its call go (as the probe,
-        if one).
+        """Hold the caller during an outage, then let its call go (as the probe, if one).
 
         Raises :class:`OutageError` once the outage outlived the budget.
         """
-        # A timed wait, not a poll for an event: a pause may grow while we sleep.
-        while (left := self._paused_until - anyio.current_time()) > 0:  # noqa: ASYNC110
-            await anyio.sleep(left)
         probe = await self._admit()
         try:
             yield
@@ -97,28 +100,32 @@ class ServiceHealth:
                 self._wake()
 
     def answered(self) -> None:
-        """The service answered (any HTTP status below 500): it is up."""
+        """The service answered as it should (an HTTP status below 500, a usable body
+        where one is read): it is up."""
+        self._unusable.clear()
         if self._misses:
             self._misses = 0
             self._probes = 0
             self._wake()
 
-    def pause(self, seconds: float | None) -> None:
-        """Hold every call to the service for ``seconds`` (a ``Retry-After``)."""
-        if seconds:
-            self._paused_until = max(self._paused_until, anyio.current_time() + seconds)
+    def unusable(self, problem: str, key: str) -> bool:
+        """The service answered ``key`` with something that cannot be used; return whether
+        that is part of an outage: the same problem for ``OUTAGE_AFTER`` keys in a row,
+        with no good answer between. Else it is the key's, within its own retries."""
+        self._unusable.add(key)
+        if len(self._unusable) < OUTAGE_AFTER and not self.down:
+            return False
+        return self.missed(problem)
 
-    def missed(self, problem: str, *, retry_after: float | None = None) -> bool:
+    def missed(self, problem: str) -> bool:
         """The service did not answer; return whether that is part of an outage.
 
         A miss inside an outage is the service's fault, not the key's: the caller does not
         count it against the key's retries (and waits in :meth:`attempt` instead).
-        ``retry_after`` (the server said when to come back) pauses every call, probes too.
         """
-        self.pause(retry_after)
-        now = anyio.current_time()
+        now = self._clock.monotonic()
         if self._misses == 0:
-            self._first_miss, self._first_miss_wall = now, time.time()
+            self._first_miss, self._first_miss_wall = now, self._clock.time()
         self._misses += 1
         self._last_problem = problem
         if self._misses == OUTAGE_AFTER:
@@ -135,34 +142,31 @@ class ServiceHealth:
         while True:
             changed = self._changed
             if self.down:
-                left = self._first_miss + self._budget - anyio.current_time()
+                left = self._first_miss + self._budget - self._clock.monotonic()
                 if left <= 0:
                     return self.error()
-                with anyio.move_on_after(left):
-                    await changed.wait()
+                await wait(changed, self._clock, left)
             else:
                 await changed.wait()
 
     async def _admit(self) -> bool:
         while self.down:
             end = self._first_miss + self._budget
-            if anyio.current_time() >= end:
+            if self._clock.monotonic() >= end:
                 self._wake()  # the others waiting see it too
                 raise self.error()
             if not self._probing:
                 self._probing = True
                 try:
-                    await anyio.sleep_until(min(self._next_probe, end))
+                    await self._clock.sleep(min(self._next_probe, end) - self._clock.monotonic())
                 except BaseException:
                     self._probing = False
                     raise
-                if not self.down or anyio.current_time() < end:
+                if not self.down or self._clock.monotonic() < end:
                     return True
                 self._probing = False
                 continue
-            changed = self._changed
-            with anyio.move_on_after(end - anyio.current_time()):
-                await changed.wait()
+            await wait(self._changed, self._clock, end - self._clock.monotonic())
         return False
 
     def _wake(self) -> None:
@@ -174,53 +178,5 @@ class ServiceHealth:
     def error(self) -> OutageError:
         """The error that ends the run for this outage."""
         since = datetime.fromtimestamp(self._first_miss_wall, UTC)
-        return OutageError(self.name, since, anyio.current_time() - self._first_miss,
+        return OutageError(self.name, since, self._clock.monotonic() - self._first_miss,
                            self._last_problem)
-
-
-class LinkHosts:
-    """The hosts that serve download links, each judged on its own: a dead host holds only
-    the parts it serves, and an outage of one ends the run as the API's would."""
-
-    def __init__(self, *, budget: float, probe_interval: float,
-                 rng: random.Random | None = None) -> None:
-        self._budget = budget
-        self._probe_interval = probe_interval
-        self._rng = rng or random.Random()
-        self._hosts: dict[str, ServiceHealth] = {}
-        self._changed = anyio.Event()
-
-    def for_url(self, url: str) -> ServiceHealth:
-        """The judgement of the host that serves ``url``."""
-        from backfill.net.transport import origin
-
-        _, host, port = origin(url)
-        name = f"{host}:{port}"
-        health = self._hosts.get(name)
-        if health is None:
-            health = self._hosts[name] = ServiceHealth(
-                f"the download links' host {name}", budget=self._budget,
-                probe_interval=self._probe_interval, rng=self._rng, on_change=self._wake)
-        return health
-
-    @property
-    def outages(self) -> int:
-        return sum(h.outages for h in self._hosts.values())
-
-    def trouble(self) -> str | None:
-        return next((t for h in self._hosts.values() if (t := h.trouble())), None)
-
-    async def watch(self) -> OutageError:
-        """Wait until the outage of any link host outlives the budget; return its error."""
-        while True:
-            changed = self._changed
-            soonest = min(self._hosts.values(), key=lambda h: h.deadline, default=None)
-            if soonest is not None and soonest.deadline <= anyio.current_time():
-                return soonest.error()
-            left = math.inf if soonest is None else soonest.deadline - anyio.current_time()
-            with anyio.move_on_after(left):
-                await changed.wait()
-
-    def _wake(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()

@@ -1,65 +1,89 @@
-"""The run's shared budget of API calls: at most ``rate`` calls in any one-second window."""
+"""The gate every call to a service passes, right before it is sent: at most ``rate`` calls
+in any one-second window, and nothing at all while the service asked to be left alone.
+
+The hold is what a ``Retry-After`` says (on a 429, a 503, any status): once one answer
+carries it, no call of the run goes out before it ends, whichever key it is for, probes
+of an outage included. It is checked at the last moment, after the call's turn in the
+budget came: a call that queued for the budget before the answer came waits as well.
+
+A gate starts with its budget spent: calls another process made a moment ago (the run
+before this one, an Airflow worker handing its keys over to a trigger, or the trigger
+handing them back) still count at the server, and a gate cannot see them. So a fresh
+gate's first call waits one window; a run that knows the previous run's calls
+(:meth:`RateGate.remember`) counts exactly those instead.
+"""
 
 from __future__ import annotations
 
 import math
-import time
 from collections import deque
 
 import anyio
 
-# Calls are stamped when they leave; a little slack absorbs the time between the stamp
-# and the server's own clock reading, which is what the limit is counted against.
+from backfill.clock import Clock
+
 SLACK_SECONDS = 0.05
+"""Calls are stamped when they leave; a little slack absorbs the time between the stamp
+and the server's own clock reading, which is what the limit is counted against."""
 
 
-class RateLimiter:
-    """Admits at most ``rate`` calls per second, over any window, for every task of a run.
+class RateGate:
+    """Admits at most ``rate`` calls per second (none: no rate, only holds), over any
+    window, for every task of a run; holds every call while a ``Retry-After`` lasts."""
 
-    A 429 pauses everybody for the server's ``Retry-After``: one task's bad luck is a
-    signal that the budget is spent for all of them.
-    """
-
-    def __init__(self, rate: float, *, slack: float = SLACK_SECONDS) -> None:
-        if rate <= 0:
+    def __init__(self, clock: Clock, rate: float | None = None, *,
+                 slack: float = SLACK_SECONDS, spent: bool = True) -> None:
+        if rate is not None and rate <= 0:
             raise ValueError("rate must be positive")
-        self._limit = max(1, math.floor(rate))
-        self._window = self._limit / rate + slack
+        self._clock = clock
+        self._limit = max(1, math.floor(rate)) if rate else 0
+        self._window = self._limit / rate + slack if rate else 0.0
         self._sent: deque[float] = deque()
+        if spent and self._limit:
+            self._sent.extend([clock.monotonic()] * self._limit)
         self._lock = anyio.Lock()
-        self._paused_until = 0.0
+        self._held_until = -math.inf
         self.calls = 0
 
-    async def acquire(self) -> None:
-        """Wait for a slot in the budget; callers send their request right after."""
+    @property
+    def held_for(self) -> float:
+        """Seconds the service asked to be left alone from now (0: none)."""
+        return max(self._held_until - self._clock.monotonic(), 0.0)
+
+    async def admit(self) -> None:
+        """Wait for a call's turn in the budget and for any hold to end; the caller sends
+        its request right after."""
         async with self._lock:
-            # A timed wait, not a poll for an event: a pause may grow while we sleep.
-            while (wait := self._wait(time.monotonic())) > 0:  # noqa: ASYNC110
-                await anyio.sleep(wait)
-            self._sent.append(time.monotonic())
+            while (wait := self._wait(self._clock.monotonic())) > 0:
+                await self._clock.sleep(wait)
+            if self._limit:
+                self._sent.append(self._clock.monotonic())
             self.calls += 1
+
+    def hold(self, seconds: float | None) -> None:
+        """Send nothing more for ``seconds`` (a ``Retry-After``), whoever asks."""
+        if seconds:
+            self._held_until = max(self._held_until, self._clock.monotonic() + seconds)
 
     def recent(self) -> list[float]:
         """Wall-clock times of the calls still inside the window (to hand to the next run)."""
-        offset = time.time() - time.monotonic()
+        offset = self._clock.time() - self._clock.monotonic()
         return [stamp + offset for stamp in self._sent]
 
     def remember(self, wall_times: list[float]) -> None:
-        """Count calls a previous run made moments ago: the server still counts them."""
-        offset = time.time() - time.monotonic()
-        now = time.monotonic()
+        """Count exactly the calls a previous run made moments ago (instead of assuming
+        the budget spent): the server still counts them."""
+        offset = self._clock.time() - self._clock.monotonic()
+        now = self._clock.monotonic()
+        self._sent.clear()
         for stamp in sorted(wall_times)[-self._limit:]:
             if now - self._window < stamp - offset <= now:
                 self._sent.append(stamp - offset)
 
-    def pause(self, seconds: float) -> None:
-        """Hold every call back for ``seconds`` (the server said so)."""
-        self._paused_until = max(self._paused_until, time.monotonic() + seconds)
-
     def _wait(self, now: float) -> float:
         while self._sent and self._sent[0] <= now - self._window:
             self._sent.popleft()
-        wait = self._paused_until - now
-        if len(self._sent) >= self._limit:
+        wait = self._held_until - now
+        if self._limit and len(self._sent) >= self._limit:
             wait = max(wait, self._sent[0] + self._window - now)
         return wait

@@ -24,7 +24,6 @@ import anyio
 from backfill.config import Settings
 from backfill.destination import Destination, Stored
 from backfill.destination.descriptor import Descriptor
-from backfill.errors import first_error
 from backfill.keys import Granularity, Key
 from backfill.layout import MANIFEST, MARKER, folder_key, key_folder, literal_prefix
 from backfill.model import Status
@@ -136,12 +135,9 @@ async def _listings(destination: Destination, prefixes: list[str]
             for folder, files in (await destination.listing(prefix)).items():
                 merged.setdefault(folder, {}).update(files)
 
-    try:
-        async with anyio.create_task_group() as group:
-            for prefix in prefixes:
-                group.start_soon(one, prefix)
-    except BaseExceptionGroup as errors:
-        raise first_error(errors) from None
+    async with anyio.create_task_group() as group:
+        for prefix in prefixes:
+            group.start_soon(one, prefix)
     return merged
 
 

@@ -21,22 +21,11 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from rich.console import Console
-from rich.text import Text
-
 from backfill.model import Status, UnitRecord
 
 # Worst first: a key shows the worst state of its types.
 SEVERITY = (Status.FAILED, Status.GONE, Status.NOT_READY, Status.ACTIVE, Status.PENDING,
             Status.DONE)
-GLYPHS = {
-    Status.DONE: ("█", "green"),
-    Status.FAILED: ("✗", "bold red"),
-    Status.GONE: ("·", "dim"),
-    Status.NOT_READY: ("…", "yellow"),
-    Status.ACTIVE: ("▶", "cyan"),
-    Status.PENDING: ("○", "white"),
-}
 
 
 @dataclass
@@ -94,28 +83,3 @@ def summarize(units: list[UnitRecord], out: str, api: str,
             report.problems.append(unit)
     report.keys = {key: min(states, key=SEVERITY.index) for key, states in per_key.items()}
     return report
-
-
-def print_calendar(report: StatusReport, console: Console) -> None:
-    """Days as rows; hours as columns for hourly keys, one glyph per day for daily keys."""
-    days: dict[str, dict[int | None, Status]] = defaultdict(dict)
-    for name, state in report.keys.items():
-        day = f"{name[:4]}-{name[4:6]}-{name[6:8]}"
-        days[day][int(name[8:10]) if len(name) == 10 else None] = state
-    hourly = any(hour is not None for cells in days.values() for hour in cells)
-    if hourly:
-        console.print(Text("           " + "".join(f"{h:<6d}" for h in range(0, 24, 3)),
-                           style="dim"))
-    for day in sorted(days):
-        line = Text(f"{day} ")
-        cells = days[day]
-        for hour in (range(24) if hourly else [None]):
-            cell = cells.get(hour)
-            glyph, style = GLYPHS[cell] if cell else (" ", "")
-            line.append(f"{glyph} " if hourly else glyph, style=style)
-        console.print(line)
-    legend = Text("  ")
-    for state in SEVERITY:
-        glyph, style = GLYPHS[state]
-        legend.append(glyph, style=style).append(f" {report.word(state)}  ")
-    console.print(legend)

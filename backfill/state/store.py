@@ -15,10 +15,10 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from backfill.clock import system_clock
 from backfill.errors import OutputError
 from backfill.layout import MARKER, STATE_DIR
 from backfill.model import DonePart, PartRecord, Status, UnitRecord
@@ -70,7 +70,8 @@ def running_pid(folder: Path) -> int | None:
 
 
 def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    """When a row changes, for people reading the state: the machine's wall clock."""
+    return system_clock().now().isoformat(timespec="seconds")
 
 
 class Store:
@@ -142,7 +143,7 @@ class Store:
         if not holding:
             self.lock()
         try:
-            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+            stamp = system_clock().now().strftime("%Y%m%dT%H%M%SZ")
             aside = self.folder / f"{STATE_FILE}.damaged-{stamp}"
             for suffix in ("", "-wal", "-shm"):
                 with contextlib.suppress(FileNotFoundError):

@@ -21,7 +21,7 @@ import anyio
 from backfill.config import Settings
 from backfill.destination import Destination
 from backfill.destination.manifest import parse
-from backfill.errors import IntegrityError, OutputError, RemoteError, first_error
+from backfill.errors import IntegrityError, OutputError, RemoteError
 from backfill.keys import Key
 from backfill.layout import MANIFEST, MARKER, key_folder
 from backfill.model import Status
@@ -65,12 +65,9 @@ async def verify(store: Store, destination: Destination, settings: Settings,
             await anyio.to_thread.run_sync(store.mark_damaged, settings.api, key, data_type,
                                            problem)
 
-    try:
-        async with anyio.create_task_group() as group:
-            for unit in units:
-                group.start_soon(one, unit.key, unit.data_type)
-    except BaseExceptionGroup as errors:
-        raise first_error(errors) from None
+    async with anyio.create_task_group() as group:
+        for unit in units:
+            group.start_soon(one, unit.key, unit.data_type)
     report.damaged = dict(sorted(report.damaged.items()))
     report.unchecked = dict(sorted(report.unchecked.items()))
     return report

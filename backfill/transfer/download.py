@@ -21,13 +21,12 @@ from typing import Protocol
 import aiohttp
 import anyio
 
-from backfill.clock import wall_now
+from backfill.clock import Clock
 from backfill.errors import IntegrityError, LinkExpiredError, PermanentError, RetryableError
 from backfill.layout import redact
-from backfill.net.exchange import retry_after
-from backfill.net.outage import LinkHosts, ServiceHealth
-from backfill.net.proxy import Proxies, proxy_refusal
-from backfill.net.transport import MAX_REDIRECTS, Kind, classify, scheme_problem
+from backfill.net.exchange import LinkHosts
+from backfill.net.proxy import Proxies
+from backfill.net.transport import MAX_REDIRECTS, scheme_problem
 from backfill.transfer.integrity import Batch, Checker, Checkpoint, Progress, Verified
 
 
@@ -115,11 +114,12 @@ class Downloader:
     :data:`MAX_REDIRECTS` redirects, and never with the API's credentials.
     """
 
-    def __init__(self, session: aiohttp.ClientSession, *, chunk_size: int,
+    def __init__(self, session: aiohttp.ClientSession, clock: Clock, *, chunk_size: int,
                  checkpoint_bytes: int, connect_timeout: float, read_timeout: float,
                  hosts: LinkHosts, proxies: Proxies | None = None,
                  deep: bool = False, limits: BodyLimits | None = None) -> None:
         self._session = session
+        self._clock = clock
         self._deep = deep
         """Inflate every part, even when an MD5 proves its bytes (``--verify full``)."""
         self._hosts = hosts
@@ -172,54 +172,47 @@ class Downloader:
             headers["Range"] = f"bytes={progress.offset}-"
         shown = checker.shown
         proxy = self._proxies.for_url(link)
-        health = self._hosts.for_url(link)
+        host = self._hosts.for_url(link)
         verdict: list[Verified] = []
-        try:
-            # Admitted before the request: a response left unread while the destination
-            # catches up would hold a link's connection idle.
-            async with sink.admitted(), health.attempt(), self._session.get(
-                    link, headers=headers, timeout=self._timeout, proxy=proxy,
-                    read_bufsize=self._chunk, auto_decompress=False,
-                    max_redirects=MAX_REDIRECTS) as resp:
-                if resp.status == 416 and progress.offset:
-                    health.answered()
-                    return await self._kept_whole(resp, sink, progress, checker)
-                expected = self._check_answer(resp, progress, shown, proxy, health)
-                inflate = self._deep or expected.md5 is None
-                if progress.offset == 0:
-                    checker.reset(inflate=inflate)  # from the first byte, whatever was kept
-                elif inflate and not checker.inflating:
-                    await sink.refeed(checker)
-                elif not inflate and checker.inflating:
-                    checker.stop_inflating()
-                rest = expected.size - progress.offset if expected.size >= 0 else None
-                watch.started(rest)
-                if rest is not None and rest <= max(self._chunk, sink.whole_limit):
-                    start = progress.offset
-                    try:
-                        pieces = self._batches(resp, progress, watch, checker, expected)
-                        body = b"".join([chunk async for batch in pieces for chunk in batch])
-                    finally:
-                        progress.offset = start  # nothing is written until write_whole
+        # Admitted before the request: a response left unread while the destination
+        # catches up would hold a link's connection idle.
+        async with sink.admitted(), host.exchange(lambda: self._session.get(
+                link, headers=headers, timeout=self._timeout, proxy=proxy,
+                read_bufsize=self._chunk, auto_decompress=False,
+                max_redirects=MAX_REDIRECTS), proxy=proxy,
+                what=lambda: f"download of {shown} broke off after {progress.offset} bytes",
+                request=f"the link {shown}") as resp:
+            if resp.status == 416 and progress.offset:
+                return await self._kept_whole(resp, sink, progress, checker)
+            expected = self._check_answer(resp, progress, shown)
+            host.health.answered()
+            inflate = self._deep or expected.md5 is None
+            if progress.offset == 0:
+                checker.reset(inflate=inflate)  # from the first byte, whatever was kept
+            elif inflate and not checker.inflating:
+                await sink.refeed(checker)
+            elif not inflate and checker.inflating:
+                checker.stop_inflating()
+            rest = expected.size - progress.offset if expected.size >= 0 else None
+            watch.started(rest)
+            if rest is not None and rest <= max(self._chunk, sink.whole_limit):
+                start = progress.offset
+                try:
+                    pieces = self._batches(resp, progress, watch, checker, expected)
+                    body = b"".join([chunk async for batch in pieces for chunk in batch])
+                finally:
+                    progress.offset = start  # nothing is written until write_whole
 
-                    def check() -> Verified:
-                        checker.feed(body)
-                        return checker.verdict(expected.size, expected.md5)
+                def check() -> Verified:
+                    checker.feed(body)
+                    return checker.verdict(expected.size, expected.md5)
 
-                    verified = await sink.write_whole(body, progress, check)
-                    progress.offset = verified.size
-                    return verified
-                batches = self._batches(resp, progress, watch, checker, expected, verdict)
-                await sink.write_stream(batches, checker.feed_batch, progress, checkpoint,
-                                        self._checkpoint_bytes)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            failure = classify(exc, proxy)
-            if failure.kind is Kind.REQUEST:
-                raise PermanentError(f"refused the link {shown}: {failure.words}") from None
-            raise RetryableError(f"download of {shown} broke off after {progress.offset} "
-                                 f"bytes ({failure.words})",
-                                 outage=failure.down and health.missed(failure.words)
-                                 ) from None
+                verified = await sink.write_whole(body, progress, check)
+                progress.offset = verified.size
+                return verified
+            batches = self._batches(resp, progress, watch, checker, expected, verdict)
+            await sink.write_stream(batches, checker.feed_batch, progress, checkpoint,
+                                    self._checkpoint_bytes)
         return await sink.commit(verdict[0])
 
     async def _kept_whole(self, resp: aiohttp.ClientResponse, sink: PartSink,
@@ -254,7 +247,8 @@ class Downloader:
         content = resp.content
         limits = self._limits
         ceiling = expected.size if expected.size >= 0 else limits.max_size
-        window_start, window_bytes = anyio.current_time(), 0
+        clock = self._clock
+        window_start, window_bytes = clock.monotonic(), 0
         batch: Batch = []
         size = 0
         while True:
@@ -262,7 +256,7 @@ class Downloader:
             judge_at = window_start + limits.min_speed_time
             broken: Exception | None = None
             try:
-                with anyio.move_on_after(max(judge_at - anyio.current_time(), 0)
+                with anyio.move_on_after(max(judge_at - clock.monotonic(), 0)
                                          if limits.min_speed else math.inf):
                     chunk, http_chunk_end = await content.readchunk()
             except (aiohttp.ClientError, TimeoutError) as exc:
@@ -271,14 +265,14 @@ class Downloader:
             end = not chunk and not http_chunk_end and broken is None
             window_bytes += len(chunk)
             too_slow = None
-            if limits.min_speed and anyio.current_time() >= judge_at and broken is None:
+            if limits.min_speed and clock.monotonic() >= judge_at and broken is None:
                 if window_bytes < limits.min_speed * limits.min_speed_time and not end:
                     rate = window_bytes / limits.min_speed_time
                     too_slow = RetryableError(
                         f"download of {expected.shown} too slow: {rate:.0f} bytes/s for "
                         f"{limits.min_speed_time:g} s, under min_speed "
                         f"({limits.min_speed:g}); cut, to go on over a fresh connection")
-                window_start, window_bytes = anyio.current_time(), 0
+                window_start, window_bytes = clock.monotonic(), 0
             if chunk:
                 if progress.offset + size + len(chunk) > ceiling:
                     what = (f"its declared {expected.size} bytes" if expected.size >= 0
@@ -305,23 +299,14 @@ class Downloader:
             verdict.append(checker.verdict(expected.size, expected.md5))
 
     def _check_answer(self, resp: aiohttp.ClientResponse, progress: Progress,
-                      shown: str, proxy: str | None, health: ServiceHealth) -> _Expected:
+                      shown: str) -> _Expected:
+        """What the link's answer promises; 5xx, 429, 407 and broken exchanges were
+        classified by the host's service already."""
         status = resp.status
-        wait = retry_after(resp.headers.get("Retry-After"), wall_now())
-        if status >= 500:
-            raise RetryableError(f"object store error (HTTP {status}) for {shown}",
-                                 retry_after=wait,
-                                 outage=health.missed(f"HTTP {status}", retry_after=wait))
-        proxy_refusal(status, proxy)
-        health.answered()
         if status in (401, 403, 404, 410):
             # Object stores answer an expired signature with 403 (S3) or 410; a new job
             # version can make an old object vanish (404). Fresh links fix all of these.
             raise LinkExpiredError(f"link refused (HTTP {status}): {shown}")
-        if status == 429:
-            health.pause(wait)  # every part on this host waits, not only this one
-            raise RetryableError(f"object store busy (HTTP {status}) for {shown}",
-                                 retry_after=wait)
         etag = resp.headers.get("ETag")
         if status == 206 and progress.offset:
             match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
