@@ -115,6 +115,8 @@ class ServiceHealth:
         self._unusable.add(key)
         if len(self._unusable) < OUTAGE_AFTER and not self.down:
             return False
+        while not self.down and self._misses < OUTAGE_AFTER - 1:
+            self.missed(problem)  # the keys' answers before this one were misses as well
         return self.missed(problem)
 
     def missed(self, problem: str) -> bool:

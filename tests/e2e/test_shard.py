@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 
 from backfill.emulator import EmulatorConfig, RunningEmulator, serve
 from backfill.keys import BEIJING, Granularity, Key, Shard, expand
+from tests.e2e.test_survive_process import start, started, wait_for
 from tests.helpers import cli, env_for
 from tests.s3 import Bucket
-from tests.test_survive_process import start, started, wait_for
 
 
 @settings(deadline=None)
@@ -141,7 +141,7 @@ async def _console_token(emulator: RunningEmulator) -> str:
 
 def recipe_commands() -> list[str]:
     """The `backfill run` command lines of the scale-out recipes (docs/scale-out.md)."""
-    page = (Path(__file__).resolve().parent.parent / "docs" / "scale-out.md").read_text()
+    page = (Path(__file__).resolve().parents[2] / "docs" / "scale-out.md").read_text()
     section = page.split("# Run it at scale", 1)[1].split("\n**Many projects", 1)[0]
     recipes = "\n".join(re.findall(r"```yaml\n(.*?)```", section, flags=re.S))
     commands = [line.split("run: ", 1)[-1].strip() for line in recipes.splitlines()

@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 from collections.abc import AsyncIterator
 from contextlib import closing
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,8 @@ import anyio
 import pytest
 
 from backfill.emulator import EmulatorConfig, RunningEmulator, serve
+from tests.e2e.test_run import days_ago, downloaded_md5s, source_md5s
 from tests.helpers import assert_no_secrets, cli, command, env_for, state_text
-from tests.test_run import days_ago, downloaded_md5s, source_md5s
 
 pytestmark = pytest.mark.anyio
 TYPES = ("page", "action")
@@ -272,9 +273,9 @@ class _StopAfterParts:
 async def test_an_interrupted_run_keeps_every_finished_part_across_a_new_emulator(
         data_dir: Path, tmp_path: Path, size: str) -> None:
     from backfill.emulator import Faults
-    from backfill.engine.runner import backfill
     from backfill.keys import Granularity
-    from tests.test_run import hours_ago, settings_for
+    from backfill.library import fetch_keys
+    from tests.e2e.test_run import hours_ago, settings_for
 
     if size == "small parts":
         config = EmulatorConfig(data_dir=data_dir, job_seconds=0.0, bytes_per_hour=8 * 1024,
@@ -292,7 +293,7 @@ async def test_an_interrupted_run_keeps_every_finished_part_across_a_new_emulato
         stopping = _StopAfterParts(3)
         with anyio.fail_after(60):
             async with anyio.create_task_group() as group:
-                group.start_soon(backfill, settings, keys, stopping)
+                group.start_soon(partial(fetch_keys, settings, keys, reporter=stopping))
                 await stopping.enough.wait()
                 group.cancel_scope.cancel()  # what SIGINT does to a run
     complete = {hashlib.md5(p.read_bytes()).hexdigest() for p in out.rglob("part-*.csv.gz")}
@@ -302,7 +303,7 @@ async def test_an_interrupted_run_keeps_every_finished_part_across_a_new_emulato
         settings = settings_for(second, out, granularity=granularity, types=("visit", "page"),
                                 min_speed=0.0)
         with anyio.fail_after(120):
-            summary = await backfill(settings, keys, stopping._plain)
+            summary = await fetch_keys(settings, keys, reporter=stopping._plain)
         served = second.state.downloads_by_object
         stored = second.state.objects
     assert summary.exit_code == 0, summary.problems

@@ -20,13 +20,13 @@ import pytest
 from backfill.config import Settings, parse_out
 from backfill.emulator import DEMO_CREDENTIALS, EmulatorConfig, Faults, RunningEmulator, serve
 from backfill.engine.progress import PlainReporter
-from backfill.engine.runner import backfill
 from backfill.keys import Granularity, Key
+from backfill.library import fetch_keys
 from backfill.model import Status
+from tests.e2e.test_run import days_ago, hours_ago, run, settings_for, source_md5s
+from tests.e2e.test_survive_process import start, started, wait_for
 from tests.helpers import assert_no_secrets, cli, env_for
 from tests.s3 import S3_ENV, Bucket
-from tests.test_run import days_ago, hours_ago, run, settings_for, source_md5s
-from tests.test_survive_process import start, started, wait_for
 
 pytestmark = pytest.mark.anyio
 TYPES = ("visit", "page")
@@ -255,7 +255,7 @@ async def test_a_damaged_cache_is_set_aside_and_rebuilt_from_the_markers(
     state.write_bytes(damaged)
     before = emulator.state.stats()["calls"]
     lines = io.StringIO()
-    again = await backfill(settings, keys, PlainReporter(lines, interval=3600))
+    again = await fetch_keys(settings, keys, reporter=PlainReporter(lines, interval=3600))
     assert again.exit_code == 0, again.problems
     assert again.statuses[Status.DONE] == len(keys) and again.parts == 0
     assert emulator.state.stats()["calls"] == before  # not an export call, not a token

@@ -15,7 +15,7 @@ from anyio.from_thread import start_blocking_portal
 from backfill.emulator import DEMO_CREDENTIALS, Credentials, EmulatorConfig, RunningEmulator
 from backfill.emulator.server import serve
 from backfill.keys import Key
-from tests.test_run import hours_ago
+from tests.e2e.test_run import hours_ago
 
 dg = pytest.importorskip("dagster", reason="the dagster extra is not installed")
 TYPES = ["visit", "page"]
@@ -147,7 +147,7 @@ def test_two_projects_in_one_definitions(data_dir: Path, tmp_path: Path,
 def test_the_readmes_definitions_load(monkeypatch: pytest.MonkeyPatch) -> None:
     import re
 
-    page = (Path(__file__).resolve().parent.parent / "docs" / "scale-out.md").read_text()
+    page = (Path(__file__).resolve().parents[2] / "docs" / "scale-out.md").read_text()
     section = page.split("**Dagster**", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, flags=re.S)
     assert code, "the Dagster example of docs/scale-out.md is gone"

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 
 from backfill.emulator.clock import machine_time
-from tests.conftest import EmulatorFactory
+from tests.e2e.conftest import EmulatorFactory
 
 pytestmark = pytest.mark.anyio
 READY_HOUR = "202611201000"

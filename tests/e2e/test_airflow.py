@@ -23,13 +23,13 @@ import pytest
 
 from backfill.emulator import DEMO_CREDENTIALS, RunningEmulator
 from backfill.keys import BEIJING, Key
+from tests.e2e.test_dagster import emulator_in_a_thread
+from tests.e2e.test_run import hours_ago
 from tests.helpers import env_for
-from tests.test_dagster import emulator_in_a_thread
-from tests.test_run import hours_ago
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("airflow") is None,
                                 reason="the airflow extra is not installed")
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "airflow-dags"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "airflow-dags"
 
 DAG = '''
 import json, os, sys

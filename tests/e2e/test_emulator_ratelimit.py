@@ -6,7 +6,7 @@ import anyio
 import pytest
 
 from backfill.emulator.ratelimit import SlidingWindowLimiter, retry_after_header
-from tests.conftest import EmulatorFactory
+from tests.e2e.conftest import EmulatorFactory
 from tests.helpers import Reply
 
 pytestmark = pytest.mark.anyio

@@ -16,6 +16,7 @@ import pytest
 
 from backfill.emulator import EmulatorConfig, RunningEmulator, serve
 from backfill.engine.progress import Activity
+from tests.fakes import FakeClock
 from tests.helpers import cli, command, env_for
 
 pytestmark = pytest.mark.anyio
@@ -127,7 +128,7 @@ async def test_a_unit_left_by_a_stopped_run_reads_as_interrupted(tmp_path: Path)
 
 
 def test_no_eta_while_keys_wait_for_their_jobs_or_data() -> None:
-    activity = Activity(keys_total=10, keys_done=2, started=0.0)
+    activity = Activity(FakeClock(), keys_total=10, keys_done=2, started=0.0)
     activity.running["2026112007"] = 5.0
     assert activity.facts(0.0)["eta_seconds"] is None and "ETA" not in activity.describe(0.0)
     activity.running.clear()

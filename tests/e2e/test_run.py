@@ -18,8 +18,8 @@ from backfill.clock import wall_now
 from backfill.config import Credentials, Settings
 from backfill.emulator import DEMO_CREDENTIALS, EmulatorConfig, Faults, RunningEmulator, serve
 from backfill.engine.progress import PlainReporter
-from backfill.engine.runner import backfill
 from backfill.keys import Granularity, Key, expand, key_at
+from backfill.library import fetch_keys
 from backfill.model import Status, Summary
 from backfill.state.store import Store
 from tests.helpers import Api
@@ -50,7 +50,7 @@ def hours_ago(first: int, last: int) -> list[Key]:
 
 
 async def run(settings: Settings, keys: list[Key], **kw: Any) -> Summary:
-    return await backfill(settings, keys, PlainReporter(interval=3600), **kw)
+    return await fetch_keys(settings, keys, reporter=PlainReporter(interval=3600), **kw)
 
 
 def source_md5s(emulator: RunningEmulator, keys: list[Key], types: tuple[str, ...]) -> Counter[str]:
@@ -173,7 +173,7 @@ async def test_a_token_revoked_mid_run_is_replaced_once(emulator: RunningEmulato
     settings = settings_for(emulator, tmp_path, types=("visit",), downloads=1)
 
     async def backfill_run() -> None:
-        summary.append(await backfill(settings, days_ago(5, 3), reporter))
+        summary.append(await fetch_keys(settings, days_ago(5, 3), reporter=reporter))
 
     async with anyio.create_task_group() as group, aiohttp.ClientSession() as session:
         group.start_soon(backfill_run)
@@ -333,7 +333,7 @@ async def test_keys_start_within_a_bounded_window(emulator: RunningEmulator, tmp
     reporter = _OrderReporter()
     # A fast budget, so that without the window all keys would ask at once.
     settings = settings_for(emulator, tmp_path, types=("visit",), rate=100.0)
-    summary = await backfill(settings, keys, reporter)
+    summary = await fetch_keys(settings, keys, reporter=reporter)
     assert summary.exit_code == 0
     order = [key for _, key in reporter.events]
     assert order == sorted(order), "parts of one key mixed with another's"
@@ -399,7 +399,7 @@ async def test_a_key_of_many_parts_keeps_few_part_tasks(emulator: RunningEmulato
     emulator.state.config.job_seconds = 0
     reporter = _LiveParts()
     settings = settings_for(emulator, tmp_path, types=("visit",), downloads=2)
-    summary = await backfill(settings, days_ago(3, 3), reporter)
+    summary = await fetch_keys(settings, days_ago(3, 3), reporter=reporter)
     assert summary.exit_code == 0
     assert reporter.total >= 24  # one part per hour at least
     assert reporter.peak <= 2 * settings.downloads

@@ -10,16 +10,17 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from backfill.clock import wall_now
+from backfill.clock import SystemClock, wall_now
 from backfill.destination.local import LocalPart
 from backfill.emulator import EmulatorConfig, serve
 from backfill.errors import IntegrityError, RetryableError
-from backfill.net.outage import LinkHosts
+from backfill.net.exchange import LinkHosts
 from backfill.transfer.download import Downloader, block_size
 from backfill.transfer.integrity import Progress, check_part
 from tests.helpers import Api
 
 pytestmark = pytest.mark.anyio
+CLOCK = SystemClock()
 
 
 class _Quiet:
@@ -47,7 +48,7 @@ async def test_a_new_process_resumes_from_the_recorded_checkpoint(data_dir: Path
         async def checkpoint(progress: Progress) -> None:
             recorded.append((progress.offset, progress.etag))
 
-        first = Downloader(session, chunk_size=16 << 10, checkpoint_bytes=64 << 10,
+        first = Downloader(session, CLOCK, chunk_size=16 << 10, checkpoint_bytes=64 << 10,
                            connect_timeout=5, read_timeout=0.5, hosts=_hosts())
         with pytest.raises(RetryableError, match="broke off"):
             await first.fetch(link, LocalPart(dest), Progress(), checkpoint, _Quiet())
@@ -60,7 +61,7 @@ async def test_a_new_process_resumes_from_the_recorded_checkpoint(data_dir: Path
         temp = LocalPart(dest).temp
         with temp.open("ab") as f:
             f.write(b"junk past the recorded offset" * 100)
-        second = Downloader(session, chunk_size=16 << 10, checkpoint_bytes=64 << 10,
+        second = Downloader(session, CLOCK, chunk_size=16 << 10, checkpoint_bytes=64 << 10,
                             connect_timeout=5, read_timeout=5, hosts=_hosts())
         verified = await second.fetch(link, LocalPart(dest), Progress(offset, etag),
                                       checkpoint, _Quiet())
@@ -86,7 +87,7 @@ async def _resume(data_dir: Path, tmp_path: Path, kept: bytes, etag: str | None,
         part = LocalPart(tmp_path / "part-00000.csv.gz")
         part.temp.write_bytes(kept)
         progress = Progress(len(kept), etag)
-        downloader = Downloader(session, chunk_size=16 << 10, checkpoint_bytes=1 << 20,
+        downloader = Downloader(session, CLOCK, chunk_size=16 << 10, checkpoint_bytes=1 << 20,
                                 connect_timeout=5, read_timeout=5, hosts=_hosts())
 
         async def checkpoint(progress: Progress) -> None:
@@ -123,7 +124,7 @@ async def test_a_range_answer_that_starts_elsewhere_starts_over(data_dir: Path,
 
 
 def _hosts() -> LinkHosts:
-    return LinkHosts(budget=60.0, probe_interval=0.1)
+    return LinkHosts(CLOCK, budget=60.0, probe_interval=0.1)
 
 
 def _ready_hour() -> str:
@@ -158,7 +159,7 @@ async def test_an_md5_proves_the_bytes_and_full_verify_inflates_them_anyway(
         bad.write_bytes(_broken_inside(stored.file.read_bytes()))
         emulator.state.objects[name] = replace(
             stored, file=bad, md5=hashlib.md5(bad.read_bytes()).hexdigest())
-        downloader = Downloader(session, chunk_size=16 << 10, checkpoint_bytes=1 << 20,
+        downloader = Downloader(session, CLOCK, chunk_size=16 << 10, checkpoint_bytes=1 << 20,
                                 connect_timeout=5, read_timeout=5, hosts=_hosts(),
                                 deep=deep)
         dest = tmp_path / "part-00000.csv.gz"
@@ -239,7 +240,7 @@ async def test_a_body_without_a_length_arrives_in_http_chunks_and_is_checked_to_
         pass
 
     async with server, aiohttp.ClientSession() as session:
-        downloader = Downloader(session, chunk_size=256 << 10, checkpoint_bytes=1 << 20,
+        downloader = Downloader(session, CLOCK, chunk_size=256 << 10, checkpoint_bytes=1 << 20,
                                 connect_timeout=5, read_timeout=5, hosts=_hosts())
         fetch = downloader.fetch(f"http://127.0.0.1:{port}/part", LocalPart(dest),
                                  Progress(), checkpoint, _Quiet())

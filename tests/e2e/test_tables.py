@@ -23,10 +23,10 @@ from backfill.destination.tables.schema import COLUMNS, column_kind
 from backfill.emulator import DEMO_CREDENTIALS, EmulatorConfig, Faults, RunningEmulator, serve
 from backfill.errors import IntegrityError
 from backfill.keys import V2_TYPES, Granularity, Key
+from tests.e2e.test_run import hours_ago, run, settings_for
+from tests.e2e.test_survive_process import start, wait_for
 from tests.helpers import cli, env_for
 from tests.s3 import S3_ENV, Bucket
-from tests.test_run import hours_ago, run, settings_for
-from tests.test_survive_process import start, wait_for
 
 pytestmark = pytest.mark.anyio
 pa = pytest.importorskip("pyarrow")
@@ -396,7 +396,7 @@ def test_a_field_longer_than_a_megabyte_and_every_escape_read_exactly(tmp_path: 
 
 
 async def test_the_readme_tables_command_runs(emulator: RunningEmulator, tmp_path: Path) -> None:
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     section = readme.split("### Tables: Parquet and Delta Lake", 1)[1].split("\n### ", 1)[0]
     line = next(x for x in section.splitlines() if x.startswith("backfill run "))
     import shlex

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from backfill.emulator import V1_TYPES, V2_TYPES, RunningEmulator
-from tests.conftest import EmulatorFactory
+from tests.e2e.conftest import EmulatorFactory
 from tests.helpers import Api
 
 pytestmark = pytest.mark.anyio

@@ -12,10 +12,10 @@ import backfill
 from backfill.emulator import EmulatorConfig, RunningEmulator, serve
 from backfill.errors import UsageError
 from backfill.model import Status
+from tests.e2e.test_run import days_ago, downloaded_md5s, source_md5s
 from tests.helpers import env_for
-from tests.test_run import days_ago, downloaded_md5s, source_md5s
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from backfill.emulator import EmulatorConfig, Faults, serve
+from tests.e2e.test_run import days_ago, downloaded_md5s, run, settings_for, source_md5s
 from tests.helpers import assert_no_secrets, state_text
-from tests.test_run import days_ago, downloaded_md5s, run, settings_for, source_md5s
 
 pytestmark = pytest.mark.anyio
 
@@ -143,7 +143,7 @@ async def test_a_key_failed_by_a_broken_download_shows_no_signed_link(
     import io
 
     from backfill.engine.progress import PlainReporter
-    from backfill.engine.runner import backfill
+    from backfill.library import fetch_keys
 
     faults = Faults(**{fault: 1.0}, stall_seconds=5.0)
     config = EmulatorConfig(data_dir=data_dir, job_seconds=0.0, bytes_per_hour=8 * 1024,
@@ -152,7 +152,8 @@ async def test_a_key_failed_by_a_broken_download_shows_no_signed_link(
         settings = settings_for(emulator, tmp_path, types=("visit",), retries=0,
                                 read_timeout=1.0)
         lines = io.StringIO()
-        summary = await backfill(settings, days_ago(4, 4), PlainReporter(lines, interval=0))
+        summary = await fetch_keys(settings, days_ago(4, 4),
+                                   reporter=PlainReporter(lines, interval=0))
         token = emulator.state.token.code if emulator.state.token else None
     assert summary.exit_code == 1
     problem = next(iter(summary.problems.values()))

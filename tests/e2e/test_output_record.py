@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +106,8 @@ def root(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Settings, Any]
 
 def _manifest(*names: str) -> bytes:
     return document(key="2026112007", data_type="visit", api="v2",
-                    parts=[ManifestPart(n, 1, "0" * 32, "https://h/x") for n in names])
+                    parts=[ManifestPart(n, 1, "0" * 32, "https://h/x") for n in names],
+                    completed_at=datetime(2026, 11, 20, tzinfo=UTC))
 
 
 async def test_nothing_backfill_did_not_write_is_deleted_by_a_publish(
@@ -156,7 +158,7 @@ async def test_an_output_of_an_earlier_version_is_recognised_by_its_delta_log(
 
 async def test_a_raw_output_keeps_foreign_files_through_force_and_refuses_a_table(
         emulator: Any, tmp_path: Path) -> None:
-    from tests.test_run import days_ago
+    from tests.e2e.test_run import days_ago
 
     day = days_ago(3, 3)[0].name
     env = env_for(emulator.url)
@@ -182,8 +184,8 @@ async def test_a_raw_output_keeps_foreign_files_through_force_and_refuses_a_tabl
 async def test_a_delta_output_survives_every_command_typed_without_format(
         emulator: Any, tmp_path: Path) -> None:
     deltalake = pytest.importorskip("deltalake")
-    from tests.test_run import hours_ago
-    from tests.test_tables import Table, _same, expected
+    from tests.e2e.test_run import hours_ago
+    from tests.e2e.test_tables import Table, _same, expected
 
     keys = hours_ago(8, 7)
     env = env_for(emulator.url)

@@ -15,7 +15,7 @@ import pytest
 
 from backfill.destination.tables.schema import COLUMNS
 from backfill.emulator import RunningEmulator
-from tests.conftest import EmulatorFactory
+from tests.e2e.conftest import EmulatorFactory
 from tests.helpers import Api
 
 pytestmark = pytest.mark.anyio

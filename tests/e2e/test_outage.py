@@ -9,20 +9,17 @@ from pathlib import Path
 import anyio
 import anyio.lowlevel
 import pytest
-from anyio import wait_all_tasks_blocked
 from anyio.abc import SocketStream
 
-from backfill.clock import wall_now
 from backfill.emulator import EmulatorConfig, RunningEmulator, serve
 from backfill.engine.progress import PlainReporter
-from backfill.engine.runner import backfill, retryable
-from backfill.errors import OutageError
 from backfill.keys import Granularity, Key
+from backfill.library import fetch_keys, retry_keys
 from backfill.model import Status, Summary
-from backfill.net.outage import OUTAGE_AFTER, ServiceHealth
+from backfill.net.outage import OUTAGE_AFTER
 from backfill.state.store import Store
+from tests.e2e.test_run import downloaded_md5s, hours_ago, settings_for, source_md5s
 from tests.helpers import cli, env_for
-from tests.test_run import downloaded_md5s, hours_ago, settings_for, source_md5s
 
 pytestmark = pytest.mark.anyio
 
@@ -56,7 +53,7 @@ async def _run_with_an_outage(emulator: RunningEmulator, out: Path, keys: list[K
     result: list[tuple[Summary, float]] = []
 
     async def run() -> None:
-        summary = await backfill(settings, keys, reporter)
+        summary = await fetch_keys(settings, keys, reporter=reporter)
         result.append((summary, anyio.current_time()))
 
     with anyio.fail_after(120):  # a hang guard, not a timing
@@ -106,12 +103,14 @@ async def test_a_dead_api_ends_the_run_within_its_budget_and_keeps_keys_retryabl
 
     # Back up: `retry` takes exactly the keys the outage left, and the output is exact.
     await emulator.come_back()
-    again, types = retryable(settings_for(emulator, tmp_path, granularity=Granularity.HOUR),
-                             None, wall_now())
-    assert [k.name for k in again] == sorted(u.key for u in failed) and types == TYPES
+    retried, again = retry_keys(settings_for(emulator, tmp_path, granularity=Granularity.HOUR),
+                                None)
+    assert [k.name for k in again] == sorted(u.key for u in failed)
+    assert retried.types == TYPES
     settings = settings_for(emulator, tmp_path, granularity=Granularity.HOUR, types=TYPES,
                             rate=10.0)
-    assert (await backfill(settings, again, PlainReporter(interval=3600))).exit_code == 0
+    assert (await fetch_keys(settings, again,
+                             reporter=PlainReporter(interval=3600))).exit_code == 0
     assert downloaded_md5s(tmp_path) == source_md5s(emulator, keys, TYPES)
 
 
@@ -164,79 +163,3 @@ async def test_an_api_dead_from_the_start_costs_one_token_loop_and_one_line(
     code, out, _ = await cli(["retry", "--dry-run", "--json", "--out", "data"],
                              env_for(f"http://127.0.0.1:{port}"), tmp_path)
     assert code == 0 and json.loads(out)["to_fetch"] == 48
-
-
-# --- the judgement alone ---------------------------------------------------------------
-
-
-async def test_misses_in_a_row_make_an_outage_and_an_answer_ends_it() -> None:
-    health = ServiceHealth("svc", budget=60.0, probe_interval=0.01)
-    for _ in range(OUTAGE_AFTER - 1):
-        assert not health.missed("reset")
-    health.answered()  # an answer between misses: bad luck, not an outage
-    assert not health.missed("reset")
-    assert [health.missed("reset") for _ in range(OUTAGE_AFTER - 1)][-1]
-    assert health.down and health.outages == 1
-    health.answered()
-    assert not health.down
-
-
-async def test_during_an_outage_one_probe_at_a_time_goes_out() -> None:
-    health = ServiceHealth("svc", budget=60.0, probe_interval=0.01)
-    for _ in range(OUTAGE_AFTER):
-        health.missed("refused")
-    probing = peak = probes = after = 0
-
-    async def caller() -> None:
-        nonlocal probing, peak, probes, after
-        async with health.attempt():
-            if not health.down:  # admitted after the recovery: no limit any more
-                after += 1
-                return
-            probing += 1
-            peak = max(peak, probing)
-            await wait_all_tasks_blocked()  # every other caller tries to get in meanwhile
-            probing -= 1
-            probes += 1
-            if probes < 3:
-                health.missed("refused")  # the first probes fail too
-            else:
-                health.answered()
-
-    with anyio.fail_after(10):
-        async with anyio.create_task_group() as group:
-            for _ in range(6):
-                group.start_soon(caller)
-    assert (peak, probes, after) == (1, 3, 3)  # one at a time while down, then the rest
-
-
-async def test_an_outage_past_its_budget_raises_for_callers_and_the_watcher() -> None:
-    health = ServiceHealth("the export API", budget=0.2, probe_interval=10.0)
-    for _ in range(OUTAGE_AFTER):
-        health.missed("ClientConnectorError (errno 111)")
-    with anyio.fail_after(5):
-        error = await health.watch()
-        with pytest.raises(OutageError) as caught:
-            async with health.attempt():
-                pass
-    assert caught.value.service == error.service == "the export API"
-    assert str(error).startswith("the export API has not answered since ")
-    assert str(error).endswith("(0 s; last: ClientConnectorError (errno 111))")
-
-
-async def test_each_link_host_is_judged_on_its_own() -> None:
-    from backfill.net.outage import LinkHosts
-
-    hosts = LinkHosts(budget=0.3, probe_interval=10.0)
-    dead = hosts.for_url("https://bucket-a.example:443/part?sig=1")
-    alive = hosts.for_url("https://bucket-b.example/part")
-    assert hosts.for_url("https://bucket-a.example/other") is dead  # one judgement per host
-    for _ in range(OUTAGE_AFTER):
-        dead.missed("connection refused")
-    assert dead.down and not alive.down
-    with anyio.fail_after(5):
-        async with alive.attempt():  # a healthy host's parts are not held
-            pass
-        error = await hosts.watch()
-    assert error.service == "the download links' host bucket-a.example:443"
-    assert "sig=" not in str(error)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from backfill.emulator import EmulatorConfig, RunningEmulator, serve
+from tests.e2e.test_run import days_ago, downloaded_md5s, source_md5s
 from tests.helpers import cli, env_for
-from tests.test_run import days_ago, downloaded_md5s, source_md5s
 
 pytestmark = pytest.mark.anyio
 RANGE = ["--from", "-4d", "--to", "-3d", "--types", "visit", "--out", "data"]
@@ -91,7 +91,7 @@ async def test_a_unit_verify_could_not_read_is_reported_and_never_marked(
     from backfill.model import Status
     from backfill.state.store import Store
     from backfill.state.verify import verify
-    from tests.test_run import settings_for
+    from tests.e2e.test_run import settings_for
 
     env = env_for(emulator.url)
     assert (await cli(["run", *RANGE], env, tmp_path))[0] == 0

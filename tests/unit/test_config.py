@@ -23,7 +23,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_example_config_loads(tmp_path: Path) -> None:
-    example = Path(__file__).resolve().parent.parent / "config.example.toml"
+    example = Path(__file__).resolve().parents[2] / "config.example.toml"
     s = load(example, {}, env={})
     assert s.types == ("visit", "page", "custom_event")
     assert s.max_wait == 1800
@@ -189,7 +189,7 @@ def test_a_broken_project_is_named(tmp_path: Path, entry: str, message: str) -> 
 def test_the_readmes_projects_load(tmp_path: Path) -> None:
     import re
 
-    page = (Path(__file__).resolve().parent.parent / "docs" / "scale-out.md").read_text()
+    page = (Path(__file__).resolve().parents[2] / "docs" / "scale-out.md").read_text()
     section = page.split("**Many projects in one config.**", 1)[1]
     block = re.search(r"```toml\n(.*?)```", section, flags=re.S)
     assert block, "the [[projects]] example of docs/scale-out.md is gone"
@@ -205,13 +205,13 @@ def test_the_example_config_documents_every_setting() -> None:
 
     from backfill.config import option_names
 
-    example = (Path(__file__).resolve().parent.parent / "config.example.toml").read_text()
+    example = (Path(__file__).resolve().parents[2] / "config.example.toml").read_text()
     documented = set(re.findall(r"^#? ?([a-z_]+) = ", example, flags=re.MULTILINE))
     assert set(option_names()) - documented == set()
 
 
 def test_sizes_take_units_and_the_example_means_what_it_says(tmp_path: Path) -> None:
-    example = Path(__file__).resolve().parent.parent / "config.example.toml"
+    example = Path(__file__).resolve().parents[2] / "config.example.toml"
     s = load(example, {}, env={})
     assert (s.min_speed, s.min_speed_time, s.max_part_size) == (4096, 60, 128 << 20)
     assert load(None, {"max_part_size": "1GB", "min_speed": 0}, env={}).max_part_size == 10**9

@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 
 from backfill.emulator import Faults
-from tests.conftest import EmulatorFactory
+from tests.e2e.conftest import EmulatorFactory
 from tests.helpers import Api
 
 pytestmark = pytest.mark.anyio

@@ -18,8 +18,8 @@ from backfill.emulator import EmulatorConfig, Faults, RunningEmulator, serve
 from backfill.errors import TokenError, UsageError
 from backfill.keys import Granularity
 from backfill.model import Status
+from tests.e2e.test_run import downloaded_md5s, hours_ago, run, settings_for, source_md5s
 from tests.helpers import assert_no_secrets, cli, env_for
-from tests.test_run import downloaded_md5s, hours_ago, run, settings_for, source_md5s
 
 pytestmark = pytest.mark.anyio
 
