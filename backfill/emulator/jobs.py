@@ -40,6 +40,8 @@ class Job:
     fails: bool
     version: int
     error_reported: bool = False
+    started: float = 0.0
+    """When its first ask started it (emulated seconds)."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,10 @@ class JobBook:
         self._config = config
         self._jobs: dict[tuple[str, ...], Job] = {}
 
+    def started(self) -> dict[tuple[str, ...], float]:
+        """When each job was started (its first ask), by identity."""
+        return {job_id: job.started for job_id, job in self._jobs.items()}
+
     def answer(self, job_id: tuple[str, ...], key: Key, now: datetime, *,
                can_fail: bool) -> Answer:
         """What the service says about ``key`` at ``now``; the first ask starts the job.
@@ -73,7 +79,7 @@ class JobBook:
         if job is None or job.error_reported:
             fails = can_fail and config.faults.roll("job_error")
             version = 1 if job is None else job.version + 1
-            job = self._jobs[job_id] = Job(t + config.job_seconds, fails, version)
+            job = self._jobs[job_id] = Job(t + config.job_seconds, fails, version, started=t)
         if t < job.finishes:
             return Answer(Status.RUNNING, job.version)
         if job.fails:

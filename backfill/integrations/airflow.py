@@ -107,8 +107,7 @@ class GrowingIOFetchOperator(BaseOperator):
         waiting = self.deferrable and not last_look
         # A deferrable task never waits on a worker: what is not ready defers, and the
         # last look (after the trigger) asks once. Only deferrable=False waits here.
-        asked_at = _clock().time()
-        wait = 0.0 if self.deferrable else max(deadline - asked_at, 0.0)
+        wait = 0.0 if self.deferrable else max(deadline - _clock().time(), 0.0)
         try:
             summary = backfill.fetch(
                 first, last, config=self.config, project=self.project,
@@ -117,6 +116,7 @@ class GrowingIOFetchOperator(BaseOperator):
         except BackfillError as exc:  # bad settings, credentials, a range all gone: one line
             span = first if first == last else f"{first} … {last}"
             raise AirflowException(f"GrowingIO keys {span}: {exc}") from None
+        asked_at = _clock().time()  # the keys not ready were asked at the latest now
         not_ready = sorted(k for k, p in summary.problems.items() if p.startswith("not_ready"))
         if not_ready and waiting and _clock().time() < deadline:
             self.log.info("%d keys not ready: deferring until they are (or %s)",
@@ -279,9 +279,8 @@ class GrowingIOReadyTrigger(BaseTrigger):
                                      environ=_environ(self.env_prefix, self.project))
         settings, keys = library.range_keys(settings, self.first, self.last,
                                             check_retention=False)
-        if self.keys is not None:
-            keys = [k for k in keys if k.name in set(self.keys)] or [
-                Key.parse(name) for name in self.keys]
+        if self.keys is not None:  # the keys the worker found not ready
+            keys = [Key.parse(name) for name in self.keys]
         return settings, keys
 
     async def _wait(self, settings: Any, keys: list[Any]) -> str:

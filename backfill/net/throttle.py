@@ -6,11 +6,15 @@ carries it, no call of the run goes out before it ends, whichever key it is for,
 of an outage included. It is checked at the last moment, after the call's turn in the
 budget came: a call that queued for the budget before the answer came waits as well.
 
+Calls are also spaced out evenly (one every ``1/rate`` seconds, not two at once each
+second): a call held back a little on its way (a busy event loop, a connection being
+opened) then still lands in its own window at the server, and does not make a third.
+
 A gate starts with its budget spent: calls another process made a moment ago (the run
 before this one, an Airflow worker handing its keys over to a trigger, or the trigger
-handing them back) still count at the server, and a gate cannot see them. So a fresh
-gate's first call waits one window; a run that knows the previous run's calls
-(:meth:`RateGate.remember`) counts exactly those instead.
+handing them back) still count at the server, and a gate cannot see them all. So a fresh
+gate's first call waits one window; the calls it does know of (:meth:`RateGate.remember`:
+the previous run's, from the state folder) are counted on top.
 """
 
 from __future__ import annotations
@@ -71,14 +75,14 @@ class RateGate:
         return [stamp + offset for stamp in self._sent]
 
     def remember(self, wall_times: list[float]) -> None:
-        """Count exactly the calls a previous run made moments ago (instead of assuming
-        the budget spent): the server still counts them."""
+        """Count the calls a previous run made moments ago: the server still counts them
+        (on top of the budget a fresh gate assumes spent: another process may have called
+        since)."""
         offset = self._clock.time() - self._clock.monotonic()
         now = self._clock.monotonic()
-        self._sent.clear()
-        for stamp in sorted(wall_times)[-self._limit:]:
-            if now - self._window < stamp - offset <= now:
-                self._sent.append(stamp - offset)
+        known = [stamp - offset for stamp in sorted(wall_times)[-self._limit:]
+                 if now - self._window < stamp - offset <= now]
+        self._sent = deque(sorted([*self._sent, *known])[-self._limit:])
 
     def _wait(self, now: float) -> float:
         while self._sent and self._sent[0] <= now - self._window:
@@ -86,4 +90,6 @@ class RateGate:
         wait = self._held_until - now
         if self._limit and len(self._sent) >= self._limit:
             wait = max(wait, self._sent[0] + self._window - now)
+        if self._limit and self._sent:
+            wait = max(wait, self._sent[-1] + self._window / self._limit - now)
         return wait
