@@ -10,10 +10,12 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
 from anyio.lowlevel import checkpoint
+from anyio.lowlevel import checkpoint as checkpoint_
 
 from backfill.growingio.api import ExportAnswer
 from backfill.keys import Key
@@ -79,12 +81,16 @@ async def running(clock: FakeClock) -> AsyncIterator[TaskGroup]:
 @dataclass
 class ScriptedApi:
     """An export API that answers each key from a script: a list of statuses per key
-    (the last one repeats), links for FINISHED ones; it records every call's time."""
+    (the last one repeats), links for FINISHED ones; or, with ``job_seconds``, as a job
+    that runs that long from its first ask. It records every call's time."""
 
     clock: FakeClock
     script: dict[str, list[str]] = field(default_factory=dict)
     default: list[str] = field(default_factory=lambda: ["FINISHED"])
+    job_seconds: float | None = None
     calls: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    started: dict[str, float] = field(default_factory=dict)
+    """When each key's job started (its first ask)."""
     on_call: Callable[[Key], None] | None = None
 
     async def export(self, key: Key, types: tuple[str, ...]) -> ExportAnswer:
@@ -93,8 +99,13 @@ class ScriptedApi:
             self.on_call(key)
         asked = self.calls[key.name]
         asked.append(self.clock.time())
-        answers = self.script.get(key.name, self.default)
-        status = answers[min(len(asked) - 1, len(answers) - 1)]
+        started = self.started.setdefault(key.name, asked[-1])
+        if self.job_seconds is not None and key.name not in self.script:
+            done = asked[-1] - started >= self.job_seconds
+            status = "FINISHED" if done else "RUNNING"
+        else:
+            answers = self.script.get(key.name, self.default)
+            status = answers[min(len(asked) - 1, len(answers) - 1)]
         links = {t: [f"https://links.example/{key.name}/{t}/part-0.csv.gz?sig=x"]
                  for t in types} if status == "FINISHED" else {}
         return ExportAnswer(status, links, "job failed" if status == "ERROR" else None)
@@ -102,3 +113,35 @@ class ScriptedApi:
     @property
     def total(self) -> int:
         return sum(len(times) for times in self.calls.values())
+
+
+class FakeDownloader:
+    """Writes a small gzip part of its link's name through the real sink, checked as the
+    real downloader checks it; ``failures`` raises some first, link by link (its path)."""
+
+    def __init__(self, failures: dict[str, list[BaseException]] | None = None) -> None:
+        self.failures = failures or {}
+        self.fetched: list[str] = []
+
+    async def fetch(self, link: str, sink: Any, progress: Any, checkpoint: Any, watch: Any,
+                    *, shown: str | None = None) -> Any:
+        import gzip
+        import hashlib
+        from urllib.parse import urlsplit
+
+        from backfill.transfer.integrity import Checker
+
+        await checkpoint_()
+        path = urlsplit(link).path
+        if self.failures.get(path):
+            raise self.failures[path].pop(0)
+        body = gzip.compress(path.encode(), mtime=0)
+        checker = Checker(shown or path)
+
+        def check() -> Any:
+            checker.feed(body)
+            return checker.verdict(len(body), hashlib.md5(body).hexdigest())
+
+        verified = await sink.write_whole(body, progress, check)
+        self.fetched.append(path)
+        return verified
