@@ -26,9 +26,10 @@ import anyio
 
 from backfill.clock import Clock
 
-SLACK_SECONDS = 0.05
+SLACK_SECONDS = 0.1
 """Calls are stamped when they leave; a little slack absorbs the time between the stamp
-and the server's own clock reading, which is what the limit is counted against."""
+and the server's own clock reading, which is what the limit is counted against: a call
+held up to 0.1 s on its way still leaves two in any second (at 1.8 calls/s at most)."""
 
 
 class RateGate:

@@ -81,7 +81,8 @@ async def test_plain_and_json_logs_say_what_the_run_waits_for(emulator: RunningE
     assert code == 0, err
     events = [json.loads(line) for line in err.splitlines()]
     beats = [e for e in events if e["event"] == "heartbeat"]
-    assert beats and beats[0]["jobs_running"] == 1 and beats[0]["phase"]
+    assert beats and all(b["phase"] for b in beats)
+    assert any(b["jobs_running"] == 1 and b["phase"] == "waiting for export jobs" for b in beats)
     assert events[-1]["event"] == "summary"
 
 
