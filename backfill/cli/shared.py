@@ -12,15 +12,16 @@ import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 import typer
 
 from backfill import __version__
-from backfill.cli.report import make_reporter
 from backfill.config import Kind, Scope, Settings, declared, default, flag, written
-from backfill.engine.progress import Reporter
 from backfill.errors import EXIT_CODES, BackfillError, ExitCode, Interrupted, UsageError
+
+if TYPE_CHECKING:
+    from backfill.engine.progress import Reporter
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -71,6 +72,8 @@ class Output:
         return self.log_level or ("debug" if self.verbose else "info")
 
     def reporter(self, heartbeat: float = 30.0) -> Reporter:
+        from backfill.cli.report import make_reporter
+
         return make_reporter(self.quiet or self.json, json_lines=self.log_format == "json",
                              heartbeat=heartbeat, level=self.level)
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from backfill.transfer.download import PartSink
+from backfill.transfer.sink import PartSink
 
 if TYPE_CHECKING:
     from backfill.config import Settings

@@ -18,7 +18,7 @@ from typing import Any, Protocol, TextIO
 from backfill.clock import Clock, SystemClock
 from backfill.keys import BEIJING
 from backfill.model import Status, human_bytes, keys
-from backfill.transfer.download import Watch
+from backfill.transfer.sink import Watch
 
 
 @dataclass

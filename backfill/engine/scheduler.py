@@ -41,8 +41,9 @@ from backfill.layout import key_folder, object_name, part_name, redact
 from backfill.model import DonePart, ManifestPart, PartRecord, Status, Summary
 from backfill.net.retry import retrying
 from backfill.state.store import Store
-from backfill.transfer.download import Downloader, PartSink
+from backfill.transfer.download import Downloader
 from backfill.transfer.integrity import Progress
+from backfill.transfer.sink import PartSink
 
 KEYS_IN_FLIGHT = 1024
 """Keys started and not yet ended, at most. Sleeping keys (jobs RUNNING, data not ready)

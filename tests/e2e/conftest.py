@@ -4,6 +4,7 @@ ones alone)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
@@ -24,8 +25,15 @@ NOW = datetime(2026, 11, 20, 12, 0, tzinfo=BEIJING)
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Generated parts are shared by the whole session, as the real data folder would be."""
-    return tmp_path_factory.mktemp("emulator-data")
+    """Generated parts are shared by the whole session, as the real data folder would be,
+    and by every worker of a parallel one: generation is deterministic and each file is
+    written whole then renamed, so two workers that make the same part agree."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the session's folder, above each worker's own
+    folder = base / "emulator-data"
+    folder.mkdir(exist_ok=True)
+    return folder
 
 
 EmulatorFactory = Callable[..., AbstractAsyncContextManager[tuple[RunningEmulator, Api]]]
