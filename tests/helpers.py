@@ -118,36 +118,18 @@ CLI_TIMEOUT = 180.0
 
 async def cli(args: list[str], env: dict[str, str], cwd: Any, *,
               timeout: float = CLI_TIMEOUT) -> tuple[int, str, str]:  # noqa: ASYNC109
-    """Run the real CLI in a subprocess: (exit code, stdout, stderr). A run past
-    ``timeout`` is killed, and the test fails with what it printed so far."""
-    import subprocess
-
-    import anyio
+    """Run the real CLI in a process of its own: (exit code, stdout, stderr). A run past
+    ``timeout`` is killed, and the test fails with what it printed so far. The process is
+    forked from one that imported the command line already (see :mod:`tests.forker`)."""
     import pytest
 
-    output: dict[str, bytes] = {"stdout": b"", "stderr": b""}
+    from tests.forker import FORKER
 
-    async def drain(name: str, stream: Any) -> None:
-        async for chunk in stream:
-            output[name] += chunk
-
-    async with await anyio.open_process(command(*args), env=env, cwd=cwd,
-                                        stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE) as process:
-        with anyio.move_on_after(timeout) as scope:
-            async with anyio.create_task_group() as group:
-                group.start_soon(drain, "stdout", process.stdout)
-                group.start_soon(drain, "stderr", process.stderr)
-                await process.wait()
-        if scope.cancelled_caught:
-            process.kill()
-            await process.wait()
-            pytest.fail(f"backfill {' '.join(args)} still ran after {timeout:g} s\n"
-                        f"stdout so far:\n{output['stdout'].decode(errors='replace')}\n"
-                        f"stderr so far:\n{output['stderr'].decode(errors='replace')}")
-    code = process.returncode
-    assert code is not None
-    return code, output["stdout"].decode(), output["stderr"].decode()
+    code, out, err = await FORKER.run(args, env, cwd, timeout)
+    if code is None:
+        pytest.fail(f"backfill {' '.join(args)} still ran after {timeout:g} s\n"
+                    f"stdout so far:\n{out}\nstderr so far:\n{err}")
+    return code, out, err
 
 
 def assert_no_secrets(texts: list[str], token: str | None) -> None:

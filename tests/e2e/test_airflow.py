@@ -28,8 +28,10 @@ from tests.e2e.test_dagster import emulator_in_a_thread
 from tests.e2e.test_run import hours_ago
 from tests.helpers import env_for
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("airflow") is None,
-                                reason="the airflow extra is not installed")
+pytestmark = [pytest.mark.skipif(importlib.util.find_spec("airflow") is None,
+                                 reason="the airflow extra is not installed"),
+              # One worker for them all: Airflow's imports and its database cost seconds.
+              pytest.mark.xdist_group("airflow")]
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "airflow-dags"
 
 DAG = '''

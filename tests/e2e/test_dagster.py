@@ -18,6 +18,7 @@ from backfill.keys import Key
 from tests.e2e.test_run import hours_ago
 
 dg = pytest.importorskip("dagster", reason="the dagster extra is not installed")
+pytestmark = pytest.mark.xdist_group("dagster")  # one worker pays for Dagster's imports
 TYPES = ["visit", "page"]
 FAST = {"poll_interval": 0.2, "backoff": 0.05, "max_backoff": 0.2, "types": TYPES}
 
