@@ -120,16 +120,38 @@ async def cli(args: list[str], env: dict[str, str], cwd: Any, *,
               timeout: float = CLI_TIMEOUT) -> tuple[int, str, str]:  # noqa: ASYNC109
     """Run the real CLI in a process of its own: (exit code, stdout, stderr). A run past
     ``timeout`` is killed, and the test fails with what it printed so far. The process is
-    forked from one that imported the command line already (see :mod:`tests.forker`)."""
+    forked from one that imported the command line already (see :mod:`tests.forker`),
+    unless the run needs an interpreter of its own (a ``PYTHONPATH`` of the test's, which
+    only a fresh one reads)."""
+    import os
+
     import pytest
 
     from tests.forker import FORKER
 
-    code, out, err = await FORKER.run(args, env, cwd, timeout)
+    if env.get("PYTHONPATH", "") != os.environ.get("PYTHONPATH", ""):
+        code, out, err = await _fresh(args, env, cwd, timeout)
+    else:
+        code, out, err = await FORKER.run(args, env, cwd, timeout)
     if code is None:
         pytest.fail(f"backfill {' '.join(args)} still ran after {timeout:g} s\n"
                     f"stdout so far:\n{out}\nstderr so far:\n{err}")
     return code, out, err
+
+
+async def _fresh(args: list[str], env: dict[str, str], cwd: Any,
+                 timeout: float) -> tuple[int | None, str, str]:  # noqa: ASYNC109
+    """``backfill args`` in a new interpreter: (exit code, None past ``timeout``; stdout,
+    stderr)."""
+    import subprocess
+
+    import anyio
+
+    with anyio.move_on_after(timeout):
+        done = await anyio.run_process(command(*args), env=env, cwd=cwd, check=False,
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        return done.returncode, done.stdout.decode(), done.stderr.decode()
+    return None, "", ""
 
 
 def assert_no_secrets(texts: list[str], token: str | None) -> None:

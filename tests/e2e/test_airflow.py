@@ -153,6 +153,7 @@ def test_a_running_job_defers_and_then_succeeds(airflow_home: Path, data_dir: Pa
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("airflow-day")  # two minutes of waiting: beside the others
 def test_a_day_of_hours_defers_and_comes_back_within_the_budget(
         airflow_home: Path, data_dir: Path, tmp_path: Path) -> None:
     """24 hourly keys in one task, their jobs RUNNING 20 s, the real 2 calls/s limit: the
@@ -244,7 +245,9 @@ def test_the_trigger_yields_one_event_and_blocks_nothing(
     with emulator_in_a_thread(data_dir, job_seconds=job_seconds) as emulator:
         for name, value in env_for(emulator.url).items():
             monkeypatch.setenv(name, value)
-        trigger = _trigger(emulator.url, time.time() + 4.0)
+        # A job of 1 s is ready well within 20 s, even on a busy machine; one of an hour
+        # is not, and the trigger ends at its own deadline.
+        trigger = _trigger(emulator.url, time.time() + (20.0 if job_seconds < 10 else 4.0))
 
         async def events() -> list[Any]:
             loop = asyncio.get_running_loop()
@@ -400,6 +403,7 @@ def test_concurrent_runs_that_would_mint_are_refused(monkeypatch: pytest.MonkeyP
         task._check_token_rule()  # a console token is shared, never minted
 
 
+@pytest.mark.xdist_group("airflow-day")
 def test_a_task_killed_mid_run_leaves_no_lock_and_the_retry_finishes(
         airflow_home: Path, data_dir: Path, tmp_path: Path) -> None:
     """SIGTERM, as Airflow's supervisor sends it to kill a task, while the run polls on a
