@@ -76,6 +76,8 @@ class EmulatorState:
         self.range_starts: list[tuple[int, int]] = []
         """Each range request's first byte and the object's size, in order."""
         self.export_times: list[float] = []
+        self.export_keys: list[str] = []
+        """The key of every export call that got past the rate limit, in order."""
         """When each export call arrived (``time.monotonic()``), in order."""
 
     def stats(self) -> dict[str, Any]:
@@ -275,6 +277,10 @@ async def _export(request: web.Request, family: str, export_type: str,
     except ValueError:
         key = None  # a malformed date is NOT_EXISTS, as documented
     types = (data_type,) if data_type else (V1_TYPES if family == "v1" else V2_TYPES)
+    st.export_keys.append(key.name if key is not None else date_text)
+    if key is not None and key.name in st.config.unusable_keys:
+        return web.Response(text="<html><body>Service temporarily rerouted</body></html>",
+                            content_type="text/html")
     answer = Answer(Status.NOT_EXISTS)
     if key is not None:
         job_id = (family, ",".join(types), ai, key.name)

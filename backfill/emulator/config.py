@@ -174,6 +174,9 @@ class EmulatorConfig:
     ``redirect_scheme`` (an http link that redirects to ftp://) or ``redirect_loop``."""
     api_redirect: str | None = None
     """An origin (``http://host:port``): export and token calls answer 307 to it."""
+    unusable_keys: tuple[str, ...] = ()
+    """Key names whose export calls answer a page (200, text/html), every time, while the
+    others answer as they should: one key's problem, not the service's."""
     content_encoding: str | None = None
     """Sent as ``Content-Encoding`` with every download (S3 does, for objects uploaded with
     that metadata): the bytes are the stored object all the same."""

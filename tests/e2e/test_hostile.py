@@ -221,6 +221,26 @@ async def test_retry_after_on_503_holds_every_call_of_the_run(keys: int, data_di
         assert times[len(wave)] - wave[-1] >= wait - 0.2
 
 
+async def test_a_page_for_one_key_is_that_keys_problem_not_an_outage(
+        data_dir: Path, tmp_path: Path) -> None:
+    """One key's export calls answer a page (a proxy reroutes that URL) while the eleven
+    others answer well: that key fails after its own tries, with the reason; the run does
+    not judge the export API down, and every other key is done."""
+    keys = hours_ago(16, 5)
+    bad = keys[3]
+    config = _config(data_dir, unusable_keys=(bad.name,))
+    async with serve(config) as emulator:
+        settings = _hourly(emulator, tmp_path, retries=2, outage_budget=600.0)
+        with anyio.fail_after(60):
+            summary = await run(settings, keys)
+        calls = [name for name in emulator.state.export_keys if name == bad.name]
+    assert summary.outage is None
+    assert summary.statuses[Status.FAILED] == 1
+    assert summary.statuses[Status.DONE] == len(keys) - 1
+    assert "answered 200 text/html, not JSON" in summary.problems[bad.name]
+    assert len(calls) == settings.retries + 1  # its own tries, no more
+
+
 # --- 6. a broken token endpoint is one failure, not a storm -------------------------------
 
 async def test_a_portal_at_the_token_endpoint_is_judged_once(data_dir: Path,

@@ -41,7 +41,8 @@ async def test_never_more_than_two_calls_in_any_second() -> None:
             group.start_soon(call)
     for i in range(len(sent) - 2):
         assert sent[i + 2] - sent[i] >= 1.0  # any third call is a second after the first
-    assert sent[-1] - sent[0] < 10.5  # and no slower than the budget
+    assert all(b - a >= 0.5 for a, b in itertools.pairwise(sent))  # never two at once
+    assert sent[-1] - sent[0] < 11.0  # and no slower than the budget
 
 
 async def test_a_fresh_gate_starts_spent_whatever_it_is_told() -> None:
@@ -57,7 +58,7 @@ async def test_a_fresh_gate_starts_spent_whatever_it_is_told() -> None:
         await fresh.admit()
         assert clock.monotonic() == start
         await told.admit()
-        assert clock.monotonic() - start >= 1.0
+        assert clock.monotonic() - start >= 0.5  # as if a call had just gone out
 
 
 async def test_a_retry_after_holds_every_call_of_the_run_even_one_queued_before_it() -> None:
