@@ -73,14 +73,18 @@ class Declared:
     scope: Scope = Scope.FETCH
     trigger: bool = False
     """Safe in a deferred trigger's arguments: nothing secret, plain JSON."""
+    recorded: bool = False
+    """What an output is: recorded when it is first written, read by every command
+    (:mod:`backfill.destination.descriptor`)."""
 
 
 def setting(default: Any, parse: Callable[[Any], Any], expected: str, help: str, *,
-            kind: Kind = Kind.TEXT, scope: Scope = Scope.FETCH, trigger: bool = False) -> Any:
+            kind: Kind = Kind.TEXT, scope: Scope = Scope.FETCH, trigger: bool = False,
+            recorded: bool = False) -> Any:
     """Declare a setting: a field of :class:`Settings` with what it is (see
     :class:`Declared`)."""
-    return field(default=default, metadata={"declared": Declared(parse, expected, help, kind,
-                                                                 scope, trigger)})
+    return field(default=default, metadata={"declared": Declared(
+        parse, expected, help, kind, scope, trigger, recorded)})
 
 
 def credential(variable: str, default: str = "", *, secret: bool = False) -> Any:
@@ -220,10 +224,10 @@ class Settings:
     granularity: Granularity = setting(
         Granularity.DAY, _choices("day", "hour"), "day or hour",
         "day or hour [default: what the output holds, else what the dates say: 2026-11-30 a "
-        "day, 2026-11-30T15 an hour, -7d days, -36h hours].", scope=OUTPUT)
+        "day, 2026-11-30T15 an hour, -7d days, -36h hours].", scope=OUTPUT, recorded=True)
     api: str = setting("v2", _choices("v1", "v2"), "v1 or v2",
                        "v1 or v2 [default: what the output holds, else v2].", scope=OUTPUT,
-                       trigger=True)
+                       recorded=True, trigger=True)
     types: tuple[str, ...] = setting(
         (), _types, "a list of data types",
         "v2 data types, comma-separated [default: all ten].", scope=OUTPUT)
@@ -231,12 +235,12 @@ class Settings:
         "csv", _choices(*FORMATS), ", ".join(FORMATS[:-1]) + f" or {FORMATS[-1]}",
         "csv: the raw parts; parquet: typed Parquet in the same layout; delta: a Delta Lake "
         "table per data type (pip install 'growingio-backfill[tables]') [default: what the "
-        "output holds, else csv].", scope=OUTPUT)
+        "output holds, else csv].", scope=OUTPUT, recorded=True)
     layout: str = setting(
         DEFAULT_LAYOUT, _layout, "a folder template such as {type}/dt={date}/hour={hour}",
         "Folder of each key and type; placeholders {type} {date} {hour} {yyyymmdd} {key} "
         "(day keys drop hour=) [default: what the output holds, else "
-        "{type}/dt={date}/hour={hour}].", scope=OUTPUT)
+        "{type}/dt={date}/hour={hour}].", scope=OUTPUT, recorded=True)
     shard: Shard | None = setting(
         None, _shard, "K/N with 1 <= K <= N, such as 2/4",
         "K/N: fetch only shard K of N (every N-th key in time), at rate/N; for N machines "

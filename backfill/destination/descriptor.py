@@ -19,6 +19,7 @@ import json
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from backfill.config import declared
 from backfill.errors import UsageError
 from backfill.keys import Granularity
 
@@ -27,7 +28,8 @@ if TYPE_CHECKING:
     from backfill.destination import Destination
 
 DESCRIPTOR = "_backfill.json"
-RECORDED = ("format", "api", "granularity", "layout")
+RECORDED = tuple(name for name, what in declared().items() if what.recorded)
+"""The settings an output records (declared so in :mod:`backfill.config`)."""
 CREATION_KEY = "backfill.output"
 """Where a Delta table's creation commit carries the record too."""
 FORMAT_WORDS = {"csv": "raw parts", "parquet": "Parquet files", "delta": "Delta tables",

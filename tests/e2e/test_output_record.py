@@ -73,6 +73,15 @@ def test_an_unknown_field_of_an_older_output_is_taken_from_the_command(tmp_path:
     assert settle(settings, None) == settings
 
 
+def test_the_record_holds_exactly_the_settings_declared_recorded() -> None:
+    from dataclasses import fields
+
+    from backfill.destination.descriptor import RECORDED
+
+    assert set(RECORDED) == {f.name for f in fields(Descriptor)} == {
+        "format", "api", "granularity", "layout"}
+
+
 def test_the_record_round_trips_and_a_foreign_file_of_that_name_is_not_taken() -> None:
     recorded = Descriptor("parquet", "v2", Granularity.DAY, "{type}/dt={date}")
     assert Descriptor.parse(recorded.to_bytes()) == recorded
