@@ -259,8 +259,9 @@ def main(argv: list[str]) -> int:
             started = time.monotonic()
             env = {**os.environ, "PYTHONPATH": str(copy)}
             result = subprocess.run(
-                [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-                 *mutant.tests], cwd=copy, env=env, capture_output=True, text=True,
+                # One worker: the first failing test ends the check (-x), with exit 1.
+                [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-n",
+                 "0", *mutant.tests], cwd=copy, env=env, capture_output=True, text=True,
                 check=False)
             seconds = time.monotonic() - started
             if result.returncode == 0:
