@@ -141,7 +141,7 @@ MUTANTS = [
        "test_a_part_stored_with_content_encoding_gzip_lands_byte_identical",)),
     M("outage after one miss more", "backfill/net/outage.py",
       "        return self._misses >= OUTAGE_AFTER", "        return self._misses > OUTAGE_AFTER",
-      ("tests/e2e/test_outage.py",)),
+      ("tests/unit/test_outage.py", "tests/e2e/test_outage.py")),
     M("NO_PROXY ignored", "backfill/net/proxy.py",
       "        if any(_bypasses(entry, parts.hostname.lower(), port) for entry in self.no_proxy):",
       "        if False:", ("tests/e2e/test_proxy.py",)),
