@@ -36,8 +36,12 @@ MAX_RATE = 2.0
 DEFAULT_BASE_URL = "https://www.growingio.com"
 DEFAULT_CONFIG = Path("backfill.toml")
 DEFAULT_LAYOUT = "{type}/dt={date}/hour={hour}"
-FORMATS = ("csv", "parquet", "delta")
-"""``--format``: the raw parts, typed Parquet in the same layout, a Delta table per type."""
+FORMATS = ("csv", "parquet", "delta", "iceberg")
+"""``--format``: the raw parts, typed Parquet in the same layout, a Delta or an Iceberg table
+per type."""
+SECTIONS = ("iceberg",)
+"""Tables of the config file whose keys are settings named ``<table>_<key>``:
+``[iceberg] catalog`` is ``iceberg_catalog`` (``--iceberg-catalog``)."""
 REMOTE_SCHEMES = {"s3": "s3", "s3a": "s3", "gs": "gs", "gcs": "gs", "az": "az", "azure": "az",
                   "abfs": "az", "abfss": "az"}
 """URL schemes of object stores, and the kind each names."""
@@ -196,6 +200,19 @@ def _layout(value: Any) -> str:
     return check_layout(_str(value))
 
 
+def _catalog(value: Any) -> str:
+    text = _str(value)
+    if text and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", text):
+        raise UsageError(f"{text!r} is not a name: letters, digits, _ . -")
+    return text
+
+
+def _namespace(value: Any) -> str:
+    if not (text := _catalog(value)):
+        raise UsageError("an empty namespace")
+    return text
+
+
 def _out(value: Any) -> Path | Remote:
     return parse_out(value)
 
@@ -234,8 +251,18 @@ class Settings:
     format: str = setting(
         "csv", _choices(*FORMATS), ", ".join(FORMATS[:-1]) + f" or {FORMATS[-1]}",
         "csv: the raw parts; parquet: typed Parquet in the same layout; delta: a Delta Lake "
-        "table per data type (pip install 'growingio-backfill[tables]') [default: what the "
+        "table per data type (pip install 'growingio-backfill[tables]'); iceberg: an Iceberg "
+        "table per data type (pip install 'growingio-backfill[iceberg]') [default: what the "
         "output holds, else csv].", scope=OUTPUT, recorded=True)
+    iceberg_catalog: str = setting(
+        "", _catalog, "a catalog name such as lake",
+        "--format iceberg: the catalog, by its name in ~/.pyiceberg.yaml or "
+        "PYICEBERG_CATALOG__NAME__* variables [default: what the output holds, else "
+        "<out>/catalog.db, a SQLite catalog in a local --out].", scope=OUTPUT, recorded=True)
+    iceberg_namespace: str = setting(
+        "growingio", _namespace, "a namespace such as growingio",
+        "--format iceberg: the namespace of the tables, <namespace>.<type> [default: what "
+        "the output holds, else growingio].", scope=OUTPUT, recorded=True)
     layout: str = setting(
         DEFAULT_LAYOUT, _layout, "a folder template such as {type}/dt={date}/hour={hour}",
         "Folder of each key and type; placeholders {type} {date} {hour} {yyyymmdd} {key} "
@@ -613,16 +640,26 @@ def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, str], Storage, lis
                     raise UsageError(f"{path}: growingio.{name} must be a string")
                 api[name] = value
             continue
+        if key in SECTIONS and isinstance(raw, dict):
+            for name, value in raw.items():
+                if f"{key}_{name}" not in declared():
+                    known = [n.removeprefix(f"{key}_") for n in declared()
+                             if n.startswith(f"{key}_")]
+                    raise UsageError(f"{path}: unknown key {key}.{name} "
+                                     f"(known: {', '.join(known)})")
+                values[f"{key}_{name}"] = _parse_value(str(path), f"{key}.{name}", raw=value,
+                                                       setting=f"{key}_{name}")
+            continue
         if key not in declared():
             raise UsageError(f"{path}: unknown key {key!r}"
                              + did_you_mean(key, [*declared(), "growingio", "storage",
-                                                  "projects"]))
+                                                  "projects", *SECTIONS]))
         values[key] = _parse_value(str(path), key, raw)
     return values, api, storage, found
 
 
-def _parse_value(where: str, key: str, raw: Any) -> Any:
-    what = declared()[key]
+def _parse_value(where: str, key: str, raw: Any, *, setting: str | None = None) -> Any:
+    what = declared()[setting or key]
     try:
         return what.parse(raw)
     except (UsageError, ValueError, TypeError):

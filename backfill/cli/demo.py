@@ -103,11 +103,19 @@ Try next:
 
 def _demo_next_steps(out: Path, fmt: str) -> str:
     files = {"csv": "part-NNNNN.csv.gz", "parquet": "part-NNNNN.parquet",
-             "delta": "Delta Lake files; _delta_log/ holds the commits"}[fmt]
+             "delta": "Delta Lake files; _delta_log/ holds the commits",
+             "iceberg": "Iceberg files; catalog.db is the catalog, metadata/ the snapshots"
+             }[fmt]
     if fmt == "delta":  # what the tables extra installs reads it; no engine downloads
         read = ("  # read it in python3 with what the tables extra installed:\n"
                 "  #   from deltalake import DeltaTable\n"
                 f"  #   DeltaTable('{out}/visit').to_pyarrow_table().group_by('dt')"
+                ".aggregate([([], 'count_all')])")
+    elif fmt == "iceberg":
+        read = ("  # read it in python3 with what the iceberg extra installed:\n"
+                "  #   from pyiceberg.catalog.sql import SqlCatalog\n"
+                f"  #   c = SqlCatalog('backfill', uri='sqlite:///{out.resolve()}/catalog.db')\n"
+                "  #   c.load_table('growingio.visit').scan().to_arrow().group_by('dt')"
                 ".aggregate([([], 'count_all')])")
     else:
         reader = (f"read_csv('{out}/visit/**/*.csv.gz', hive_partitioning = true, "

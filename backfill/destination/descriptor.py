@@ -45,15 +45,25 @@ class Descriptor:
     api: str | None = None
     granularity: Granularity | None = None
     layout: str | None = None
+    iceberg_catalog: str | None = None
+    """An Iceberg output's catalog (``""``: the embedded one); None for the others."""
+    iceberg_namespace: str | None = None
 
     @classmethod
     def of(cls, settings: Settings) -> Descriptor:
-        return cls(settings.format, settings.api, settings.granularity, settings.layout)
+        iceberg = settings.format == "iceberg"
+        return cls(settings.format, settings.api, settings.granularity, settings.layout,
+                   settings.iceberg_catalog if iceberg else None,
+                   settings.iceberg_namespace if iceberg else None)
 
     def to_bytes(self) -> bytes:
-        return json.dumps({"written_by": "backfill", "version": 1, "format": self.format,
-                           "api": self.api, "granularity": _value(self.granularity),
-                           "layout": self.layout}, indent=2).encode() + b"\n"
+        document: dict[str, Any] = {
+            "written_by": "backfill", "version": 1, "format": self.format, "api": self.api,
+            "granularity": _value(self.granularity), "layout": self.layout}
+        if self.iceberg_namespace is not None:
+            document["iceberg"] = {"catalog": self.iceberg_catalog,
+                                   "namespace": self.iceberg_namespace}
+        return json.dumps(document, indent=2).encode() + b"\n"
 
     @classmethod
     def parse(cls, data: bytes) -> Descriptor:
@@ -63,9 +73,13 @@ class Descriptor:
             if not isinstance(found, dict) or found.get("written_by") != "backfill":
                 raise ValueError("not written by backfill")
             granularity = found.get("granularity")
+            iceberg = found.get("iceberg") or {}
+            if not isinstance(iceberg, dict):
+                raise TypeError("iceberg is not an object")
             return cls(_text(found.get("format")), _text(found.get("api")),
                        Granularity(granularity) if granularity else None,
-                       _text(found.get("layout")))
+                       _text(found.get("layout")), _text(iceberg.get("catalog")),
+                       _text(iceberg.get("namespace")))
         except (TypeError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ValueError(str(exc)) from None
 

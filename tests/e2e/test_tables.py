@@ -366,7 +366,7 @@ def test_a_value_a_typed_column_cannot_hold_fails_with_its_row_never_its_content
     with gzip.open(part, "wt", newline="") as f:
         f.write("sendTime,actionRequestId,ruleId\n1763600000000,a,b\nsecret-junk,c,d\n")
     with pytest.raises(IntegrityError) as caught:
-        list(batches(part, UnitSchema("action_tag"), shown="the part"))
+        list(batches(part, UnitSchema("action_tag").arrow(), shown="the part"))
     assert str(caught.value) == ("the part: row 2 has a sendTime that is not an "
                                  "epoch-milliseconds time")
     assert "secret-junk" not in str(caught.value)
@@ -388,8 +388,14 @@ def test_a_field_longer_than_a_megabyte_and_every_escape_read_exactly(tmp_path: 
                           ["u1", "1763600000000", "1763600000001", long],
                           ["u2", "1763600000002", "", variable],
                           ["NULL", "1763600000003", "1763600000004", 'two\nlines "q" \\']])
-    rows = [r for b in batches(part, UnitSchema("vstr"), shown="p") for r in b.to_pylist()]
+    rows = [r for b in batches(part, UnitSchema("vstr").arrow(), shown="p")
+            for r in b.to_pylist()]
     assert rows[0]["visitorVariable"] == long
+    # Epoch milliseconds, kept in ms (Parquet) or µs (Delta, Iceberg): the same instant.
+    for unit in ("ms", "us"):
+        typed = next(batches(part, UnitSchema("vstr").arrow(time_unit=unit), shown="p"))
+        assert typed.schema.field("time").type == pa.timestamp(unit, tz="UTC")
+        assert typed.column("time")[0].as_py() == datetime.fromtimestamp(1763600000, UTC)
     assert rows[1]["sendTime"] is None and rows[1]["visitorVariable"] == variable
     assert rows[2]["visitUserId"] == "NULL"  # text, not a null
     assert rows[2]["visitorVariable"] == 'two\nlines "q" \\'
@@ -424,30 +430,32 @@ async def test_the_readme_tables_command_runs(emulator: RunningEmulator, tmp_pat
 
 
 
-def _commit_at_once(uri: str, hour: str, extra: bool, lock: Any, barrier: Any) -> int:
-    """One unit's commit, started with another's; how many times it was retried."""
-    import pyarrow as pa
+def _commit_at_once(tables: Any, root: Path, hour: str, extra: bool, barrier: Any) -> int:
+    """One unit's commit (prepare, its file, commit), started with another's; how many
+    times it lost a race and was prepared again."""
+    import pyarrow.parquet as pq
 
-    from backfill.destination.tables import commit_rows
-    from backfill.errors import RetryableError
+    from backfill.destination.tables.commits import Conflict, Written
+    from backfill.destination.tables.convert import UnitSchema
 
-    columns = {"visitUserId": ["u1"], "dt": ["2026-11-20"], "hour": [hour]}
-    if extra:
-        columns["extraColumn"] = ["e"]
-    base = pa.schema([pa.field(c, pa.string()) for c in ("visitUserId", "dt", "hour")])
+    unit = UnitSchema("visit", ("extraColumn",) if extra else ())
+    folder, partitions = f"visit/dt=2026-11-20/hour={hour}", {"dt": "2026-11-20", "hour": hour}
     barrier.wait()
-    for retried in range(3):
+    for retried in range(8):
         try:
-            commit_rows(uri, {}, pa.table(columns).to_reader(),
-                        {"dt": "2026-11-20", "hour": hour}, {"backfill.unit": hour}, lock,
-                        shown=uri, base=base)
+            prepared = tables.prepare("visit", unit, partitions)
+            row = {name: ["e" if name == "extraColumn" else None] for name in
+                   prepared.schema.names}
+            path = root / folder / f"part-{retried}.parquet"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(pa.table(row, schema=prepared.schema), path)
+            written = Written(path.name, path.stat().st_size, 1, "", tables.stats(path))
+            tables.commit(prepared, "visit", folder, partitions, [written],
+                          {"key": f"20261120{hour}", "data_type": "visit"})
             return retried
-        except RetryableError:
+        except Conflict:
             continue
-        except Exception as exc:  # a conflict delta-rs reports: the scheduler's retry
-            if "Failed to commit" not in str(exc):
-                raise
-    raise AssertionError(f"{hour}: not committed in 3 attempts")
+    raise AssertionError(f"{hour}: not committed in 8 attempts")
 
 
 @pytest.mark.parametrize("processes", [1, 2], ids=["one process", "two processes"])
@@ -461,13 +469,16 @@ def test_units_that_create_a_table_at_once_keep_every_column(tmp_path: Path,
 
     from deltalake import DeltaTable
 
+    from backfill.destination.tables.delta import DeltaTables
+
     for round_ in range(12):
-        uri = str(tmp_path / f"visit-{round_}")
-        locks = [threading.Lock() for _ in range(processes)]
+        root = tmp_path / f"lake-{round_}"
+        uri = str(root / "visit")
+        tables = [DeltaTables(str(root), {}, {}) for _ in range(processes)]
         barrier = threading.Barrier(2)
         with ThreadPoolExecutor(2) as pool:
-            units = [pool.submit(_commit_at_once, uri, "01", True, locks[0], barrier),
-                     pool.submit(_commit_at_once, uri, "02", False, locks[-1], barrier)]
+            units = [pool.submit(_commit_at_once, tables[0], root, "01", True, barrier),
+                     pool.submit(_commit_at_once, tables[-1], root, "02", False, barrier)]
             for unit in units:
                 unit.result(timeout=120)
         table = DeltaTable(uri)

@@ -1,5 +1,6 @@
-"""Verified CSV parts to typed Arrow batches, streaming: the stage between the checked bytes
-and a table (``--format parquet|delta``). Blocking: a worker thread's job.
+"""Verified CSV parts to typed Arrow batches and Parquet files, streaming: the stage between
+the checked bytes and a table (``--format parquet|delta|iceberg``). Blocking: a worker
+thread's job.
 
 GrowingIO's dialect is read exactly: ``,`` separator, ``"`` quote, ``\\`` escape (no doubled
 quotes), quoted fields holding commas, quotes, newlines, and fields longer than a megabyte.
@@ -9,13 +10,16 @@ column is a null. A column the schema does not know is kept, as text; a document
 column a part lacks is null; no row is dropped. A value a typed column cannot hold fails
 the unit, naming the row by its number, never its content.
 
-Needs the ``tables`` extra (pyarrow, deltalake): :func:`require_tables` says so in one line.
+Needs the ``tables`` extra (pyarrow, deltalake), or the ``iceberg`` one (pyiceberg, pyarrow):
+:func:`require_tables` says so in one line.
 """
 
 from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,24 +35,29 @@ BLOCK = 1 << 20
 """Bytes of CSV per batch: memory stays flat however large a part inflates."""
 MAX_BLOCK = 1 << 30
 """The longest row a part may hold (the reader's block grows to it, four times each step)."""
-FORMATS = ("csv", "parquet", "delta")
+ROW_GROUP_BYTES = 16 << 20
+"""Arrow bytes gathered into one Parquet row group: readers skip and decode well, and a
+conversion holds about this much (a batch is written as soon as it is gathered)."""
 
 
 def require_tables(fmt: str, held: str | None = None) -> None:
-    """Raise :class:`UsageError` (one line, how to install it) when ``fmt`` needs the
-    tables extra and it is not installed; ``held``: the output that holds such tables
-    (the format was not asked for, the output records it)."""
+    """Raise :class:`UsageError` (one line, how to install it) when ``fmt`` needs an
+    extra that is not installed; ``held``: the output that holds such tables (the format
+    was not asked for, the output records it)."""
     if fmt == "csv":
         return
+    extra = "iceberg" if fmt == "iceberg" else "tables"
     try:
         import pyarrow  # noqa: F401
         if fmt == "delta":
             import deltalake  # noqa: F401
+        if fmt == "iceberg":
+            import pyiceberg.catalog.sql  # noqa: F401
     except ImportError:
         needs = (f"{held} holds {fmt} tables, which need" if held
                  else f"--format {fmt} needs")
-        raise UsageError(f"{needs} the tables extra: pip install "
-                         "'growingio-backfill[tables]'") from None
+        raise UsageError(f"{needs} the {extra} extra: pip install "
+                         f"'growingio-backfill[{extra}]'") from None
 
 
 def header(path: Path) -> list[str]:
@@ -67,10 +76,12 @@ class UnitSchema:
     data_type: str
     extra: tuple[str, ...] = ()
 
-    def arrow(self, partitions: tuple[str, ...] = ()) -> pa.Schema:
+    def arrow(self, partitions: tuple[str, ...] = (), *, time_unit: str = "ms") -> pa.Schema:
+        """The Arrow schema; ``time_unit`` of the timestamps (``us`` for Iceberg)."""
         import pyarrow as pa
 
-        fields = [pa.field(c, _arrow_type(column_kind(c))) for c in documented(self.data_type)]
+        fields = [pa.field(c, _arrow_type(column_kind(c), time_unit))
+                  for c in documented(self.data_type)]
         fields += [pa.field(c, pa.string()) for c in self.extra]  # unknown: kept, as text
         return pa.schema([*fields, *(pa.field(p, pa.string()) for p in partitions)])
 
@@ -91,10 +102,11 @@ def documented(data_type: str) -> tuple[str, ...]:
     return COLUMNS.get(data_type, ())
 
 
-def batches(path: Path, schema: UnitSchema, *, shown: str,
+def batches(path: Path, target: pa.Schema, *, shown: str,
             partitions: dict[str, str] | None = None) -> Iterator[pa.RecordBatch]:
-    """The rows of one verified part as batches of ``schema`` (plus constant
-    ``partitions`` columns), about :data:`BLOCK` bytes of CSV each.
+    """The rows of one verified part as batches of ``target`` (a
+    :meth:`UnitSchema.arrow`; its ``partitions`` columns hold their constant values),
+    about :data:`BLOCK` bytes of CSV each.
 
     Raises :class:`IntegrityError` naming ``shown`` and the row for a value its column's
     type cannot hold, or for CSV that does not parse.
@@ -108,7 +120,6 @@ def batches(path: Path, schema: UnitSchema, *, shown: str,
     convert = pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()),
                                    strings_can_be_null=False, quoted_strings_can_be_null=False,
                                    null_values=[])
-    target = schema.arrow(tuple(partitions or ()))
     seen, block = 0, BLOCK
     while True:
         # A row longer than a block (a field of megabytes) makes the reader give up: it
@@ -157,8 +168,9 @@ def _cast(text: pa.Array, field: pa.Field, seen: int, shown: str) -> pa.Array:
     values = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
     timestamp = pa.types.is_timestamp(field.type)
     try:
-        if timestamp:
-            return pc.cast(pc.cast(values, pa.int64()), field.type)
+        if timestamp:  # epoch milliseconds, whatever unit the table keeps
+            millis = pa.timestamp("ms", tz=field.type.tz)
+            return pc.cast(pc.cast(pc.cast(values, pa.int64()), millis), field.type)
         return pc.cast(values, field.type)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         row = _first_bad(values, field.type)
@@ -181,11 +193,45 @@ def _first_bad(values: pa.Array, target: pa.DataType) -> int:
     return 0
 
 
-def _arrow_type(kind: str) -> Any:
+def _arrow_type(kind: str, time_unit: str) -> Any:
     import pyarrow as pa
 
-    return {"timestamp": pa.timestamp("ms", tz="UTC"), "integer": pa.int64(),
+    return {"timestamp": pa.timestamp(time_unit, tz="UTC"), "integer": pa.int64(),
             "double": pa.float64()}.get(kind, pa.string())
+
+
+def write_parquet(source: Path, target: Path, schema: pa.Schema, *, shown: str,
+                  partitions: dict[str, str] | None = None) -> tuple[int, str, int]:
+    """Convert one verified part into the Parquet file ``target`` (removed if anything
+    fails), streaming: rows of ``schema`` gathered into row groups of about
+    :data:`ROW_GROUP_BYTES`; the file is on disk (fsync) when this returns.
+    ``(rows, MD5, size)`` of the file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = 0
+    try:
+        with pq.ParquetWriter(target, schema, compression="zstd") as writer:
+            gathered: list[pa.RecordBatch] = []
+            held = 0
+            for batch in batches(source, schema, shown=shown, partitions=partitions):
+                gathered.append(batch)
+                held += batch.nbytes
+                rows += batch.num_rows
+                if held >= ROW_GROUP_BYTES:
+                    writer.write_table(pa.Table.from_batches(gathered, schema))
+                    gathered, held = [], 0
+            if gathered or not rows:
+                writer.write_table(pa.Table.from_batches(gathered, schema))
+        digest = hashlib.md5()
+        with target.open("rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+            os.fsync(f.fileno())
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+    return rows, digest.hexdigest(), target.stat().st_size
 
 
 def _first_line(exc: BaseException) -> str:
