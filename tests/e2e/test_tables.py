@@ -1,6 +1,7 @@
-"""Typed tables (``--format parquet|delta``): the real client, the real emulator, a folder
-and a real S3 server (moto). Tables are compared with the rows the emulator generated,
-not with a parse of the CSV."""
+"""Typed tables (``--format parquet|delta|iceberg``): the real client, the real emulator,
+a folder and a real S3 server (moto), read back with deltalake, pyiceberg, DuckDB and
+polars. Tables are compared with the rows the emulator generated, not with a parse of the
+CSV."""
 
 from __future__ import annotations
 
@@ -48,12 +49,38 @@ def _drifting() -> str:
 class Table:
     """Where a test writes a table, and what a reader reads back."""
 
-    def __init__(self, fmt: str, out: str, state: Path, bucket: Bucket | None) -> None:
+    def __init__(self, fmt: str, out: str, state: Path, bucket: Bucket | None,
+                 catalog: str = "") -> None:
         self.fmt, self.out, self.state, self.bucket = fmt, out, state, bucket
+        self.catalog = catalog
+        """An Iceberg output's named catalog ("": the embedded one)."""
 
     def settings(self, emulator: RunningEmulator, **changes: Any) -> Settings:
         return settings_for(emulator, parse_out(self.out), state_dir=self.state,
-                            format=self.fmt, granularity=Granularity.HOUR, **changes)
+                            format=self.fmt, granularity=Granularity.HOUR,
+                            iceberg_catalog=self.catalog, **changes)
+
+    def iceberg(self, data_type: str) -> Any:
+        """The type's Iceberg table, through the catalog as a reader opens it."""
+        if self.catalog:  # as configured now (pyiceberg reads its variables at import)
+            from pyiceberg.catalog import load_catalog
+            from pyiceberg.utils.config import Config
+
+            catalog = load_catalog(self.catalog,
+                                   **Config().get_catalog_config(self.catalog) or {})
+        else:
+            from pyiceberg.catalog.sql import SqlCatalog
+
+            catalog = SqlCatalog("backfill", uri=f"sqlite:///{self.out}/catalog.db")
+        return catalog.load_table(f"growingio.{data_type}")
+
+    def snapshots(self, data_type: str) -> list[dict[str, str]]:
+        """The summaries of the main branch's snapshots, the oldest first."""
+        from pyiceberg.table.snapshots import ancestors_of
+
+        table = self.iceberg(data_type)
+        found = ancestors_of(table.current_snapshot(), table.metadata)
+        return [dict(s.summary.additional_properties) for s in found][::-1]
 
     def options(self) -> dict[str, str]:
         assert self.bucket is not None
@@ -69,9 +96,11 @@ class Table:
     def rows(self, data_type: str, key: Key) -> list[dict[str, Any]]:
         """The rows of one unit, as a reader gets them, in file order."""
         dt, hour = key.start.strftime("%Y-%m-%d"), key.start.strftime("%H")
-        if self.fmt == "delta":
+        if self.fmt in ("delta", "iceberg"):
             table = self.delta(data_type).to_pyarrow_table(
-                filters=[("dt", "=", dt), ("hour", "=", hour)])
+                filters=[("dt", "=", dt), ("hour", "=", hour)]) if self.fmt == "delta" else (
+                self.iceberg(data_type).scan(row_filter=f"dt = '{dt}' AND hour = '{hour}'")
+                .to_arrow())
             return [{k: v for k, v in r.items() if k not in ("dt", "hour")}
                     for r in table.to_pylist()]
         import pyarrow.parquet as pq
@@ -89,14 +118,37 @@ class Table:
                 if p.is_file()} if root.exists() else {}
 
 
-@pytest.fixture(params=["parquet local", "delta local", "parquet s3", "delta s3"])
+@pytest.fixture(params=["parquet local", "delta local", "iceberg local", "parquet s3",
+                        "delta s3", "iceberg s3"])
 def table(request: pytest.FixtureRequest, tmp_path: Path) -> Table:
     fmt, where = request.param.split()
+    if fmt == "iceberg":
+        pytest.importorskip("pyiceberg")
     if where == "local":
         return Table(fmt, str(tmp_path / "lake"), tmp_path / "lake" / ".backfill", None)
     # Its own process: delta-rs holds the GIL while it opens a table.
     bucket: Bucket = request.getfixturevalue("process_bucket")
-    return Table(fmt, bucket.url(), tmp_path / "cache", bucket)
+    if fmt != "iceberg":
+        return Table(fmt, bucket.url(), tmp_path / "cache", bucket)
+    # A bucket's Iceberg tables need a catalog every runner shares: here a SQL one,
+    # named and configured only as pyiceberg reads it, from PYICEBERG_CATALOG__ variables.
+    monkeypatch: pytest.MonkeyPatch = request.getfixturevalue("monkeypatch")
+    for name, value in iceberg_catalog_env("lake", tmp_path / "catalog.db", bucket).items():
+        monkeypatch.setenv(name, value)
+    return Table(fmt, bucket.url(), tmp_path / "cache", bucket, catalog="lake")
+
+
+def iceberg_catalog_env(name: str, database: Path, bucket: Bucket | None) -> dict[str, str]:
+    """A SQL catalog ``name`` on SQLite, as ``PYICEBERG_CATALOG__`` variables; with the
+    S3 server's endpoint and keys when its warehouse is a bucket."""
+    prefix = f"PYICEBERG_CATALOG__{name.upper()}__"
+    env = {f"{prefix}URI": f"sqlite:///{database}"}
+    if bucket is not None:
+        env.update({f"{prefix}WAREHOUSE": bucket.url(), f"{prefix}S3__ENDPOINT": bucket.endpoint,
+                    f"{prefix}S3__REGION": "us-east-1",
+                    f"{prefix}S3__ACCESS_KEY_ID": S3_ENV["AWS_ACCESS_KEY_ID"],
+                    f"{prefix}S3__SECRET_ACCESS_KEY": S3_ENV["AWS_SECRET_ACCESS_KEY"]})
+    return env
 
 
 def expected(emulator: RunningEmulator, data_type: str, key: Key) -> list[dict[str, Any]]:
@@ -255,7 +307,7 @@ async def test_faults_still_give_exact_tables(fault: str, data_dir: Path,
                             bytes_per_hour=24 * 1024, part_size=8 * 1024,
                             faults=Faults(seed=3, **{fault: 0.3}))
     async with serve(config) as emulator:
-        for fmt in ("parquet", "delta"):
+        for fmt in ("parquet", "delta", "iceberg"):
             out = tmp_path / fmt
             settings = settings_for(emulator, out, format=fmt, granularity=Granularity.HOUR,
                                     types=("visit", "page"), retries=20)
@@ -281,9 +333,13 @@ async def test_schema_drift_keeps_the_new_column_and_nulls_the_missing_one(
     _same(rows, want)
     if table.fmt == "delta":
         assert "extraColumn" in table.delta("visit").schema().to_arrow().names
+    if table.fmt == "iceberg":  # added by the unit that brought it, in its one snapshot
+        schema = table.iceberg("visit").schema()
+        assert str(schema.find_field("extraColumn").field_type) == "string"
+        assert len(table.snapshots("visit")) == len(keys)
 
 
-@pytest.mark.parametrize("fmt", ["parquet", "delta"])
+@pytest.mark.parametrize("fmt", ["parquet", "delta", "iceberg"])
 async def test_kill_9_at_any_moment_then_rerun_leaves_every_row_exactly_once(
         fmt: str, data_dir: Path, tmp_path: Path) -> None:
     config = EmulatorConfig(data_dir=data_dir, job_seconds=0.2, keep_rows=True,
@@ -310,11 +366,15 @@ async def test_kill_9_at_any_moment_then_rerun_leaves_every_row_exactly_once(
             committed = [c["backfill.unit"] for c in out.delta("visit").history()
                          if "backfill.unit" in c]
             assert sorted(set(committed)) == sorted(f"{k.name} visit" for k in keys)
+        if fmt == "iceberg":
+            committed = [s["backfill.unit"] for s in out.snapshots("visit")]
+            assert sorted(set(committed)) == sorted(
+                f"visit/dt={k.start:%Y-%m-%d}/hour={k.start:%H}" for k in keys)
 
 
 # --- verify, status, refusals ------------------------------------------------------------------
 
-@pytest.mark.parametrize("fmt", ["parquet", "delta"])
+@pytest.mark.parametrize("fmt", ["parquet", "delta", "iceberg"])
 async def test_verify_finds_a_damaged_table_file_and_run_repairs_it(
         emulator: RunningEmulator, tmp_path: Path, fmt: str) -> None:
     env = env_for(emulator.url)
@@ -485,3 +545,158 @@ def test_units_that_create_a_table_at_once_keep_every_column(tmp_path: Path,
         assert "extraColumn" in table.schema().to_arrow().names, f"round {round_}"
         hours = sorted(r["hour"] for r in table.to_pyarrow_table().to_pylist())
         assert hours == ["01", "02"], f"round {round_}"
+
+
+# --- iceberg ---------------------------------------------------------------------------------
+
+async def test_iceberg_snapshot_per_unit_a_rerun_adds_none_and_force_replaces_its_own(
+        emulator: RunningEmulator, tmp_path: Path) -> None:
+    pytest.importorskip("pyiceberg")
+    keys = hours_ago(8, 6)
+    out = Table("iceberg", str(tmp_path / "lake"), tmp_path / "lake" / ".backfill", None)
+    settings = out.settings(emulator, types=("visit",))
+    assert (await run(settings, keys)).exit_code == 0
+    table = out.iceberg("visit")
+    assert table.metadata.format_version == 2
+    assert [f.name for f in table.spec().fields] == ["dt", "hour"]
+    assert str(table.schema().find_field("time").field_type) == "timestamptz"
+    assert json.loads(table.properties["backfill.output"])["format"] == "iceberg"
+    snapshots = out.snapshots("visit")
+    assert sorted(s["backfill.unit"] for s in snapshots) == sorted(
+        f"visit/dt={k.start:%Y-%m-%d}/hour={k.start:%H}" for k in keys)  # one per unit
+    manifest = json.loads(snapshots[0]["backfill.manifest"])
+    sources = {p.md5 for k in keys for p in emulator.state.data.parts(
+        DEMO_CREDENTIALS.ai, "visit", k)}
+    assert {p["md5"] for p in manifest["parts"]} <= sources
+    assert "?" not in json.dumps(manifest)  # no signed query in the summary
+    assert (await run(settings, keys)).exit_code == 0
+    assert len(out.snapshots("visit")) == len(keys)  # a rerun adds none
+    before = {t.file.file_path for t in out.iceberg("visit").scan().plan_files()}
+    assert (await run(settings, keys[1:2], force=True)).exit_code == 0
+    assert len(out.snapshots("visit")) == len(keys) + 1  # --force: one, for its one unit
+    after = {t.file.file_path for t in out.iceberg("visit").scan().plan_files()}
+    forced = f"dt={keys[1].start:%Y-%m-%d}/hour={keys[1].start:%H}/"
+    assert {f for f in before if forced not in f} == {f for f in after if forced not in f}
+    assert {f for f in after if forced in f} and not (
+        {f for f in after if forced in f} & {f for f in before if forced in f})
+    for key in keys:
+        _same(out.rows("visit", key), expected(emulator, "visit", key))
+
+
+def _duckdb_with_iceberg() -> Any:
+    """DuckDB with its iceberg and avro extensions, from the test extra's wheels: loaded
+    from disk with autoinstall off, nothing downloaded."""
+    duckdb = pytest.importorskip("duckdb")
+    try:
+        import duckdb_ext  # type: ignore[import-not-found]  # from duckdb-ext-iceberg
+    except ImportError:
+        pytest.skip("the iceberg extension wheel (duckdb-ext-iceberg) is not installed")
+    folder = Path(next(iter(duckdb_ext.__path__))) / "extensions"
+    if not list(folder.glob(f"v{duckdb.__version__}/*/iceberg.duckdb_extension")):
+        pytest.skip(f"no iceberg extension for DuckDB {duckdb.__version__} here")
+    connection = duckdb.connect(config={"autoinstall_known_extensions": "false"})
+    connection.execute(f"SET extension_directory = '{folder}'")
+    connection.execute("LOAD avro")
+    connection.execute("LOAD iceberg")
+    return connection
+
+
+async def test_an_iceberg_folder_reads_in_duckdb_and_pyiceberg_as_generated(
+        emulator: RunningEmulator, tmp_path: Path) -> None:
+    pytest.importorskip("pyiceberg")
+    connection = _duckdb_with_iceberg()
+    keys = hours_ago(7, 5)
+    out = Table("iceberg", str(tmp_path / "lake"), tmp_path / "lake" / ".backfill", None)
+    assert (await run(out.settings(emulator, types=("custom_event",)), keys)).exit_code == 0
+    want = sum(len(expected(emulator, "custom_event", k)) for k in keys)
+    location = out.iceberg("custom_event").metadata_location
+    try:
+        got = connection.sql(f"SELECT count(*), count(DISTINCT dt || hour), "
+                             f"any_value(typeof(time)) FROM iceberg_scan('{location}')"
+                             ).fetchone()
+    finally:
+        connection.close()
+    assert got == (want, len(keys), "TIMESTAMP WITH TIME ZONE")
+    assert out.iceberg("custom_event").scan().to_arrow().num_rows == want
+
+
+async def test_two_shards_committing_to_one_iceberg_table_lose_nothing(
+        emulator: RunningEmulator, tmp_path: Path) -> None:
+    from tests.e2e.test_shard import _console_token
+
+    pytest.importorskip("pyiceberg")
+    env = env_for(emulator.url, GIO_SECRET="", GIO_TOKEN=await _console_token(emulator))
+    keys = hours_ago(12, 5)
+    args = ["run", "--from", f"{keys[0].start:%Y-%m-%dT%H}", "--to",
+            f"{keys[-1].start:%Y-%m-%dT%H}", "--types", "visit,page", "--format", "iceberg",
+            "--out", "lake", "--quiet"]
+    results: list[tuple[int, str, str]] = []
+
+    async def shard(k: int) -> None:
+        results.append(await cli([*args, "--shard", f"{k}/2"], env, tmp_path))
+
+    async with anyio.create_task_group() as group:
+        for k in (1, 2):
+            group.start_soon(shard, k)
+    assert [code for code, _, _ in results] == [0, 0], [err for _, _, err in results]
+    out = Table("iceberg", str(tmp_path / "lake"), tmp_path, None)
+    for data_type in ("visit", "page"):
+        assert len(out.snapshots(data_type)) == len(keys)  # a commit per unit, none lost
+        for key in keys:
+            _same(out.rows(data_type, key), expected(emulator, data_type, key))
+
+
+async def test_iceberg_in_a_bucket_with_a_catalog_named_in_the_config_file(
+        emulator: RunningEmulator, process_bucket: Bucket, tmp_path: Path) -> None:
+    """The README's way for a bucket: [iceberg] catalog in the config file, the catalog
+    defined by PYICEBERG_CATALOG__ variables; a fresh runner reads what is done from the
+    catalog alone. Without a catalog, one line and exit 2, nothing written."""
+    pytest.importorskip("pyiceberg")
+    keys = hours_ago(8, 7)
+    env = {**env_for(emulator.url), **S3_ENV, "AWS_ENDPOINT_URL": process_bucket.endpoint,
+           "XDG_STATE_HOME": str(tmp_path / "runner-1")}
+    args = ["run", "--from", f"{keys[0].start:%Y-%m-%dT%H}", "--to",
+            f"{keys[-1].start:%Y-%m-%dT%H}", "--types", "visit", "--format", "iceberg",
+            "--out", process_bucket.url()]
+    code, _, err = await cli(args, env, tmp_path)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "needs a catalog" in err and "[iceberg] catalog" in err
+    assert not process_bucket.files()
+    (tmp_path / "backfill.toml").write_text('[iceberg]\ncatalog = "lake"\n')
+    env.update(iceberg_catalog_env("lake", tmp_path / "catalog.db", process_bucket))
+    code, _, err = await cli(args, env, tmp_path)
+    assert code == 0, err
+    table = Table("iceberg", process_bucket.url(), tmp_path, process_bucket, catalog="lake")
+    for name, value in iceberg_catalog_env("lake", tmp_path / "catalog.db",
+                                           process_bucket).items():
+        os.environ[name] = value
+    try:
+        for key in keys:
+            _same(table.rows("visit", key), expected(emulator, "visit", key))
+    finally:
+        for name in iceberg_catalog_env("lake", tmp_path / "catalog.db", process_bucket):
+            os.environ.pop(name, None)
+    fresh = {**env, "XDG_STATE_HOME": str(tmp_path / "runner-2")}
+    before = emulator.state.stats()["calls"]
+    code, out, err = await cli([*args, "--json"], fresh, tmp_path)
+    assert code == 0, err
+    assert emulator.state.stats()["calls"] == before  # the catalog said: all done
+    code, out, err = await cli(["status", "--out", process_bucket.url(), "--json"], fresh,
+                               tmp_path)
+    assert code == 0 and json.loads(out)["keys"]["done"] == len(keys), err
+
+
+async def test_read_only_commands_create_no_catalog_and_a_missing_one_is_one_line(
+        tmp_path: Path) -> None:
+    pytest.importorskip("pyiceberg")
+    env = env_for("http://127.0.0.1:9")
+    for command in ("status", "verify"):
+        code, _, err = await cli([command, "--out", "lake", "--format", "iceberg"], env,
+                                 tmp_path)
+        assert code == 2 and "in lake" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "lake").exists()  # no catalog.db, no table, no state
+    code, _, err = await cli(["run", "--from", "-8h", "--to", "-7h", "--out", "other",
+                              "--format", "iceberg", "--iceberg-catalog", "nowhere"], env,
+                             tmp_path)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "no Iceberg catalog 'nowhere'" in err and "PYICEBERG_CATALOG__NOWHERE__URI" in err

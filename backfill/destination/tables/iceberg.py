@@ -16,8 +16,9 @@ the catalog the user runs.
   files (a scan's plan with the unit's filter) and adds the unit's files, which were
   written in streaming with the table's field ids (:mod:`.commits`); its summary carries
   ``backfill.unit`` and ``backfill.manifest``. A conflict (another shard committed
-  first) is retried by pyiceberg where its version does (0.12: a few times, re-applying
-  the same files), then by us, from a fresh read of the table, the filter re-applied.
+  first) is retried by pyiceberg where its version does (0.12: up to 4 times, then its
+  check of the files added meanwhile fails), then by us, from a fresh read of the table,
+  the partition's filter re-applied: we depend on neither its retries nor their absence.
 - **Done units** are read from the snapshot summaries of the main branch: one catalog
   load (the table's metadata file) per type, however many units. ``verify`` reads the
   current snapshot's manifests too, for the files it references.
@@ -25,8 +26,9 @@ the catalog the user runs.
 
 from __future__ import annotations
 
-import contextlib
 import json
+import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -67,6 +69,8 @@ class IcebergTables:
         self._created = created
         self._namespace = settings.iceberg_namespace
         self._catalogs: dict[bool, Any] = {}
+        self._opening = threading.RLock()
+        """Held while this process opens the catalog or creates a table."""
         out = settings.out
         self._root = (out.resolve().as_uri() if isinstance(out, Path) else out.url)
         if isinstance(out, Remote) and not settings.iceberg_catalog:
@@ -81,26 +85,23 @@ class IcebergTables:
     def catalog(self, *, create: bool) -> Any:
         """The catalog; ``create=False`` (a command that only reads): None when the
         embedded one does not exist yet, and nothing is created."""
-        for opened in (True, create):  # one that may create serves a reader too
-            if opened in self._catalogs:
-                return self._catalogs[opened]
-        out = self._settings.out
-        if self._settings.iceberg_catalog:
-            catalog = _named(self._settings.iceberg_catalog, self._settings)
-        else:
-            assert isinstance(out, Path)  # a bucket without a named catalog: refused above
-            catalog = _embedded(out, create=create)
-        if catalog is not None:
-            self._catalogs[create] = catalog
-        return catalog
+        with self._opening:
+            for opened in (True, create):  # one that may create serves a reader too
+                if opened in self._catalogs:
+                    return self._catalogs[opened]
+            out = self._settings.out
+            if self._settings.iceberg_catalog:
+                catalog = _named(self._settings.iceberg_catalog, self._settings)
+            else:
+                assert isinstance(out, Path)  # a bucket without a named catalog: refused
+                catalog = _embedded(out, create=create)
+            if catalog is not None:
+                self._catalogs[create] = catalog
+            return catalog
 
     def _load(self, data_type: str, *, create: bool) -> Any:
         """The type's table (None: not there, and not to be created)."""
-        from pyiceberg.exceptions import (
-            NamespaceAlreadyExistsError,
-            NoSuchTableError,
-            TableAlreadyExistsError,
-        )
+        from pyiceberg.exceptions import NoSuchTableError
 
         catalog = self.catalog(create=create)
         if catalog is None:
@@ -111,17 +112,29 @@ class IcebergTables:
         except NoSuchTableError:
             if not create:
                 return None
-        with contextlib.suppress(NamespaceAlreadyExistsError):
-            catalog.create_namespace(self._namespace)
-        schema, spec = _base(data_type, self._settings.granularity.value == "hour")
-        try:
-            return catalog.create_table(
-                identifier, schema, location=f"{self._root}/{data_type}",
-                partition_spec=spec, properties={
-                    "format-version": "2", **self._created,
-                    "write.parquet.compression-codec": "zstd"})
-        except TableAlreadyExistsError:  # another shard created it meanwhile: the same
-            return catalog.load_table(identifier)
+        with self._opening:  # one creation at a time here; another process's is caught
+            try:
+                return catalog.load_table(identifier)
+            except NoSuchTableError:
+                pass
+            try:
+                catalog.create_namespace(self._namespace)
+            except Exception:
+                if (self._namespace,) not in catalog.list_namespaces():
+                    raise
+            schema, spec = _base(data_type, self._settings.granularity.value == "hour")
+            try:
+                return catalog.create_table(
+                    identifier, schema, location=f"{self._root}/{data_type}",
+                    partition_spec=spec, properties={
+                        "format-version": "2", **self._created,
+                        "write.parquet.compression-codec": "zstd"})
+            except Exception:  # another process created it meanwhile: the same table
+                try:
+                    return catalog.load_table(identifier)
+                except NoSuchTableError:
+                    pass
+                raise
 
     # --- a unit's snapshot ----------------------------------------------------------------
 
@@ -152,7 +165,7 @@ class IcebergTables:
                partitions: dict[str, str], files: list[Written], summary: dict[str, Any]
                ) -> None:
         """One snapshot: the partition's current files deleted, the unit's added."""
-        from pyiceberg.exceptions import CommitFailedException
+        from pyiceberg.exceptions import CommitFailedException, ValidationException
         from pyiceberg.io.pyarrow import parquet_files_to_data_files
 
         table, transaction = prepared.handle
@@ -169,7 +182,10 @@ class IcebergTables:
                 for data_file in added:
                     snapshot.append_data_file(data_file)
             transaction.commit_transaction()
-        except CommitFailedException as exc:
+        except (CommitFailedException, ValidationException) as exc:
+            # Another writer committed first. pyiceberg 0.12 retries a few times itself,
+            # then fails its own check of the files added meanwhile: not landed, either
+            # way; we prepare again, from the table as it is now.
             raise Conflict(first_line(exc)) from None
 
     # --- what the tables hold ---------------------------------------------------------------
@@ -273,15 +289,23 @@ def _named(name: str, settings: Settings) -> Any:
 def _embedded(out: Path, *, create: bool) -> Any:
     """``<out>/catalog.db``; None when it is not there and not to be created."""
     from pyiceberg.catalog.sql import SqlCatalog
+    from sqlalchemy.exc import OperationalError
 
     path = out / CATALOG_FILE
     if not create and not path.exists():
         return None
     if create:
         out.mkdir(parents=True, exist_ok=True)
-    return SqlCatalog(EMBEDDED, uri=f"sqlite:///{path.resolve()}",
-                      warehouse=out.resolve().as_uri(),
-                      init_catalog_tables="true" if create else "false")
+    for attempt in range(5):
+        try:
+            return SqlCatalog(EMBEDDED, uri=f"sqlite:///{path.resolve()}",
+                              warehouse=out.resolve().as_uri(),
+                              init_catalog_tables="true" if create else "false")
+        except OperationalError:  # another shard was creating its tables at that moment
+            if attempt == 4:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _base(data_type: str, hourly: bool) -> tuple[Any, Any]:
