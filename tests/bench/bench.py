@@ -69,7 +69,8 @@ def backfill_cli(args: list[str], env: dict[str, str], cwd: Path) -> Measured:
 
 # --- the emulator, in a process of its own ----------------------------------------------
 
-def _serve(conn: Connection, settings: dict[str, Any], warm: tuple[str, str] | None) -> None:
+def _serve(conn: Connection, settings: dict[str, Any],
+           warm: tuple[str, str] | list[tuple[str, str]] | None) -> None:
     import anyio
 
     from backfill.emulator import DEMO_CREDENTIALS, EmulatorConfig, serve
@@ -77,8 +78,8 @@ def _serve(conn: Connection, settings: dict[str, Any], warm: tuple[str, str] | N
 
     async def main() -> None:
         async with serve(EmulatorConfig(**settings)) as emulator:
-            if warm:  # generate the data before anything is timed
-                data_type, hour = warm
+            # Generate the data before anything is timed: one (type, key) or several.
+            for data_type, hour in [warm] if isinstance(warm, tuple) else warm or []:
                 emulator.state.data.parts(DEMO_CREDENTIALS.ai, data_type, Key.parse(hour))
             conn.send(emulator.url)
             await anyio.sleep(10**6)
@@ -87,7 +88,8 @@ def _serve(conn: Connection, settings: dict[str, Any], warm: tuple[str, str] | N
 
 
 @contextmanager
-def emulator(warm: tuple[str, str] | None = None, **settings: Any) -> Iterator[str]:
+def emulator(warm: tuple[str, str] | list[tuple[str, str]] | None = None,
+             **settings: Any) -> Iterator[str]:
     """An emulator process; yields its URL."""
     context = multiprocessing.get_context("spawn")
     ours, theirs = context.Pipe()
