@@ -33,6 +33,19 @@ def _settings(out: Path, **flags: Any) -> Settings:
 
 # --- the rules, pure ----------------------------------------------------------------------
 
+def test_an_iceberg_output_records_its_catalog_and_namespace(tmp_path: Path) -> None:
+    written = _settings(tmp_path, format="iceberg", iceberg_catalog="lake")
+    recorded = Descriptor.parse(Descriptor.of(written).to_bytes())
+    assert (recorded.iceberg_catalog, recorded.iceberg_namespace) == ("lake", "growingio")
+    settled = settle(_settings(tmp_path), recorded)  # a command that does not say: taken
+    assert (settled.format, settled.iceberg_catalog) == ("iceberg", "lake")
+    with pytest.raises(UsageError, match="--iceberg-catalog other says otherwise"):
+        settle(_settings(tmp_path, iceberg_catalog="other"), recorded)
+    delta = Descriptor.parse(Descriptor.of(_settings(tmp_path, format="delta")).to_bytes())
+    assert delta.iceberg_catalog is None and delta.iceberg_namespace is None
+    assert settle(_settings(tmp_path, iceberg_catalog="any"), delta).iceberg_catalog == "any"
+
+
 def test_what_the_command_does_not_say_comes_from_the_output(tmp_path: Path) -> None:
     recorded = Descriptor("delta", "v2", Granularity.HOUR, "{type}/dt={date}/hour={hour}")
     settled = settle(_settings(tmp_path), recorded)

@@ -463,7 +463,8 @@ def test_a_field_longer_than_a_megabyte_and_every_escape_read_exactly(tmp_path: 
 
 async def test_the_readme_tables_command_runs(emulator: RunningEmulator, tmp_path: Path) -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    section = readme.split("### Tables: Parquet and Delta Lake", 1)[1].split("\n### ", 1)[0]
+    section = readme.split("### Tables: Parquet, Delta Lake and Iceberg", 1)[1].split(
+        "\n### ", 1)[0]
     line = next(x for x in section.splitlines() if x.startswith("backfill run "))
     import shlex
 
@@ -487,6 +488,23 @@ async def test_the_readme_tables_command_runs(emulator: RunningEmulator, tmp_pat
                                                          "PYTHONPATH": str(blocker)})
     assert done.returncode == 0, done.stderr.decode()
     assert "count_all" in done.stdout.decode()
+    # The Iceberg lines: its run into a folder of its own, then its read, as written.
+    pytest.importorskip("pyiceberg")
+    iceberg = tmp_path / "iceberg"
+    iceberg.mkdir()
+    line = next(x for x in section.splitlines()
+                if x.startswith("backfill run ") and "--format iceberg --out lake" in x)
+    code, _, err = await cli(shlex.split(line, comments=True)[1:], env_for(emulator.url),
+                             iceberg)
+    assert code in (0, 4), err
+    assert (iceberg / "lake" / "catalog.db").exists()
+    read = next(x for x in section.splitlines() if x.startswith("python3 -c "))
+    with anyio.fail_after(120):
+        done = await anyio.run_process(
+            [sys.executable, *shlex.split(read)[1:]], cwd=iceberg, check=False,
+            env={**os.environ, "PYTHONPATH": str(blocker)})
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode().strip().isdigit()
 
 
 

@@ -206,8 +206,28 @@ def test_the_example_config_documents_every_setting() -> None:
     from backfill.config import option_names
 
     example = (Path(__file__).resolve().parents[2] / "config.example.toml").read_text()
-    documented = set(re.findall(r"^#? ?([a-z_]+) = ", example, flags=re.MULTILINE))
+    documented, table = set(), ""
+    for line in example.splitlines():  # a key under [iceberg] is the setting iceberg_<key>
+        if header := re.match(r"^#? ?\[+([a-z_]+)\]+", line):
+            table = header[1]
+        elif key := re.match(r"^#? ?([a-z_]+) = ", line):
+            documented |= {key[1], f"{table}_{key[1]}"}
     assert set(option_names()) - documented == set()
+
+
+def test_the_iceberg_table_of_the_file_sets_its_settings_and_refuses_strangers(
+        tmp_path: Path) -> None:
+    path = write(tmp_path, '[iceberg]\ncatalog = "lake"\nnamespace = "gio_raw"\n')
+    s = load(path, {}, env={})
+    assert (s.iceberg_catalog, s.iceberg_namespace) == ("lake", "gio_raw")
+    assert s.sources["iceberg_catalog"] == str(path)
+    assert load(path, {"iceberg_catalog": "other"}, env={}).iceberg_catalog == "other"
+    assert load(None, {}, env={}).iceberg_namespace == "growingio"
+    with pytest.raises(UsageError, match=r"unknown key iceberg.uri \(known: catalog, "
+                                         r"namespace\)"):
+        load(write(tmp_path, '[iceberg]\nuri = "http://x"\n'), {}, env={})
+    with pytest.raises(UsageError, match="iceberg.namespace must be a namespace"):
+        load(write(tmp_path, '[iceberg]\nnamespace = ""\n'), {}, env={})
 
 
 def test_sizes_take_units_and_the_example_means_what_it_says(tmp_path: Path) -> None:
