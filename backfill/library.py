@@ -115,6 +115,10 @@ async def settle_output(settings: Settings) -> Settings:
     settled = descriptor.settle(settings, recorded)
     held = settled.sources.get("format") == "the output"
     require_tables(settled.format, str(settled.out) if held else None)
+    if settled.format == "iceberg":
+        from backfill.destination.tables.iceberg import check_catalog
+
+        check_catalog(settled)
     check_hourly_layout(settled)
     return settled
 

@@ -718,3 +718,4 @@ async def test_read_only_commands_create_no_catalog_and_a_missing_one_is_one_lin
                              tmp_path)
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "no Iceberg catalog 'nowhere'" in err and "PYICEBERG_CATALOG__NOWHERE__URI" in err
+    assert not (tmp_path / "other").exists()  # refused before anything is written

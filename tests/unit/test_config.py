@@ -226,7 +226,7 @@ def test_the_iceberg_table_of_the_file_sets_its_settings_and_refuses_strangers(
     with pytest.raises(UsageError, match=r"unknown key iceberg.uri \(known: catalog, "
                                          r"namespace\)"):
         load(write(tmp_path, '[iceberg]\nuri = "http://x"\n'), {}, env={})
-    with pytest.raises(UsageError, match="iceberg.namespace must be a namespace"):
+    with pytest.raises(UsageError, match=r"iceberg\.namespace must be a namespace"):
         load(write(tmp_path, '[iceberg]\nnamespace = ""\n'), {}, env={})
 
 

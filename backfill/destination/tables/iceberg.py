@@ -30,7 +30,7 @@ import json
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from backfill.config import Remote
 from backfill.destination.tables.commits import (
@@ -73,12 +73,7 @@ class IcebergTables:
         """Held while this process opens the catalog or creates a table."""
         out = settings.out
         self._root = (out.resolve().as_uri() if isinstance(out, Path) else out.url)
-        if isinstance(out, Remote) and not settings.iceberg_catalog:
-            raise UsageError(
-                f"--format iceberg into {out} needs a catalog that every runner and reader "
-                "shares: name one with [iceberg] catalog = \"NAME\" in the config (or "
-                "--iceberg-catalog NAME) and define it as pyiceberg does, in "
-                "~/.pyiceberg.yaml or PYICEBERG_CATALOG__NAME__URI and the like")
+        check_catalog(settings)
 
     # --- the catalog ----------------------------------------------------------------------
 
@@ -266,10 +261,23 @@ class IcebergTables:
         return None
 
 
-def _named(name: str, settings: Settings) -> Any:
-    """The catalog ``name`` as pyiceberg configures it (read now, not at import), with the
-    output's S3 endpoint and region where it says none."""
-    from pyiceberg.catalog import load_catalog
+def check_catalog(settings: Settings) -> None:
+    """Raise :class:`UsageError` (one line) unless ``settings`` name a catalog that can be
+    used: a named one pyiceberg has a configuration for, or the embedded one of a local
+    output (a bucket needs a named one). Reads no catalog: commands check it first."""
+    if isinstance(settings.out, Remote) and not settings.iceberg_catalog:
+        raise UsageError(
+            f"--format iceberg into {settings.out} needs a catalog that every runner and "
+            "reader shares: name one with [iceberg] catalog = \"NAME\" in the config (or "
+            "--iceberg-catalog NAME) and define it as pyiceberg does, in "
+            "~/.pyiceberg.yaml or PYICEBERG_CATALOG__NAME__URI and the like")
+    if settings.iceberg_catalog:
+        configured(settings.iceberg_catalog)
+
+
+def configured(name: str) -> dict[str, Any]:
+    """The catalog ``name``'s properties as pyiceberg reads them now (its yaml files and
+    ``PYICEBERG_CATALOG__`` variables); raises :class:`UsageError` when there are none."""
     from pyiceberg.utils.config import Config
 
     properties = dict(Config().get_catalog_config(name) or {})
@@ -278,12 +286,21 @@ def _named(name: str, settings: Settings) -> Any:
         raise UsageError(f"no Iceberg catalog {name!r} is configured: define it in "
                          f"~/.pyiceberg.yaml (catalog: {name.lower()}: uri: …) or with "
                          f"{variable} and the like, as pyiceberg reads it")
+    return properties
+
+
+def _named(name: str, settings: Settings) -> Any:
+    """The catalog ``name`` as pyiceberg configures it (read now, not at import), with the
+    output's S3 endpoint and region where it says none."""
+    from pyiceberg.catalog import load_catalog
+
+    properties = configured(name)
     if isinstance(settings.out, Remote) and settings.out.kind == "s3":
         if settings.storage.endpoint:
             properties.setdefault("s3.endpoint", settings.storage.endpoint)
         if settings.storage.region:
             properties.setdefault("s3.region", settings.storage.region)
-    return load_catalog(name, **cast(dict[str, Any], properties))
+    return load_catalog(name, **properties)
 
 
 def _embedded(out: Path, *, create: bool) -> Any:
