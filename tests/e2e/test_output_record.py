@@ -92,12 +92,14 @@ def test_the_record_holds_exactly_the_settings_declared_recorded() -> None:
     from backfill.destination.descriptor import RECORDED
 
     assert set(RECORDED) == {f.name for f in fields(Descriptor)} == {
-        "format", "api", "granularity", "layout"}
+        "format", "api", "granularity", "layout", "iceberg_catalog", "iceberg_namespace"}
 
 
 def test_the_record_round_trips_and_a_foreign_file_of_that_name_is_not_taken() -> None:
     recorded = Descriptor("parquet", "v2", Granularity.DAY, "{type}/dt={date}")
     assert Descriptor.parse(recorded.to_bytes()) == recorded
+    iceberg = Descriptor("iceberg", "v2", Granularity.HOUR, None, "", "growingio")
+    assert Descriptor.parse(iceberg.to_bytes()) == iceberg
     for foreign in (b"{}", b"[1]", b"not json", json.dumps({"format": "csv"}).encode()):
         with pytest.raises(ValueError):
             Descriptor.parse(foreign)
