@@ -96,7 +96,7 @@ def emulator(warm: tuple[str, str] | list[tuple[str, str]] | None = None,
     process = context.Process(target=_serve, args=(theirs, settings, warm), daemon=True)
     process.start()
     try:
-        if not ours.poll(600):
+        if not ours.poll(1800):  # generating the data first takes minutes
             raise RuntimeError("the emulator did not start")
         yield ours.recv()
     finally:
