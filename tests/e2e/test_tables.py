@@ -72,7 +72,10 @@ class Table:
             from pyiceberg.catalog.sql import SqlCatalog
 
             catalog = SqlCatalog("backfill", uri=f"sqlite:///{self.out}/catalog.db")
-        return catalog.load_table(f"growingio.{data_type}")
+        try:
+            return catalog.load_table(f"growingio.{data_type}")
+        finally:
+            catalog.close()  # the table reads its files without it
 
     def snapshots(self, data_type: str) -> list[dict[str, str]]:
         """The summaries of the main branch's snapshots, the oldest first."""

@@ -26,9 +26,11 @@ the catalog the user runs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -92,6 +94,9 @@ class IcebergTables:
                 catalog = _embedded(out, create=create)
             if catalog is not None:
                 self._catalogs[create] = catalog
+                # A SQL catalog's connections are closed with the run's destination, not
+                # left to the collector (Python 3.13 warns of each).
+                weakref.finalize(self, _close, catalog)
             return catalog
 
     def _load(self, data_type: str, *, create: bool) -> Any:
@@ -259,6 +264,13 @@ class IcebergTables:
             return OutputError(f"{where}: the Iceberg table's schema does not take these "
                                f"rows ({first_line(exc)})")
         return None
+
+
+def _close(catalog: Any) -> None:
+    close = getattr(catalog, "close", None)
+    if close is not None:
+        with contextlib.suppress(Exception):
+            close()
 
 
 def check_catalog(settings: Settings) -> None:
