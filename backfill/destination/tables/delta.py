@@ -18,9 +18,9 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-import time
 from typing import TYPE_CHECKING, Any
 
+from backfill.clock import wall_now
 from backfill.destination.tables.commits import (
     MANIFEST_KEY,
     REMOVED,
@@ -105,7 +105,7 @@ class DeltaTables:
         from deltalake.exceptions import CommitFailedError
         from deltalake.transaction import AddAction, RemoveAction
 
-        now = int(time.time() * 1000)
+        now = int(wall_now().timestamp() * 1000)  # the clock's one door
         relative = folder.split("/", 1)[1]
         actions: list[AddAction | RemoveAction] = [
             AddAction(f"{relative}/{f.name}", f.size, partitions, now, True,
