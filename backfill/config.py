@@ -62,6 +62,8 @@ class Scope(StrEnum):
 
     OUTPUT = "output"
     FETCH = "fetch"
+    STATUS = "status"
+    """Only ``status`` (besides the output's own)."""
 
 
 @dataclass(frozen=True)
@@ -210,6 +212,18 @@ def _catalog(value: Any) -> str:
 def _namespace(value: Any) -> str:
     if not (text := _catalog(value)):
         raise UsageError("an empty namespace")
+    return text
+
+
+def _file(value: Any) -> Path | None:
+    text = _str(value)
+    return Path(text).expanduser() if text else None
+
+
+def _url(value: Any) -> str:
+    text = _str(value).rstrip("/")
+    if text and not re.fullmatch(r"https?://[^/?#@\s]+(/[^?#\s]*)?", text):
+        raise UsageError(f"{text!r} is not an http(s) URL such as http://pushgateway:9091")
     return text
 
 
@@ -363,6 +377,18 @@ class Settings:
                                 "A bucket's lease lasts this long unless renewed: a run "
                                 "killed with -9 blocks it this long.",
                                 kind=DURATION)
+    metrics_file: Path | None = setting(
+        None, _file, "a file path such as /var/lib/node_exporter/backfill.prom",
+        "After the run, write its Prometheus metrics to this file (atomically), for "
+        "node_exporter's textfile collector.")
+    pushgateway: str = setting(
+        "", _url, "an http(s) URL such as http://pushgateway:9091",
+        "After the run, push its Prometheus metrics to this Pushgateway (job backfill; a "
+        "failed run never replaces the last success).")
+    max_lag: float | None = setting(
+        None, _duration, "a duration such as 2h",
+        "Exit 1 when a type's data is more than this behind what should be ready now, e.g. "
+        "2h (no API call).", kind=DURATION, scope=Scope.STATUS)
     chunk_size: int = 1024 * 1024
     checkpoint_bytes: int = 16 * 1024 * 1024
     storage: Storage = Storage()
@@ -473,14 +499,14 @@ def option_names() -> tuple[str, ...]:
 def written(name: str, value: Any) -> str:
     """A setting's value as a config file writes it: ``30m``, ``4KiB``, ``visit,page``."""
     kind = declared()[name].kind if name in declared() else Kind.TEXT
+    if value is None:
+        return "(none)"
     if kind is Kind.DURATION:
         return format_duration(value)
     if kind is Kind.SIZE:
         return format_size(value)
     if isinstance(value, tuple):
         return ",".join(value) or "(all)"
-    if value is None:
-        return "(none)"
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, float):

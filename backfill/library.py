@@ -53,6 +53,7 @@ from backfill.model import Status, Summary, UnitRecord
 
 if TYPE_CHECKING:
     from backfill.growingio.api import GrowingIO
+    from backfill.state.freshness import Freshness
     from backfill.state.status import StatusReport
     from backfill.state.verify import VerifyReport
 
@@ -216,37 +217,59 @@ def optional_range(settings: Settings, first: str | None, last: str | None
 
 def fetch(first: str, last: str, *, config: Path | str | None = None, force: bool = False,
           reporter: Reporter | None = None, environ: Mapping[str, str] | None = None,
-          project: str | None = None, **options: Any) -> Summary:
+          project: str | None = None, lineage: bool = True, **options: Any) -> Summary:
     """Fetch every key from ``first`` to ``last`` (inclusive, Beijing time, the forms
     ``--from`` takes); blocks until the run ends. Not from inside a running event loop:
     use :func:`fetch_async` there. ``environ`` replaces ``os.environ`` as the source of
     the ``GIO_*`` credentials; ``project`` picks a ``[[projects]]`` entry of the config
-    (its settings, and its credentials under its ``env_prefix``)."""
+    (its settings, and its credentials under its ``env_prefix``); ``lineage``: see
+    :func:`fetch_keys`."""
     return anyio.run(partial(fetch_async, first, last, config=config, force=force,
-                             reporter=reporter, environ=environ, project=project, **options))
+                             reporter=reporter, environ=environ, project=project,
+                             lineage=lineage, **options))
 
 
 async def fetch_async(first: str, last: str, *, config: Path | str | None = None,
                       force: bool = False, reporter: Reporter | None = None,
                       environ: Mapping[str, str] | None = None, project: str | None = None,
-                      **options: Any) -> Summary:
+                      lineage: bool = True, **options: Any) -> Summary:
     """:func:`fetch`, for callers that run an event loop (asyncio or trio via anyio)."""
     settings = configure(config, environ=environ, project=project, **options)
     settings, keys = range_keys(await settle_output(settings), first, last)
-    return await fetch_keys(settings, keys, force=force, reporter=reporter)
+    return await fetch_keys(settings, keys, force=force, reporter=reporter, lineage=lineage)
 
 
 @_boundary
 async def fetch_keys(settings: Settings, keys: list[Key], *, force: bool = False,
                      reporter: Reporter | None = None, clock: Clock | None = None,
-                     api: Any = None) -> Summary:
+                     api: Any = None, lineage: bool = True) -> Summary:
     """Fetch ``keys`` (this shard's, with ``shard``) into ``settings.out``, as settled
     (:func:`settle_output`); done keys cost nothing unless ``force``. ``api``: another
-    export API than GrowingIO's (a test's)."""
-    from backfill.engine.runner import backfill
+    export API than GrowingIO's (a test's).
 
-    return await backfill(settings, keys, reporter or PlainReporter(clock=clock),
-                          force=force, api=api, clock=clock)
+    However it ends, the run reports itself (:mod:`backfill.observe`): its metrics, as
+    ``metrics_file`` and ``pushgateway`` say, and OpenLineage events where a transport is
+    configured (``lineage=False``: not those, for a caller whose orchestrator emits its
+    own, as Airflow's provider does)."""
+    from backfill.engine.runner import backfill
+    from backfill.observe import Observer
+
+    reporter = reporter or PlainReporter(clock=clock)
+    observer = Observer(settings, keys, clock or system_clock(), reporter, lineage=lineage)
+    await observer.started()
+    try:
+        summary = await backfill(settings, keys, reporter, force=force, api=api,
+                                 clock=clock)
+    except BaseException as exc:
+        await observer.ended(None, exc, partial(_freshness, settings, clock))
+        raise
+    await observer.ended(summary, None, partial(_freshness, settings, clock))
+    return summary
+
+
+async def _freshness(settings: Settings, clock: Clock | None) -> list[Freshness]:
+    """Each wanted type's freshness, as the destination holds it (see :func:`status`)."""
+    return (await status(settings, None, clock=clock, empty_ok=True)).freshness
 
 
 def plan(settings: Settings, keys: list[Key], *, force: bool = False,
@@ -371,7 +394,7 @@ async def catchup_keys(settings: Settings, *, lag: float | None = None,
     nothing yet from the configured ``start``, else the oldest key GrowingIO will still
     keep when the run may end: its first run is the backfill of the retention window.
     """
-    from backfill.engine.policy import beyond_retention, expected_ready
+    from backfill.engine.policy import beyond_retention, newest_ready
 
     now = (clock or system_clock()).now()
     given = settings.sources.get("start", "").startswith(("flag", "argument"))
@@ -385,16 +408,7 @@ async def catchup_keys(settings: Settings, *, lag: float | None = None,
             # says where to start.
             await sync_cache(settings, _retention_window(settings, now))
         first = None
-    granularity = settings.granularity
-    last = key_at(now, granularity)
-
-    def ready(key: Key) -> bool:
-        if lag is None:
-            return expected_ready(key, settings) <= now
-        return key.end + timedelta(seconds=lag) <= now
-
-    while not ready(last):
-        last = Key(last.start - granularity.step, granularity)
+    last = newest_ready(settings, now, settings.granularity, lag=lag)
     if first is None:
         first = _earliest_incomplete(settings) or _first_start(settings, now)
     if first > last:
@@ -422,8 +436,8 @@ def _first_start(settings: Settings, now: datetime) -> Key:
     so that the edge of the retention does not pass a key between the plan and its call."""
     from backfill.engine.policy import oldest_kept
 
-    if settings.start is not None:
-        return parse_bound(settings.start, settings.granularity, now=now, end=False)
+    if (start := _start(settings, now)) is not None:
+        return start
     kept = oldest_kept(now + timedelta(seconds=settings.max_wait), settings.retention_days)
     return key_at(datetime(kept.year, kept.month, kept.day, tzinfo=BEIJING),
                   settings.granularity)
@@ -451,11 +465,16 @@ async def sync_cache(settings: Settings, keys: list[Key] | None) -> None:
 # --- the questions ----------------------------------------------------------------------
 
 @_boundary
-async def status(settings: Settings, within: list[Key] | None) -> StatusReport:
+async def status(settings: Settings, within: list[Key] | None, *,
+                 clock: Clock | None = None, empty_ok: bool = False) -> StatusReport:
     """What the output holds (no API call, nothing created): the state's units, with what
     the destination's markers show complete counted done (the destination is the truth),
-    folded by key. Raises :class:`UsageError` when the output holds nothing at all."""
+    folded by key, and each type's freshness (from ``within``'s first key, else from
+    ``start``, else from the oldest key known). Raises :class:`UsageError` when the output
+    holds nothing at all, unless ``empty_ok``."""
     from backfill.destination import open_destination
+    from backfill.engine.policy import newest_ready
+    from backfill.state.freshness import freshness
     from backfill.state.reconcile import finished
     from backfill.state.status import summarize
     from backfill.state.store import running_pid
@@ -464,7 +483,7 @@ async def status(settings: Settings, within: list[Key] | None) -> StatusReport:
     exists = not isinstance(settings.out, Path) or settings.out.exists()
     destination = await anyio.to_thread.run_sync(open_destination, settings)
     complete = await finished(destination, settings, within) if exists else {}
-    if not known and not complete:
+    if not known and not complete and not empty_ok:
         raise UsageError(f"nothing in {settings.out} yet: no finished unit and no backfill "
                          "state; run `backfill run` first")
     by_unit = {(u.key, u.data_type): u for u in known}
@@ -478,9 +497,27 @@ async def status(settings: Settings, within: list[Key] | None) -> StatusReport:
         units.append(replace(unit, status=Status.PENDING, last_error="no _SUCCESS in the "
                              "destination") if unit.status is Status.DONE else unit)
     wanted = {k.name for k in within} if within is not None else None
-    return summarize(sorted(units, key=lambda u: (u.key, u.data_type)), str(settings.out),
-                     settings.api, wanted,
-                     running=running_pid(settings.state_folder) is not None)
+    report = summarize(sorted(units, key=lambda u: (u.key, u.data_type)), str(settings.out),
+                       settings.api, wanted,
+                       running=running_pid(settings.state_folder) is not None)
+    now = (clock or system_clock()).now()
+    report.now = now
+    held = [(u.key, u.data_type) for u in known]
+    # The types asked for, else those the output holds (of those a run would fetch).
+    types = settings.types or tuple(
+        t for t in settings.wanted_types if any(t == d for _, d in [*held, *complete])
+    ) or settings.wanted_types
+    report.freshness = freshness(types, settings.granularity, complete, held,
+                                 newest_ready(settings, now, settings.granularity),
+                                 start=within[0] if within else _start(settings, now))
+    return report
+
+
+def _start(settings: Settings, now: datetime) -> Key | None:
+    """The configured ``start``, as a key of the output's granularity."""
+    if settings.start is None:
+        return None
+    return parse_bound(settings.start, settings.granularity, now=now, end=False)
 
 
 @_boundary

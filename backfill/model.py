@@ -97,6 +97,10 @@ class Summary:
 
     outcomes: dict[str, tuple[Status, str]] = field(default_factory=dict)
     """Every key that did not end done: its status and why (``problems``, apart)."""
+    type_bytes: Counter[str] = field(default_factory=Counter)
+    """``bytes``, by data type."""
+    type_rows: Counter[str] = field(default_factory=Counter)
+    """Typed output: the rows of the units this run committed, by data type."""
 
     def add(self, key: str, status: Status, detail: str | None = None) -> None:
         self.statuses[status] += 1
@@ -117,8 +121,19 @@ class Summary:
             "outage": self.outage,
             "held_parts": self.held_parts,
             "held_bytes": self.held_bytes,
+            "rows": dict(self.type_rows),
             "problems": self.problems,
         }
+
+    def failure(self) -> str | None:
+        """Why the run did not succeed, in one line (None when it did): the outage that
+        stopped it, or its keys not complete and why."""
+        if self.outage:
+            return self.outage
+        if not self.problems:
+            return None
+        problems = "; ".join(f"{k}: {p}" for k, p in sorted(self.problems.items()))
+        return f"{keys(len(self.problems))} not complete: {problems}"
 
     @property
     def exit_code(self) -> int:
@@ -135,6 +150,15 @@ def human_bytes(count: float) -> str:
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
         count /= 1000
     raise AssertionError("unreachable")
+
+
+def human_duration(seconds: float) -> str:
+    """``3 h 10 min``, ``45 min``, ``2 d 3 h``: a span as people say it, to the minute."""
+    minutes = max(round(seconds / 60), 0)
+    days, rest = divmod(minutes, 24 * 60)
+    hours, minutes = divmod(rest, 60)
+    shown = [f"{n} {unit}" for n, unit in ((days, "d"), (hours, "h"), (minutes, "min")) if n]
+    return " ".join(shown[:2]) or "0 min"
 
 
 def plural(count: int, word: str) -> str:

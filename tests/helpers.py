@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,3 +170,20 @@ def state_text(out: Any) -> str:
 
     files = [p for p in Path(out).rglob("*") if p.is_file() and not p.name.endswith(".csv.gz")]
     return "\n".join(p.read_bytes().decode(errors="replace") for p in files)
+
+
+@contextlib.asynccontextmanager
+async def loopback(handler: Any) -> AsyncIterator[str]:
+    """An HTTP server on 127.0.0.1 that answers every request with ``handler``; yields
+    its origin (``http://127.0.0.1:PORT``)."""
+    from aiohttp import web
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 
 from backfill import library
-from backfill.cli.report import print_calendar
+from backfill.cli.report import print_calendar, shown_key
 from backfill.cli.shared import (
     OptionalFrom_,
     OptionalTo_,
@@ -27,8 +27,8 @@ from backfill.cli.shared import (
 )
 from backfill.config import Scope, Settings
 from backfill.errors import EXIT_CODES, ExitCode
-from backfill.model import human_bytes, keys, plural
-from backfill.state.status import SEVERITY
+from backfill.model import human_bytes, human_duration, keys, plural
+from backfill.state.status import SEVERITY, StatusReport
 
 
 @app.command(epilog="""Examples:
@@ -37,17 +37,22 @@ from backfill.state.status import SEVERITY
   backfill status                                  # everything the folder holds
   backfill status --from -2d --to -1d --json       # those days, for a script
   backfill status --out s3://my-lake/gio           # a bucket, from its markers
+  backfill status --max-lag 3h                     # for a probe: exit 1 if stale
 """)
 @guarded
 @reporting
-@configured(Scope.OUTPUT)
+@configured(Scope.STATUS)
 def status(from_: OptionalFrom_ = None, to: OptionalTo_ = None) -> None:
-    """What is done, failed or waiting (no API call): counts, calendar, problems.
+    """What is done, failed or waiting (no API call): counts, calendar, problems; with
+    --max-lag, whether each type is fresh enough (exit 1 if not).
 
     What the destination's markers show complete is done, whatever the local state says
-    (a few LIST calls for a bucket); nothing is created or changed."""
+    (a few LIST calls for a bucket); nothing is created or changed. A type is complete up
+    to the newest key before its first hole (its watermark)."""
     chosen, within = library.optional_range(settled(), from_, to)
     report = run_async(library.status, chosen, within)
+    if chosen.max_lag is not None:
+        _freshness(report, chosen.max_lag)
     if output().json:
         document(report.to_json(), indent=2)
         return
@@ -66,6 +71,28 @@ def status(from_: OptionalFrom_ = None, to: OptionalTo_ = None) -> None:
                       f"{plural(unit.attempts, 'attempt')}{why}", highlight=False)
     if len(report.problems) > shown:
         console.print(f"  … and {len(report.problems) - shown} more (backfill status --json)")
+
+
+def _freshness(report: StatusReport, allowed: float) -> None:
+    """``status --max-lag``: one line per type, exit 1 if any is more than ``allowed``
+    behind what should be ready now."""
+    assert report.now is not None
+    stale = [f for f in report.freshness if f.lag > allowed]
+    limit = f"more than the {human_duration(allowed)} allowed"
+    if output().json:
+        document({**report.to_json(), "max_lag_seconds": allowed,
+                  "stale": [f.data_type for f in stale]},
+                 ExitCode.FAILED if stale else ExitCode.OK, indent=2)
+    else:
+        for fresh in report.freshness:
+            if fresh.complete_to is None:
+                since = f" from {shown_key(fresh.first)}" if fresh.first else ""
+                line = f"{fresh.data_type}: nothing complete{since}"
+            else:
+                line = (f"{fresh.data_type}: complete up to {shown_key(fresh.complete_to)} "
+                        f"(Beijing), {human_duration(fresh.behind(report.now) or 0)} behind")
+            typer.echo(f"{line}, {limit}" if fresh in stale else f"{line}: fresh")
+    raise typer.Exit(ExitCode.FAILED if stale else ExitCode.OK)
 
 
 @app.command(epilog="""Examples:

@@ -248,12 +248,13 @@ OptionalTo_ = Annotated[str | None, typer.Option("--to", help="Only keys up to h
 
 
 def _setting_options(scope: Scope) -> dict[str, tuple[object, object]]:
-    """The flags of the settings a command takes, each as its declaration says: every
-    setting for the commands that fetch; those naming an output for the others."""
+    """The flags of the settings a command takes, each as its declaration says: those
+    naming an output, and those of the command's own ``scope`` (the commands that fetch
+    take theirs; ``status`` its own)."""
     options: dict[str, tuple[object, object]] = {"config": (Config_, None),
                                                  "project": (Project_, None)}
     for name, what in declared().items():
-        if scope is Scope.OUTPUT and what.scope is not Scope.OUTPUT:
+        if what.scope not in (Scope.OUTPUT, scope):
             continue
         shown = what.help if "[default:" in what.help else (
             f"{what.help} [default: {written(name, default(name))}]")

@@ -44,10 +44,11 @@ class Destination(Protocol):
     async def unpublish(self, folder: str) -> None:
         """Remove the unit's ``_SUCCESS``: it is about to be rewritten."""
 
-    async def publish(self, folder: str, manifest: bytes, names: set[str]) -> None:
+    async def publish(self, folder: str, manifest: bytes, names: set[str]) -> int | None:
         """Drop the parts the folder's earlier manifest named and ``names`` does not (and
         nothing else: a file backfill did not write is never deleted), then write the
-        manifest, then ``_SUCCESS``."""
+        manifest, then ``_SUCCESS``. Returns the unit's rows for typed output (None for the
+        raw parts, whose rows are not counted)."""
 
     async def remove(self, folder: str, names: set[str]) -> None:
         """Delete the files ``names`` of ``folder`` that backfill wrote there (the state

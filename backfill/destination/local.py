@@ -46,12 +46,13 @@ class LocalFolder:
     async def unpublish(self, folder: str) -> None:
         await anyio.to_thread.run_sync(unpublish, self.root / folder)
 
-    async def publish(self, folder: str, manifest: bytes, names: set[str]) -> None:
+    async def publish(self, folder: str, manifest: bytes, names: set[str]) -> int | None:
         path = self.root / folder
         try:
             await anyio.to_thread.run_sync(publish, path, manifest, names)
         except OSError as exc:
             raise OutputError.from_os_error(exc, path) from None
+        return None
 
     async def remove(self, folder: str, names: set[str]) -> None:
         ours = names | {partial_name(name) for name in names}

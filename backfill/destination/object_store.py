@@ -101,7 +101,7 @@ class ObjectStore:
         await self._call(f"delete {folder}/{MARKER}",
                          obstore.delete_async(self._store, f"{folder}/{MARKER}"))
 
-    async def publish(self, folder: str, manifest: bytes, names: set[str]) -> None:
+    async def publish(self, folder: str, manifest: bytes, names: set[str]) -> int | None:
         try:
             earlier = named(await self.read(f"{folder}/{MANIFEST}"))
         except FileNotFoundError:
@@ -109,6 +109,7 @@ class ObjectStore:
         await self.remove(folder, stale(earlier, names))
         await self._put(f"{folder}/{MANIFEST}", manifest, content_type="application/json")
         await self._put(f"{folder}/{MARKER}", b"", content_type="text/plain")
+        return None
 
     async def remove(self, folder: str, names: set[str]) -> None:
         # A multipart upload leaves no temporary object: the names alone.

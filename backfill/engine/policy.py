@@ -10,7 +10,7 @@ from datetime import date, datetime, timedelta
 from enum import StrEnum
 
 from backfill.config import Settings
-from backfill.keys import BEIJING, Granularity, Key
+from backfill.keys import BEIJING, Granularity, Key, key_at
 
 LATE_HOURS = frozenset({23, 0, 1})
 NOT_EXISTS_GRACE = {Granularity.HOUR: timedelta(hours=6), Granularity.DAY: timedelta(hours=12)}
@@ -23,6 +23,18 @@ def expected_ready(key: Key, settings: Settings) -> datetime:
         return key.end + timedelta(seconds=settings.day_lag)
     late = key.start.hour in LATE_HOURS
     return key.end + timedelta(seconds=settings.late_hour_lag if late else settings.hour_lag)
+
+
+def newest_ready(settings: Settings, now: datetime, granularity: Granularity, *,
+                 lag: float | None = None) -> Key:
+    """The newest key that should be ready at ``now``: ``lag`` seconds after its end, or
+    its documented readiness (:func:`expected_ready`). What ``catchup`` fetches up to, and
+    what ``status --max-lag`` measures freshness against."""
+    key = key_at(now, granularity)
+    while not (expected_ready(key, settings) if lag is None
+               else key.end + timedelta(seconds=lag)) <= now:
+        key = Key(key.start - granularity.step, granularity)
+    return key
 
 
 def beyond_retention(key: Key, now: datetime, retention_days: int) -> bool:

@@ -367,6 +367,7 @@ class Scheduler:
                                                     verified.etag))
             self._summary.parts += 1
             self._summary.bytes += verified.size
+            self._summary.type_bytes[job.data_type] += verified.size
         except (RemoteError, IntegrityError) as exc:
             failures.append(exc)  # siblings go on: their parts are good and are kept
         finally:
@@ -381,7 +382,9 @@ class Scheduler:
                               r.stored_etag) for r in records]
         manifest = document(key=key.name, data_type=data_type, api=api, parts=parts,
                             completed_at=self._clock.now())
-        await self._dest.publish(str(folder), manifest, {p.file for p in parts})
+        rows = await self._dest.publish(str(folder), manifest, {p.file for p in parts})
+        if rows is not None:
+            self._summary.type_rows[data_type] += rows
         await self._db(self._store.finish_unit, api, key.name, data_type)
 
     async def _db(self, method: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:

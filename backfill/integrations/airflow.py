@@ -33,7 +33,6 @@ from __future__ import annotations
 import inspect
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from airflow.sdk import Asset, BaseOperator, Context
@@ -112,6 +111,7 @@ class GrowingIOFetchOperator(BaseOperator):
             summary = backfill.fetch(
                 first, last, config=self.config, project=self.project,
                 environ=self._environ(), reporter=PlainReporter(),
+                lineage=False,  # the OpenLineage provider emits the task's events
                 **self._backfill_options(max_wait=wait))
         except BackfillError as exc:  # bad settings, credentials, a range all gone: one line
             span = first if first == last else f"{first} … {last}"
@@ -136,9 +136,7 @@ class GrowingIOFetchOperator(BaseOperator):
             if isinstance(outlet, Asset):
                 context["outlet_events"][outlet].extra = dict(facts)
         if summary.exit_code != 0:
-            problems = "; ".join(f"{k}: {p}" for k, p in sorted(summary.problems.items()))
-            raise AirflowException(f"{len(summary.problems)} GrowingIO keys not complete: "
-                                   f"{problems}")
+            raise AirflowException(f"GrowingIO: {summary.failure()}")
         return facts
 
     def _range(self, context: Context) -> tuple[str, str]:
@@ -208,8 +206,9 @@ class GrowingIOFetchOperator(BaseOperator):
     # --- lineage ------------------------------------------------------------------------------
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
-        """The GrowingIO types read (namespace ``growingio``, name ``<ai>/<type>``) and the
-        folders or buckets written, for the OpenLineage provider when it is installed."""
+        """The GrowingIO types read and the folders or buckets written, named as the
+        command line's own events name them (:mod:`backfill.observe.lineage`), for the
+        OpenLineage provider when it is installed."""
         try:
             from airflow.providers.openlineage.extractors import OperatorLineage
             from openlineage.client.event_v2 import Dataset
@@ -217,13 +216,16 @@ class GrowingIOFetchOperator(BaseOperator):
             return None
         import os
 
+        from backfill.observe import lineage
+
         env = self._environ() or dict(os.environ)
         ai = env.get("GIO_AI", "unknown")
         types = self._types() or ["all"]
-        outputs = [Dataset(namespace=_namespace(uri), name=_name(uri))
+        outputs = [Dataset(*lineage.dataset(uri))
                    for uri in (str(a.uri) for a in self.outlets if isinstance(a, Asset))]
-        return OperatorLineage(inputs=[Dataset(namespace="growingio", name=f"{ai}/{t}")
-                                       for t in types], outputs=outputs)
+        return OperatorLineage(inputs=[Dataset(lineage.INPUT_NAMESPACE,
+                                               lineage.input_name(ai, t)) for t in types],
+                               outputs=outputs)
 
 
 class GrowingIOReadyTrigger(BaseTrigger):
@@ -308,22 +310,13 @@ def _environ(prefix: str, project: str | None) -> dict[str, str] | None:
 def _assets(out: str, types: list[str] | str | None) -> list[Asset]:
     """One asset per data type written (``s3://bucket/prefix/<type>``, ``file://…``), or
     one for ``out`` when the types are templated (not known when the DAG is parsed)."""
+    from backfill.observe.lineage import location, output_uri
+
     if "{{" in out:
         return []
-    base = (out if "://" in out else f"file://{Path(out).resolve()}").rstrip("/")
-    if isinstance(types, str) and "{{" in types:
-        return [Asset(base)]
     names = types.split(",") if isinstance(types, str) else list(types or [])
-    if not names:
-        return [Asset(base)]
-    return [Asset(f"{base}/{t.strip()}") for t in names if t.strip()]
+    if not names or (isinstance(types, str) and "{{" in types):
+        return [Asset(location(out))]
+    return [Asset(output_uri(out, t.strip())) for t in names if t.strip()]
 
 
-def _namespace(uri: str) -> str:
-    scheme, _, rest = uri.partition("://")
-    return f"{scheme}://{rest.split('/', 1)[0]}" if scheme != "file" else "file"
-
-
-def _name(uri: str) -> str:
-    scheme, _, rest = uri.partition("://")
-    return "/" + rest.split("/", 1)[1] if scheme != "file" else rest

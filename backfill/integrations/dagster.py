@@ -80,7 +80,6 @@ def growingio_asset(name: str, *, start: str, out: str, granularity: str = "hour
     # annotations` in this module.
     def materialize(context: AssetExecutionContext) -> dg.MaterializeResult[Any]:
         import backfill
-        from backfill.model import keys as count_keys
 
         keys = context.partition_key_range
         # With a project, the config maps its credentials; else the prefix here does.
@@ -88,9 +87,8 @@ def growingio_asset(name: str, *, start: str, out: str, granularity: str = "hour
         summary = backfill.fetch(_key(keys.start, hourly), _key(keys.end, hourly), out=out,
                                  granularity=granularity, environ=environ, **options)
         if summary.exit_code != 0:
-            problems = "; ".join(f"{k}: {p}" for k, p in sorted(summary.problems.items()))
-            raise dg.Failure(description=f"{count_keys(len(summary.problems))} not complete: "
-                             f"{problems}", metadata={"problems": summary.problems})
+            raise dg.Failure(description=summary.failure(),
+                             metadata={"problems": summary.problems})
         # What the partition holds: a rematerialization that had nothing to fetch holds
         # its parts all the same; what this run fetched is beside it.
         return dg.MaterializeResult(metadata={

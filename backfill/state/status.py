@@ -9,7 +9,11 @@ The JSON document (``backfill status --json``) has this shape::
       "bytes": 123456,
       "first": "2026112000", "last": "2026112123",
       "problems": [{"key": "2026112007", "data_type": "visit", "status": "failed",
-                    "attempts": 2, "error": "..."}]
+                    "attempts": 2, "error": "..."}],
+      "freshness": {"visit": {"first": "2026112000", "complete_to": "2026112106",
+                              "watermark": "2026-11-21T07:00:00+08:00",
+                              "watermark_seconds": 1795734000.0, "due": "2026112123",
+                              "lag_seconds": 61200.0, "behind_seconds": 63000.0}}
     }
 
 A key's state is the worst of its data types' states.
@@ -19,9 +23,11 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from backfill.model import Status, UnitRecord
+from backfill.state.freshness import Freshness
 
 # Worst first: a key shows the worst state of its types.
 SEVERITY = (Status.FAILED, Status.GONE, Status.NOT_READY, Status.ACTIVE, Status.PENDING,
@@ -38,6 +44,9 @@ class StatusReport:
     running: bool = False
     """A run holds the output now: its active units are being fetched. Without one, an
     active unit is one a run left when it was stopped: interrupted."""
+    freshness: list[Freshness] = field(default_factory=list)
+    """Each wanted type's watermark (:mod:`backfill.state.freshness`)."""
+    now: datetime | None = None
 
     def counts(self) -> Counter[Status]:
         return Counter(self.keys.values())
@@ -64,6 +73,8 @@ class StatusReport:
                           "status": self.word(u.status).replace(" ", "_"),
                           "attempts": u.attempts, "error": u.last_error}
                          for u in self.problems],
+            "freshness": {f.data_type: f.to_json(self.now) for f in self.freshness
+                          if self.now is not None},
         }
 
 

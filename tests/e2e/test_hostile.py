@@ -19,7 +19,7 @@ from backfill.errors import TokenError, UsageError
 from backfill.keys import Granularity
 from backfill.model import Status
 from tests.e2e.test_run import downloaded_md5s, hours_ago, run, settings_for, source_md5s
-from tests.helpers import assert_no_secrets, cli, env_for
+from tests.helpers import assert_no_secrets, cli, env_for, loopback
 
 pytestmark = pytest.mark.anyio
 
@@ -77,17 +77,8 @@ async def elsewhere() -> AsyncIterator[tuple[str, list[dict[str, str]]]]:
         seen.append(dict(request.headers))
         return web.json_response({"status": "success", "code": "stolen"})
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", record)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"http://127.0.0.1:{port}", seen
-    finally:
-        await runner.cleanup()
+    async with loopback(record) as origin:
+        yield origin, seen
 
 
 async def test_api_calls_never_follow_a_redirect_to_another_origin(

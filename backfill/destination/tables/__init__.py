@@ -105,13 +105,13 @@ class TableDestination:
                                        str(summary["key"]), partitions_of(folder))
         units.pop(folder, None)
 
-    async def publish(self, folder: str, manifest: bytes, names: set[str]) -> None:
+    async def publish(self, folder: str, manifest: bytes, names: set[str]) -> int | None:
         document = json.loads(manifest)
         try:
             if self._table is None:
-                await self._publish_parquet(folder, document)
+                rows = await self._publish_parquet(folder, document)
             else:
-                await self._publish_commit(self._table, folder, document)
+                rows = await self._publish_commit(self._table, folder, document)
         except OSError as exc:
             raise OutputError.from_os_error(exc, folder) from None
         except (OutputError, RetryableError, IntegrityError, UsageError):
@@ -125,6 +125,7 @@ class TableDestination:
             raise translated from None
         await anyio.to_thread.run_sync(
             lambda: shutil.rmtree(self._staging / folder, ignore_errors=True))
+        return rows
 
     # --- what the destination holds ---------------------------------------------------------
 
@@ -180,7 +181,7 @@ class TableDestination:
 
     # --- parquet -----------------------------------------------------------------------------
 
-    async def _publish_parquet(self, folder: str, document: dict[str, Any]) -> None:
+    async def _publish_parquet(self, folder: str, document: dict[str, Any]) -> int:
         sources = [ManifestPart(**p) for p in document["parts"]]
         data_type = document["data_type"]
         unit = await anyio.to_thread.run_sync(self._schema, folder, data_type, sources)
@@ -192,10 +193,11 @@ class TableDestination:
             parts.append({"file": name, "size": written.size, "md5": written.md5,
                           "rows": written.rows, "source": source.source,
                           "source_md5": source.md5, "source_size": source.size})
-        typed = {**document, "format": "parquet", "rows": sum(p["rows"] for p in parts),
-                 "parts": parts}
+        rows: int = sum(p["rows"] for p in parts)
+        typed = {**document, "format": "parquet", "rows": rows, "parts": parts}
         await self._inner.publish(folder, json.dumps(typed, indent=2).encode() + b"\n",
                                   {p["file"] for p in parts})
+        return rows
 
     def _schema(self, folder: str, data_type: str, sources: list[ManifestPart]) -> UnitSchema:
         return UnitSchema.of(data_type, [header(self._staging / folder / s.file)
@@ -221,8 +223,8 @@ class TableDestination:
     # --- delta, iceberg ----------------------------------------------------------------------
 
     async def _publish_commit(self, table: TableFormat, folder: str,
-                              document: dict[str, Any]) -> None:
-        """The unit's files, then its commit (see :mod:`.commits`)."""
+                              document: dict[str, Any]) -> int:
+        """The unit's files, then its commit (see :mod:`.commits`); returns its rows."""
         data_type = document["data_type"]
         sources = [ManifestPart(**p) for p in document["parts"]]
         unit = await anyio.to_thread.run_sync(self._schema, folder, data_type, sources)
@@ -263,7 +265,8 @@ class TableDestination:
                 self._files[data_type][folder.split("/", 1)[1]] = [
                     {"file": f.name, "size": f.size, "rows": f.rows} for f in written
                     if f.rows]
-            return
+            return sum(f.rows for f in written)
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def _discard(self, folder: str, written: list[Written]) -> None:
         """Files of an attempt that did not commit: ours, and referenced by nothing."""

@@ -1,0 +1,123 @@
+"""What a run tells the world when it ends, besides its exit code: Prometheus metrics (a
+textfile, a Pushgateway) and OpenLineage events. Every ``run``, ``retry`` and ``catchup``
+(and every library or orchestrator call of :func:`backfill.library.fetch_keys`) goes
+through one :class:`Observer`.
+
+Neither ever changes a run's outcome: a metrics file that cannot be written, a gateway
+or a lineage endpoint that does not answer, is one warning line, within a bounded time.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import anyio
+
+from backfill.clock import Clock
+from backfill.config import Settings
+from backfill.engine.progress import Reporter
+from backfill.errors import BackfillError, ExitCode, Interrupted, flatten
+from backfill.keys import Key
+from backfill.model import Summary
+from backfill.observe.lineage import Lineage
+from backfill.state.freshness import Freshness
+
+FINISH_TIMEOUT = 30.0
+"""The most the end of a run spends reading its watermark for the metrics."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a run ended, for the metrics and the lineage: ``summary`` is None when it
+    ended on an error (``error``, its one line)."""
+
+    settings: Settings
+    keys: list[Key]
+    run_id: str
+    started: datetime
+    ended: datetime
+    seconds: float
+    exit_code: int
+    summary: Summary | None
+    error: str | None
+    freshness: list[Freshness] | None
+    """Each type's watermark as the destination holds it after the run (None when it
+    could not be read)."""
+
+
+class Observer:
+    """One run, observed: :meth:`started` before it, :meth:`ended` after it, whatever
+    happened."""
+
+    def __init__(self, settings: Settings, keys: list[Key], clock: Clock,
+                 reporter: Reporter, *, lineage: bool = True) -> None:
+        self._settings, self._keys, self._clock = settings, keys, clock
+        self._reporter = reporter
+        self._run_id = str(_uuid7(clock))
+        self._started = clock.now()
+        self._since = clock.monotonic()
+        self._lineage = Lineage.configured(settings, keys, self._run_id, reporter.warning) \
+            if lineage else None
+
+    async def started(self) -> None:
+        if self._lineage is not None:
+            await self._lineage.start(self._started)
+
+    async def ended(self, summary: Summary | None, error: BaseException | None,
+                    freshness: Callable[[], Awaitable[list[Freshness]]]) -> None:
+        """Report the end: ``summary``, or the ``error`` the run raised; ``freshness``
+        reads the watermarks (only when metrics are asked for). Shielded from the run's
+        cancellation, bounded in time."""
+        with anyio.CancelScope(shield=True):
+            await self._ended(summary, error, freshness)
+
+    async def _ended(self, summary: Summary | None, error: BaseException | None,
+                     freshness: Callable[[], Awaitable[list[Freshness]]]) -> None:
+        s = self._settings
+        wants_metrics = s.metrics_file is not None or bool(s.pushgateway)
+        if self._lineage is None and not wants_metrics:
+            return
+        code, line = _exit(summary, error)
+        watermarks = None
+        if wants_metrics:
+            with anyio.move_on_after(FINISH_TIMEOUT):
+                try:
+                    watermarks = await freshness()
+                except BackfillError as exc:
+                    self._reporter.warning(f"metrics: the watermark could not be read: {exc}")
+        outcome = Outcome(s, self._keys, self._run_id, self._started, self._clock.now(),
+                          self._clock.monotonic() - self._since, code, summary, line,
+                          watermarks)
+        if wants_metrics:
+            from backfill.observe import metrics
+
+            await metrics.report(outcome, self._reporter.warning)
+        if self._lineage is not None:
+            await self._lineage.end(outcome)
+
+
+def _exit(summary: Summary | None, error: BaseException | None) -> tuple[int, str | None]:
+    """The exit code and error line of a run: its summary's, or its error's."""
+    if error is None:
+        assert summary is not None
+        return summary.exit_code, summary.failure()
+    flat = flatten(error)
+    if isinstance(flat, BackfillError):
+        return flat.exit_code, str(flat)
+    if not isinstance(flat, Exception):  # a signal, the run's cancellation
+        return ExitCode.INTERRUPTED, str(Interrupted(str(flat) or "SIGINT"))
+    return ExitCode.FAILED, f"{type(flat).__name__}: {flat}"
+
+
+def _uuid7(clock: Clock) -> uuid.UUID:
+    """A UUIDv7 (time-ordered, as OpenLineage asks of run ids) from the clock's time."""
+    import os
+
+    millis = int(clock.now().timestamp() * 1000)
+    value = (millis & ((1 << 48) - 1)) << 80 | int.from_bytes(os.urandom(10)) & ((1 << 80) - 1)
+    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
+    return uuid.UUID(int=value)
