@@ -70,11 +70,15 @@ def run(
 def retry(from_: OptionalFrom_ = None, to: OptionalTo_ = None,
           dry_run: DryRun_ = False) -> None:
     """Fetch again only the keys that failed, were interrupted or were not ready."""
-    if not library.anything_to_retry(settings()):  # no call, not even to read the output
-        _nothing_to_retry(settings())
+    # Nothing to retry: one line, no call, not even to read the output; unless the run is
+    # to report its metrics, which a run of no key does (a success, the watermark).
+    given = settings()
+    reports = given.metrics_file is not None or bool(given.pushgateway)
+    if not reports and not library.anything_to_retry(given):
+        _nothing_to_retry(given)
     chosen, within = library.optional_range(settled(), from_, to)
     chosen, keys = library.retry_keys(chosen, within)
-    if not keys:
+    if not keys and not reports:
         _nothing_to_retry(chosen)
     _execute(chosen, keys, dry_run=dry_run)
 

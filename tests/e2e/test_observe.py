@@ -6,17 +6,20 @@ loopback receiver. The real CLI against the real emulator."""
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from aiohttp import web
 
 from backfill.emulator import DEMO_CREDENTIALS, EmulatorConfig, RunningEmulator, serve
 from backfill.keys import Key
 from tests.e2e.test_run import hours_ago
+from tests.e2e.test_survive_process import start, started, wait_for
 from tests.helpers import assert_no_secrets, cli, env_for, loopback
 
 pytestmark = pytest.mark.anyio
@@ -223,3 +226,37 @@ async def test_an_unreachable_lineage_endpoint_leaves_the_run_as_it_was(
     assert code == 0, err
     assert len([line for line in err.splitlines() if "OpenLineage" in line]) == 1, err
     assert "Traceback" not in err
+
+
+async def test_a_stopped_run_reports_130_and_aborts_its_lineage(
+        emulator: RunningEmulator, tmp_path: Path,
+        receiver: tuple[str, list[tuple[str, str, bytes]]]) -> None:
+    url, seen = receiver
+    emulator.state.config.job_seconds = 3600  # it polls until it is stopped
+    env = env_for(emulator.url, OPENLINEAGE_URL=url)
+    process = await start(["run", *_range(GOOD[0], GOOD[-1]), "--quiet",
+                           "--metrics-file", "backfill.prom"], env, tmp_path)
+    with anyio.fail_after(20):
+        await started(process)
+    process.send_signal(signal.SIGTERM)
+    assert await wait_for(process, 20) == 130
+    found = _metrics((tmp_path / "backfill.prom").read_text())
+    assert _value(found, "backfill_last_run_exit_code") == 130
+    assert _value(found, "backfill_last_success_timestamp_seconds") is None
+    assert [e["eventType"] for e in _events(seen)] == ["START", "ABORT"]
+
+
+async def test_a_retry_with_nothing_to_retry_still_reports_a_success(
+        emulator: RunningEmulator, tmp_path: Path) -> None:
+    env = env_for(emulator.url)
+    code, _, err = await cli(["run", *_range(GOOD[0], GOOD[0])], env, tmp_path)
+    assert code == 0, err
+    calls = emulator.state.stats()["calls"]
+    code, _, err = await cli(["retry", "--out", "data", "--metrics-file", "backfill.prom"],
+                             env, tmp_path)
+    assert code == 0, err
+    found = _metrics((tmp_path / "backfill.prom").read_text())
+    assert _value(found, "backfill_last_success_timestamp_seconds") is not None
+    assert _value(found, "backfill_watermark_timestamp_seconds",
+                  type="visit") == GOOD[0].end.timestamp()
+    assert emulator.state.stats()["calls"] == calls  # no call: a run of no key
