@@ -20,11 +20,16 @@
   problem, so Dagster's "re-execute failed partitions" is the retry.
 - Credentials come from the environment, under ``env_prefix`` per project:
   ``ACME_GIO_CLIENT_ID``, ``ACME_GIO_TOKEN``… stand for ``GIO_CLIENT_ID``, ``GIO_TOKEN``….
+- Every asset has a freshness policy: it fails when no materialization came within one
+  readiness lag plus one partition (2 h for hours: the late hours' 60 min and an hour;
+  27 h for days), or ``freshness_window=``. Schedule it every partition, and Dagster
+  flags the asset when the feed stalls.
 """
 
 
 import os
 import warnings
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +65,7 @@ def growingio_assets(config: str | Path | None = None, *, start: str,
 
 def growingio_asset(name: str, *, start: str, out: str, granularity: str = "hour",
                     env_prefix: str = "GIO_", pool: str | None = None,
+                    freshness_window: timedelta | None = None,
                     **options: Any) -> dg.AssetsDefinition:
     """A partitioned asset that fetches exactly its partitions' keys into ``out``;
     ``options`` are the config file's keys (types, downloads, …), or ``config=`` and
@@ -69,7 +75,8 @@ def growingio_asset(name: str, *, start: str, out: str, granularity: str = "hour
     name, or the one ``env_prefix`` names: ``ACME_GIO_`` is ``acme``; ``GIO_`` is
     ``growingio_default``): known when the definitions load, whatever the environment
     holds then. Assets of one client id must share a pool: give them the same ``pool=``
-    (or the same project)."""
+    (or the same project). Its freshness policy fails after ``freshness_window`` without
+    a materialization (default: :func:`freshness_window`)."""
     hourly = granularity == "hour"
     partitions: dg.PartitionsDefinition[Any] = (
         dg.HourlyPartitionsDefinition(start_date=f"{start}-00:00", timezone=BEIJING_TZ)
@@ -103,7 +110,23 @@ def growingio_asset(name: str, *, start: str, out: str, granularity: str = "hour
         return dg.asset(name=name, partitions_def=partitions, pool=pool,
                         backfill_policy=dg.BackfillPolicy.single_run(), kinds={"growingio"},
                         description=f"GrowingIO raw exports of {env_prefix}AI into {out}",
+                        freshness_policy=dg.FreshnessPolicy.time_window(
+                            fail_window=freshness_window or default_freshness(
+                                granularity, options)),
                         )(materialize)
+
+
+def default_freshness(granularity: str, options: dict[str, Any]) -> timedelta:
+    """One readiness lag (the longest of the granularity's: the late hours' for hours)
+    plus one partition: a materialization older than that means the feed is behind."""
+    from backfill.config import default, parse_duration
+
+    def lag(name: str) -> float:
+        return parse_duration(options[name]) if name in options else float(default(name))
+
+    if granularity == "hour":
+        return timedelta(seconds=max(lag("hour_lag"), lag("late_hour_lag")), hours=1)
+    return timedelta(seconds=lag("day_lag"), days=1)
 
 
 def pool_name(project: str | None, env_prefix: str) -> str:

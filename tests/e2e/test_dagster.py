@@ -6,6 +6,7 @@ import hashlib
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +163,11 @@ def test_the_readmes_definitions_load(monkeypatch: pytest.MonkeyPatch) -> None:
     assert scope["beta"].op.pool == "growingio_beta"
     assert isinstance(scope["beta"].partitions_def, dg.DailyPartitionsDefinition)
     assert scope["acme"].partitions_def.timezone == "Asia/Shanghai"
+    # Stale after one readiness lag plus one partition: the late hours' 60 min and an
+    # hour; a day's 3 h and a day.
+    windows = {name: next(iter(scope[name].specs)).freshness_policy.fail_window.to_timedelta()
+               for name in ("acme", "beta")}
+    assert windows == {"acme": timedelta(hours=2), "beta": timedelta(hours=27)}
 
 
 def test_the_configs_projects_become_assets(data_dir: Path, tmp_path: Path, instance: Any,

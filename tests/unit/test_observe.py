@@ -260,3 +260,23 @@ def test_each_ending_has_its_exit_code_and_line() -> None:
 def test_a_watermark_output_that_is_a_bucket_reads_as_its_uri() -> None:
     out = parse_out("s3://lake/gio")
     assert ol.location(str(out)) == "s3://lake/gio"
+
+
+def test_the_readmes_alert_rules_and_metric_names_are_the_ones_written() -> None:
+    import re
+
+    from prometheus_client import generate_latest
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### Monitor it", 1)[1].split("\n### ", 1)[0]
+    rules = re.search(r"```yaml\n(.*?)```", section, flags=re.S)
+    assert rules, "the README's alert rules are gone"
+    summary = Summary(statuses=Counter({Status.DONE: 1}))
+    written = generate_latest(metrics.registry(_outcome(0, summary=summary, fmt="delta"),
+                                               None)).decode()
+    names = set(re.findall(r"^(backfill_\w+)\{", written, flags=re.M))
+    used = set(re.findall(r"\bbackfill_\w+", rules[1]))
+    assert used and used <= names
+    named = {n.replace("…", "backfill_last_run") for n in re.findall(
+        r"`(backfill_\w+|…_\w+)", section)}
+    assert named == names  # the section names every metric, and no other
