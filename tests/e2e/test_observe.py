@@ -260,3 +260,24 @@ async def test_a_retry_with_nothing_to_retry_still_reports_a_success(
     assert _value(found, "backfill_watermark_timestamp_seconds",
                   type="visit") == GOOD[0].end.timestamp()
     assert emulator.state.stats()["calls"] == calls  # no call: a run of no key
+
+
+async def test_a_table_run_reports_its_rows_in_metrics_and_lineage(
+        emulator: RunningEmulator, tmp_path: Path,
+        receiver: tuple[str, list[tuple[str, str, bytes]]]) -> None:
+    pq = pytest.importorskip("pyarrow.parquet")
+    url, seen = receiver
+    env = env_for(emulator.url, OPENLINEAGE_URL=url)
+    code, _, err = await cli(["run", *_range(GOOD[0], GOOD[1]), "--format", "parquet",
+                              "--metrics-file", "backfill.prom"], env, tmp_path)
+    assert code == 0, err
+    rows = {t: sum(pq.ParquetFile(p).metadata.num_rows
+                   for p in (tmp_path / "data" / t).rglob("*.parquet"))
+            for t in ("visit", "page")}
+    assert all(rows.values())
+    found = _metrics((tmp_path / "backfill.prom").read_text())
+    for data_type, count in rows.items():
+        assert _value(found, "backfill_last_run_rows", type=data_type) == count
+    complete = _events(seen)[-1]
+    assert {d["name"].rsplit("/", 1)[1]: d["outputFacets"]["outputStatistics"]["rowCount"]
+            for d in complete["outputs"]} == rows
