@@ -56,8 +56,8 @@ def demo(
     out_: Annotated[str, typer.Option(
         "--out", help="Output folder, or s3://BUCKET/PREFIX (gs://, az://).")] = "backfill-demo",
     fmt: Annotated[str | None, typer.Option(
-        "--format", help="csv, parquet or delta (the tables extra) [default: what the "
-        "output holds, else csv].")] = None,
+        "--format", help="csv, parquet or delta (the tables extra), or iceberg (the iceberg "
+        "extra) [default: what the output holds, else csv].")] = None,
 ) -> None:
     """Back up a week of data from the bundled emulator: the whole flow, no account needed."""
     from backfill.cli.demo_run import DEMO_TYPES, demo_settings, run_demo

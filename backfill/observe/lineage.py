@@ -32,6 +32,7 @@ from uuid import UUID
 
 import anyio
 
+from backfill import __version__
 from backfill.config import Settings
 from backfill.keys import Key
 
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
     from backfill.observe import Outcome
 
 EMIT_TIMEOUT = 5.0
-PRODUCER = "https://github.com/growingio-backfill/backfill"
+PRODUCER = f"https://pypi.org/project/growingio-backfill/{__version__}/"
 INPUT_NAMESPACE = "growingio"
 OK_CODES = (0, 4)
 INTERRUPTED = 130
