@@ -257,11 +257,12 @@ async def fetch_keys(settings: Settings, keys: list[Key], *, force: bool = False
     reporter = reporter or PlainReporter(clock=clock)
     observer = Observer(settings, keys, clock or system_clock(), reporter, lineage=lineage)
     await observer.started()
+    summary = Summary()  # filled as the run goes: a stopped run reports what it did
     try:
-        summary = await backfill(settings, keys, reporter, force=force, api=api,
-                                 clock=clock)
+        await backfill(settings, keys, reporter, force=force, api=api, clock=clock,
+                       summary=summary)
     except BaseException as exc:
-        await observer.ended(None, exc, partial(_freshness, settings, clock))
+        await observer.ended(summary, exc, partial(_freshness, settings, clock))
         raise
     await observer.ended(summary, None, partial(_freshness, settings, clock))
     return summary

@@ -54,15 +54,16 @@ def plan_keys(store: Store, settings: Settings, keys: list[Key], *, force: bool,
 
 async def backfill(settings: Settings, keys: list[Key], reporter: Reporter, *,
                    force: bool = False, api: ExportApi | None = None,
-                   clock: Clock | None = None) -> Summary:
+                   clock: Clock | None = None, summary: Summary | None = None) -> Summary:
     """Fetch ``keys`` (this shard's only, with a shard) into ``settings.out``; finished
     keys cost nothing unless ``force``. ``clock``: the run's time (the machine's by
-    default); ``api``: the export API (GrowingIO's, through ``settings``, by default)."""
+    default); ``api``: the export API (GrowingIO's, through ``settings``, by default);
+    ``summary``: the one to fill as the run goes (what a stopped run did is in it)."""
 
     keys = shard_keys(settings, keys)
     clock = clock or system_clock()
     interrupted: list[str] = []
-    summary = Summary()
+    summary = summary if summary is not None else Summary()
     async with anyio.create_task_group() as group:
         group.start_soon(stop_on_signal, group.cancel_scope, interrupted)
         await _backfill(settings, keys, reporter, force, api, summary, clock)

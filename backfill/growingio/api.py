@@ -154,14 +154,18 @@ class GrowingIO:
         headers = {"X-Client-Id": self._settings.credentials.client_id,
                    "Authorization": f"Token {token}"}
         proxy = self._settings.proxies.for_url(url)
-        self.stats.calls += 1
-        try:
+
+        def send() -> Any:
+            self.stats.calls += 1  # sent: past the gate (a run stopped there sent nothing)
             # Redirects are not followed: the credentials go to GIO_BASE_URL's origin only
             # (aiohttp would carry X-Client-Id to any host).
-            async with self._service.exchange(lambda: self._session.get(
-                    url, headers=headers, proxy=proxy,
-                    params={"expire": str(self._settings.expire)}, timeout=self._timeout,
-                    allow_redirects=False), proxy=proxy, what="the export API") as resp:
+            return self._session.get(url, headers=headers, proxy=proxy,
+                                     params={"expire": str(self._settings.expire)},
+                                     timeout=self._timeout, allow_redirects=False)
+
+        try:
+            async with self._service.exchange(send, proxy=proxy,
+                                              what="the export API") as resp:
                 answer = await self._read(resp, key, shape, types)
         except _TokenRejected:
             await self.tokens.rejected(generation)  # outside the exchange: it calls too

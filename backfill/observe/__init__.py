@@ -31,8 +31,8 @@ FINISH_TIMEOUT = 30.0
 
 @dataclass(frozen=True)
 class Outcome:
-    """How a run ended, for the metrics and the lineage: ``summary`` is None when it
-    ended on an error (``error``, its one line)."""
+    """How a run ended, for the metrics and the lineage: ``summary``, what it did (so far,
+    when it ended on an error: ``error``, its one line)."""
 
     settings: Settings
     keys: list[Key]
@@ -68,9 +68,9 @@ class Observer:
 
     async def ended(self, summary: Summary | None, error: BaseException | None,
                     freshness: Callable[[], Awaitable[list[Freshness]]]) -> None:
-        """Report the end: ``summary``, or the ``error`` the run raised; ``freshness``
-        reads the watermarks (only when metrics are asked for). Shielded from the run's
-        cancellation, bounded in time."""
+        """Report the end: ``summary`` (what the run did, so far if it raised ``error``);
+        ``freshness`` reads the watermarks (only when metrics are asked for). Shielded
+        from the run's cancellation, bounded in time."""
         with anyio.CancelScope(shield=True):
             await self._ended(summary, error, freshness)
 

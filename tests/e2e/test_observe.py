@@ -238,11 +238,17 @@ async def test_a_stopped_run_reports_130_and_aborts_its_lineage(
                            "--metrics-file", "backfill.prom"], env, tmp_path)
     with anyio.fail_after(20):
         await started(process)
+        while not emulator.state.stats()["export_calls"]:
+            await anyio.sleep(0.05)
     process.send_signal(signal.SIGTERM)
     assert await wait_for(process, 20) == 130
     found = _metrics((tmp_path / "backfill.prom").read_text())
     assert _value(found, "backfill_last_run_exit_code") == 130
     assert _value(found, "backfill_last_success_timestamp_seconds") is None
+    # What it did before it was stopped: the calls it sent (it was waiting on their jobs;
+    # one sent as it was stopped may not have been counted by the emulator yet).
+    calls = _value(found, "backfill_last_run_export_calls")
+    assert calls is not None and 1 <= emulator.state.stats()["export_calls"] <= calls <= 3
     assert [e["eventType"] for e in _events(seen)] == ["START", "ABORT"]
 
 
