@@ -439,3 +439,16 @@ def test_a_task_killed_mid_run_leaves_no_lock_and_the_retry_finishes(
     assert result["state"].endswith("success"), output[-4000:]  # not refused as locked
     assert (out / "visit" / key.start.strftime("dt=%Y-%m-%d/hour=%H/_SUCCESS")).exists()
     assert DEMO_CREDENTIALS.secret not in output
+
+
+def test_the_operator_names_its_datasets_as_the_command_lines_events(tmp_path: Path) -> None:
+    """One naming for lineage: the operator's outlets (which the OpenLineage provider
+    reports) are the outputs the command line's own events name."""
+    from backfill.integrations.airflow import GrowingIOFetchOperator
+    from backfill.observe import lineage
+
+    for out in (str(tmp_path / "lake"), "s3://lake/gio"):
+        operator = GrowingIOFetchOperator(task_id=f"fetch_{len(out)}", out=out,
+                                          types="visit,page")
+        assert [lineage.dataset(str(a.uri)) for a in operator.outlets] == [
+            lineage.dataset(lineage.output_uri(out, t)) for t in ("visit", "page")]
