@@ -127,6 +127,29 @@ MUTANTS = [
     M("the gzip framing checked only for .gz names", "backfill/transfer/integrity.py",
       "    return not name.endswith(TABLE_FILE_SUFFIXES)", '    return name.endswith(".gz")',
       ("tests/e2e/test_download.py::test_the_framing_check_refuses_what_is_not_gzip",)),
+    # --- what a run reports -----------------------------------------------------------------
+    M("metrics: a failed run replaces the last success", "backfill/observe/metrics.py",
+      "success = ended if outcome.exit_code == 0 else previous_success",
+      "success = ended",
+      ("tests/e2e/test_observe.py::test_the_metrics_file_says_what_the_run_did_and_a_failure"
+       "_keeps_the_last_success",)),
+    M("metrics: a push replaces the gateway's group (push, not pushadd)",
+      "backfill/observe/metrics.py",
+      "    from prometheus_client import pushadd_to_gateway\n",
+      "    from prometheus_client import push_to_gateway as pushadd_to_gateway\n",
+      ("tests/e2e/test_observe.py::test_a_push_never_replaces_the_last_success_with_a_failure",)),
+    M("watermark: a hole does not hold it back", "backfill/state/freshness.py",
+      "    while (following := Key(key.start + granularity.step, granularity)).name in complete:"
+      "\n        key = following",
+      "    for name in sorted(complete):\n        key = Key.parse(name) if name > key.name"
+      " else key",
+      ("tests/unit/test_observe.py", "tests/e2e/test_observe.py::test_the_metrics_file_says"
+       "_what_the_run_did_and_a_failure_keeps_the_last_success")),
+    M("lineage: an unreachable endpoint is waited on without a bound",
+      "backfill/observe/lineage.py",
+      "    if not done.wait(timeout):", "    if not done.wait(None):",
+      ("tests/unit/test_observe.py::test_a_lineage_endpoint_that_hangs_is_left_behind_in"
+       "_bounded_time",)),
     M("delta: a column a unit brings not added to the table",
       "backfill/destination/tables/delta.py",
       "        if missing := [f for f in target if f.name not in have]:",
