@@ -25,7 +25,7 @@ import os
 import re
 import secrets
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -45,6 +45,7 @@ from obstore.store import AzureStore, GCSStore, S3Store
 
 from backfill.clock import system_clock
 from backfill.destination import Stored
+from backfill.destination.credentials import s3_credentials, s3_endpoint
 from backfill.destination.manifest import named, stale
 from backfill.errors import IntegrityError, OutputError, RetryableError
 from backfill.layout import MANIFEST, MARKER, STATE_DIR
@@ -477,7 +478,6 @@ def _make_store(settings: Settings) -> ObjectStoreT:
     remote = settings.out
     assert isinstance(remote, Remote)
     storage = settings.storage
-    env = os.environ
     timeouts = {"connect_timeout": timedelta(seconds=settings.connect_timeout),
                 "timeout": timedelta(seconds=max(settings.read_timeout, 60.0) * 5)}
     retry = {"max_retries": 2, "retry_timeout": timedelta(seconds=30),
@@ -486,13 +486,11 @@ def _make_store(settings: Settings) -> ObjectStoreT:
     prefix = remote.prefix or None
     try:
         if remote.kind == "s3":
-            endpoint = (storage.endpoint or env.get("AWS_ENDPOINT_URL_S3")
-                        or env.get("AWS_ENDPOINT_URL") or "")
-            config: dict[str, Any] = dict(_s3_credentials(env))
+            endpoint = s3_endpoint(settings)
+            access = s3_credentials(storage.region).obstore()
+            config: dict[str, Any] = access.pop("config")
             if storage.endpoint:
                 config["endpoint"] = storage.endpoint
-            if storage.region:
-                config["region"] = storage.region
             if storage.virtual_hosted_style is not None:
                 config["virtual_hosted_style_request"] = storage.virtual_hosted_style
             target = endpoint or f"https://{remote.bucket}.s3.amazonaws.com"
@@ -500,7 +498,8 @@ def _make_store(settings: Settings) -> ObjectStoreT:
             if target.startswith("http://"):
                 client["allow_http"] = True  # a MinIO on the LAN, or tests: as given
             return S3Store(remote.bucket, prefix=prefix, config=config,  # type: ignore[arg-type]
-                           client_options=client, retry_config=retry)  # type: ignore[arg-type]
+                           client_options=client, retry_config=retry,  # type: ignore[arg-type]
+                           **access)
         if remote.kind == "gs":
             client = {**timeouts, **_proxy_options(settings, "https://storage.googleapis.com")}
             return GCSStore(remote.bucket, prefix=prefix,
@@ -515,85 +514,3 @@ def _make_store(settings: Settings) -> ObjectStoreT:
 def _proxy_options(settings: Settings, target: str) -> dict[str, str]:
     proxy = settings.proxies.for_url(target)
     return {"proxy_url": proxy} if proxy else {}
-
-
-METADATA_ENDPOINT = "http://169.254.169.254"
-METADATA_WAIT = 1.0
-"""Seconds the instance metadata service gets to answer before it counts as absent: on
-a cloud machine it answers in milliseconds."""
-
-
-def _s3_credentials(env: Mapping[str, str]) -> dict[str, str]:
-    """What obstore needs to be told about credentials beyond the environment it reads
-    itself: the keys of a shared credentials file (``~/.aws/credentials``, a profile), and
-    where the instance metadata service is. Raises :class:`OutputError`, naming every
-    source tried, when there is none, instead of obstore's error about 169.254.169.254."""
-    if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
-        return {}
-    if env.get("AWS_WEB_IDENTITY_TOKEN_FILE") and env.get("AWS_ROLE_ARN"):
-        return {}
-    if env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") or env.get(
-            "AWS_CONTAINER_CREDENTIALS_FULL_URI"):
-        return {}
-    shared, profile = _shared_file(env)
-    keys = _profile_keys(shared, profile)
-    if keys:
-        return keys
-    endpoint = (env.get("AWS_EC2_METADATA_SERVICE_ENDPOINT") or env.get("AWS_METADATA_ENDPOINT")
-                or METADATA_ENDPOINT).rstrip("/")
-    disabled = env.get("AWS_EC2_METADATA_DISABLED", "").lower() == "true"
-    if not disabled and _metadata_answers(endpoint):
-        return {"metadata_endpoint": endpoint}
-    metadata = ("instance metadata (disabled)" if disabled
-                else f"instance metadata at {endpoint} (no answer in {METADATA_WAIT:g} s)")
-    raise OutputError(
-        "no storage credentials: tried AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
-        f"{shared} (profile {profile}), a web identity (AWS_WEB_IDENTITY_TOKEN_FILE), a "
-        f"container role and {metadata}; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
-        "or AWS_PROFILE with a profile in that file")
-
-
-def _shared_file(env: Mapping[str, str]) -> tuple[Path, str]:
-    path = env.get("AWS_SHARED_CREDENTIALS_FILE") or str(Path.home() / ".aws" / "credentials")
-    return Path(path).expanduser(), env.get("AWS_PROFILE") or "default"
-
-
-def _profile_keys(path: Path, profile: str) -> dict[str, str]:
-    """A profile's keys in an AWS shared credentials file, as obstore's config (nothing
-    if the file or the profile is not there)."""
-    import configparser
-
-    parser = configparser.ConfigParser()
-    try:
-        parser.read(path, encoding="utf-8")
-    except (OSError, configparser.Error):
-        return {}
-    if not parser.has_section(profile):
-        return {}
-    section = parser[profile]
-    key, secret = section.get("aws_access_key_id"), section.get("aws_secret_access_key")
-    if not key or not secret:
-        return {}
-    found = {"access_key_id": key, "secret_access_key": secret}
-    if token := section.get("aws_session_token"):
-        found["session_token"] = token
-    return found
-
-
-def _metadata_answers(endpoint: str) -> bool:
-    """Whether an instance metadata service answers at ``endpoint`` (IMDSv2's token call);
-    a machine without one says so within :data:`METADATA_WAIT`."""
-    import http.client
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(endpoint)
-    connection = http.client.HTTPConnection(parts.hostname or "", parts.port or 80,
-                                            timeout=METADATA_WAIT)
-    try:
-        connection.request("PUT", "/latest/api/token",
-                           headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"})
-        return connection.getresponse().status < 500
-    except (OSError, http.client.HTTPException):
-        return False
-    finally:
-        connection.close()

@@ -464,7 +464,8 @@ async def test_without_credentials_the_line_names_every_source_tried(
     assert code == 2, err
     line, = err.splitlines()
     assert line.startswith("backfill: error: no storage credentials: tried ")
-    for source in ("AWS_ACCESS_KEY_ID", f"{tmp_path}/.aws/credentials (profile default)",
+    for source in ("AWS_ACCESS_KEY_ID", f"{tmp_path}/.aws/credentials and "
+                   f"{tmp_path}/.aws/config (profile default)",
                    "a web identity", "a container role",
                    f"instance metadata at http://127.0.0.1:{port} (no answer"):
         assert source in line, source

@@ -555,7 +555,7 @@ def test_units_that_create_a_table_at_once_keep_every_column(tmp_path: Path,
     for round_ in range(12):
         root = tmp_path / f"lake-{round_}"
         uri = str(root / "visit")
-        tables = [DeltaTables(str(root), {}, {}) for _ in range(processes)]
+        tables = [DeltaTables(str(root), dict, {}) for _ in range(processes)]
         barrier = threading.Barrier(2)
         with ThreadPoolExecutor(2) as pool:
             units = [pool.submit(_commit_at_once, tables[0], root, "01", True, barrier),

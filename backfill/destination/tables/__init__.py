@@ -28,6 +28,7 @@ import json
 import random
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -323,24 +324,30 @@ def _open_format(settings: Settings) -> TableFormat:
     return DeltaTables(root, options, record)
 
 
-def delta_location(settings: Settings) -> tuple[str, dict[str, str]]:
-    """Where the Delta tables are, and delta-rs's storage options (credentials from the
-    environment)."""
+def delta_location(settings: Settings) -> tuple[str, Callable[[], dict[str, str]]]:
+    """Where the Delta tables are, and delta-rs's storage options, current when called
+    (S3: the credentials every writer uses, :mod:`backfill.destination.credentials`)."""
     import os
+
+    from backfill.destination.credentials import CREDENTIAL_VARIABLES, s3_credentials, s3_endpoint
 
     out = settings.out
     if isinstance(out, Path):
-        return str(out.resolve()), {}
-    options = {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "GOOGLE_",
-                                                                     "AZURE_"))}
-    endpoint = settings.storage.endpoint or options.get("AWS_ENDPOINT_URL", "")
-    if endpoint:
-        options["AWS_ENDPOINT_URL"] = endpoint
+        return str(out.resolve()), dict
+    given = {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "GOOGLE_",
+                                                                   "AZURE_"))}
+    if out.kind != "s3":
+        return out.url, lambda: dict(given)
+    # delta-rs's own reading of a profile or a role is not the one the parts get.
+    plain = {k: v for k, v in given.items() if k not in CREDENTIAL_VARIABLES}
+    if endpoint := s3_endpoint(settings):
+        plain["AWS_ENDPOINT_URL"] = endpoint
         if endpoint.startswith("http://"):
-            options["AWS_ALLOW_HTTP"] = "true"
-    if settings.storage.region:
-        options["AWS_REGION"] = settings.storage.region
-    return out.url, options
+            plain["AWS_ALLOW_HTTP"] = "true"
+    access = s3_credentials(settings.storage.region)
+    if access.source is None and not access.keys:  # a role the stores read themselves
+        return out.url, lambda: {**given, **plain}
+    return out.url, lambda: {**plain, **access.delta()}
 
 
 def _summary(document: dict[str, Any], fmt: str, sources: list[ManifestPart],

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from backfill.clock import wall_now
@@ -48,7 +49,8 @@ class DeltaTables:
     partitions_in_files = False
     time_unit = "us"
 
-    def __init__(self, root: str, options: dict[str, str], created: dict[str, str]) -> None:
+    def __init__(self, root: str, options: Callable[[], dict[str, str]],
+                 created: dict[str, str]) -> None:
         self._root = root
         self._options = options
         self._created = created
@@ -80,16 +82,16 @@ class DeltaTables:
 
         target = unit.arrow(time_unit=self.time_unit)
         uri = self.uri(data_type)
-        have = _columns(uri, self._options)
+        have = _columns(uri, self._options())
         if not have:
             base = UnitSchema(data_type).arrow(tuple(partitions), time_unit=self.time_unit)
             with self._shaping.setdefault(data_type, threading.Lock()):
-                if not _columns(uri, self._options):
-                    _create(uri, base, list(partitions), self._options, self._created)
-            have = _columns(uri, self._options)
+                if not _columns(uri, self._options()):
+                    _create(uri, base, list(partitions), self._options(), self._created)
+            have = _columns(uri, self._options())
         if missing := [f for f in target if f.name not in have]:
             try:
-                DeltaTable(uri, storage_options=self._options).alter.add_columns(
+                DeltaTable(uri, storage_options=self._options()).alter.add_columns(
                     [Field.from_arrow(f) for f in missing])
             except Exception as exc:  # another commit changed the table: prepare again
                 raise Conflict(f"adding {', '.join(f.name for f in missing)}: "
@@ -110,7 +112,7 @@ class DeltaTables:
         actions: list[AddAction | RemoveAction] = [
             AddAction(f"{relative}/{f.name}", f.size, partitions, now, True,
                       json.dumps(f.stats)) for f in files]
-        table = DeltaTable(self.uri(data_type), storage_options=self._options)
+        table = DeltaTable(self.uri(data_type), storage_options=self._options())
         try:
             table.create_write_transaction(
                 actions, "overwrite", table.schema(), list(partitions),
@@ -166,7 +168,7 @@ class DeltaTables:
                  ) -> None:
         from deltalake import CommitProperties, DeltaTable
 
-        DeltaTable(self.uri(data_type), storage_options=self._options).delete(
+        DeltaTable(self.uri(data_type), storage_options=self._options()).delete(
             predicate(partitions), commit_properties=CommitProperties(custom_metadata={
                 UNIT: f"{key} {data_type}", REMOVED: "damaged"}))
 
@@ -186,7 +188,7 @@ class DeltaTables:
         from deltalake.exceptions import TableNotFoundError
 
         try:
-            return DeltaTable(self.uri(data_type), storage_options=self._options)
+            return DeltaTable(self.uri(data_type), storage_options=self._options())
         except TableNotFoundError:
             return None
 

@@ -71,6 +71,8 @@ class IcebergTables:
         self._created = created
         self._namespace = settings.iceberg_namespace
         self._catalogs: dict[bool, Any] = {}
+        self._keys: dict[str, str] = {}
+        """The S3 credentials the cached catalogs were made with."""
         self._opening = threading.RLock()
         """Held while this process opens the catalog or creates a table."""
         out = settings.out
@@ -83,6 +85,11 @@ class IcebergTables:
         """The catalog; ``create=False`` (a command that only reads): None when the
         embedded one does not exist yet, and nothing is created."""
         with self._opening:
+            if (keys := _keys(self._settings)) != self._keys:
+                # Temporary credentials renewed: a catalog made with the old ones would
+                # sign with them until they expire.
+                self._catalogs.clear()
+                self._keys = keys
             for opened in (True, create):  # one that may create serves a reader too
                 if opened in self._catalogs:
                     return self._catalogs[opened]
@@ -301,17 +308,30 @@ def configured(name: str) -> dict[str, Any]:
     return properties
 
 
+def _keys(settings: Settings) -> dict[str, str]:
+    """The S3 credentials an output's named catalog signs with now (none on disk)."""
+    from backfill.destination.credentials import s3_credentials
+
+    if not (settings.iceberg_catalog and isinstance(settings.out, Remote)
+            and settings.out.kind == "s3"):
+        return {}
+    return s3_credentials(settings.storage.region).iceberg()
+
+
 def _named(name: str, settings: Settings) -> Any:
     """The catalog ``name`` as pyiceberg configures it (read now, not at import), with the
-    output's S3 endpoint and region where it says none."""
+    output's S3 endpoint and the credentials every writer uses (current now), where it
+    says none."""
     from pyiceberg.catalog import load_catalog
+
+    from backfill.destination.credentials import s3_endpoint
 
     properties = configured(name)
     if isinstance(settings.out, Remote) and settings.out.kind == "s3":
-        if settings.storage.endpoint:
-            properties.setdefault("s3.endpoint", settings.storage.endpoint)
-        if settings.storage.region:
-            properties.setdefault("s3.region", settings.storage.region)
+        if endpoint := s3_endpoint(settings):
+            properties.setdefault("s3.endpoint", endpoint)
+        for key, value in _keys(settings).items():
+            properties.setdefault(key, value)
     return load_catalog(name, **properties)
 
 
