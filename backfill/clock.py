@@ -94,3 +94,9 @@ def wall_now() -> datetime:
     """The wall clock's now, as :func:`system_clock` gives it (for the command line's
     one-off questions; a run is given its clock)."""
     return system_clock().now()
+
+
+def machine_now() -> datetime:
+    """The machine's own now, never shifted: for a moment another library compares with
+    its own clock (when obstore should ask for credentials again)."""
+    return SystemClock().now()

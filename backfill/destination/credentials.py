@@ -26,10 +26,11 @@ import contextlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from backfill.clock import machine_now
 from backfill.errors import OutputError
 
 if TYPE_CHECKING:
@@ -100,28 +101,27 @@ class S3Credentials:
         return {"access_key_id": keys["access_key_id"],
                 "secret_access_key": keys["secret_access_key"],
                 "token": keys.get("session_token"),
-                "expires_at": datetime.now(UTC) + timedelta(seconds=RENEW_SECONDS)}
+                "expires_at": machine_now() + timedelta(seconds=RENEW_SECONDS)}
 
     def delta(self) -> dict[str, str]:
         """delta-rs's storage options for the credentials, current now: a table handle
         made with them lives shorter than they do."""
-        names = {"access_key_id": "AWS_ACCESS_KEY_ID",
-                 "secret_access_key": "AWS_SECRET_ACCESS_KEY",
-                 "session_token": "AWS_SESSION_TOKEN"}
-        options = {names[k]: v for k, v in self.current().items()}
-        if self.region:
-            options["AWS_REGION"] = self.region
-        return options
+        return self._named(("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                            "AWS_REGION"))
 
     def iceberg(self) -> dict[str, str]:
         """pyiceberg's FileIO properties for the credentials, current now."""
-        names = {"access_key_id": "s3.access-key-id",
-                 "secret_access_key": "s3.secret-access-key",
-                 "session_token": "s3.session-token"}
-        properties = {names[k]: v for k, v in self.current().items()}
+        return self._named(("s3.access-key-id", "s3.secret-access-key", "s3.session-token",
+                            "s3.region"))
+
+    def _named(self, names: tuple[str, str, str, str]) -> dict[str, str]:
+        """The current keys and the region under a library's names for them (key id,
+        secret, session token, region)."""
+        ours = ("access_key_id", "secret_access_key", "session_token")
+        found = {names[ours.index(k)]: v for k, v in self.current().items()}
         if self.region:
-            properties["s3.region"] = self.region
-        return properties
+            found[names[3]] = self.region
+        return found
 
 
 def s3_endpoint(settings: Settings, env: Mapping[str, str] | None = None) -> str:
