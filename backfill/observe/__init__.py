@@ -27,6 +27,8 @@ from backfill.state.freshness import Freshness
 
 FINISH_TIMEOUT = 30.0
 """The most the end of a run spends reading its watermark for the metrics."""
+STOPPED_TIMEOUT = 5.0
+"""The same for a stopped run: a pod's grace period after SIGTERM is often 30 s."""
 
 
 @dataclass(frozen=True)
@@ -83,11 +85,15 @@ class Observer:
         code, line = _exit(summary, error)
         watermarks = None
         if wants_metrics:
-            with anyio.move_on_after(FINISH_TIMEOUT):
+            limit = STOPPED_TIMEOUT if code == ExitCode.INTERRUPTED else FINISH_TIMEOUT
+            with anyio.move_on_after(limit) as reading:
                 try:
                     watermarks = await freshness()
                 except BackfillError as exc:
                     self._reporter.warning(f"metrics: the watermark could not be read: {exc}")
+            if reading.cancelled_caught:
+                self._reporter.warning(f"metrics: the watermark was not read within {limit:g} "
+                                       "s; the metrics leave it out")
         outcome = Outcome(s, self._keys, self._run_id, self._started, self._clock.now(),
                           self._clock.monotonic() - self._since, code, summary, line,
                           watermarks)

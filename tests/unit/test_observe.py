@@ -8,6 +8,7 @@ from collections import Counter
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -280,3 +281,34 @@ def test_the_readmes_alert_rules_and_metric_names_are_the_ones_written() -> None
     named = {n.replace("…", "backfill_last_run") for n in re.findall(
         r"`(backfill_\w+|…_\w+)", section)}
     assert named == names  # the section names every metric, and no other
+
+
+@pytest.mark.anyio
+async def test_a_watermark_that_takes_too_long_is_left_out_not_waited_for(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import anyio
+
+    from backfill.observe import Observer
+    from tests.fakes import FakeClock
+
+    monkeypatch.setattr("backfill.observe.FINISH_TIMEOUT", 0.05)
+    said: list[str] = []
+
+    class Reporter:
+        def warning(self, text: str) -> None:
+            said.append(text)
+
+    async def never() -> list[Any]:
+        await anyio.sleep(30)
+        return []
+
+    settings = replace(S, metrics_file=tmp_path / "backfill.prom")
+    observer = Observer(settings, [hour(3)], FakeClock(), Reporter(),  # type: ignore[arg-type]
+                        lineage=False)
+    with anyio.fail_after(5):
+        await observer.ended(Summary(statuses=Counter({Status.DONE: 1})), None, never)
+    assert said == ["metrics: the watermark was not read within 0.05 s; the metrics leave it "
+                    "out"]
+    text = (tmp_path / "backfill.prom").read_text()
+    assert "backfill_last_success_timestamp_seconds" in text
+    assert "backfill_watermark_timestamp_seconds" not in text
