@@ -36,7 +36,9 @@ MAX_RATE = 2.0
 DEFAULT_BASE_URL = "https://www.growingio.com"
 DEFAULT_CONFIG = Path("backfill.toml")
 DEFAULT_LAYOUT = "{type}/dt={date}/hour={hour}"
-FORMATS = ("csv", "parquet", "delta", "iceberg")
+TABLE_FORMATS = ("parquet", "delta", "iceberg")
+"""The formats that write typed tables, whose rows are counted."""
+FORMATS = ("csv", *TABLE_FORMATS)
 """``--format``: the raw parts, typed Parquet in the same layout, a Delta or an Iceberg table
 per type."""
 SECTIONS = ("iceberg",)
@@ -416,6 +418,11 @@ class Settings:
         """The run's one retry policy (``retries``, ``backoff``, ``max_backoff``)."""
         return RetryPolicy(self.retries, self.backoff, self.max_backoff,
                            rng or random.Random())
+
+    @property
+    def reports_metrics(self) -> bool:
+        """A run writes its metrics (``metrics_file``) or pushes them (``pushgateway``)."""
+        return self.metrics_file is not None or bool(self.pushgateway)
 
     @property
     def wanted_types(self) -> tuple[str, ...]:

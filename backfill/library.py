@@ -268,6 +268,19 @@ async def fetch_keys(settings: Settings, keys: list[Key], *, force: bool = False
     return summary
 
 
+@_boundary
+async def report_idle(settings: Settings, *, reporter: Reporter | None = None,
+                      clock: Clock | None = None) -> None:
+    """Report a run that has nothing to fetch (``retry`` with nothing to retry) as a run
+    of no key, a success with the destination's watermark, without taking the output (a
+    run may hold it) and without an event: metrics only."""
+    from backfill.observe import Observer
+
+    observer = Observer(settings, [], clock or system_clock(),
+                        reporter or PlainReporter(clock=clock), lineage=False)
+    await observer.ended(Summary(), None, partial(_freshness, settings, clock))
+
+
 async def _freshness(settings: Settings, clock: Clock | None) -> list[Freshness]:
     """Each wanted type's freshness, as the destination holds it (see :func:`status`)."""
     return (await status(settings, None, clock=clock, empty_ok=True)).freshness
@@ -510,7 +523,9 @@ async def status(settings: Settings, within: list[Key] | None, *,
     ) or settings.wanted_types
     report.freshness = freshness(types, settings.granularity, complete, held,
                                  newest_ready(settings, now, settings.granularity),
-                                 start=within[0] if within else _start(settings, now))
+                                 start=within[0] if within else _start(settings, now),
+                                 gone=[(u.key, u.data_type) for u in known
+                                       if u.status is Status.GONE])
     return report
 
 

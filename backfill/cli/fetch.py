@@ -71,14 +71,16 @@ def retry(from_: OptionalFrom_ = None, to: OptionalTo_ = None,
           dry_run: DryRun_ = False) -> None:
     """Fetch again only the keys that failed, were interrupted or were not ready."""
     # Nothing to retry: one line, no call, not even to read the output; unless the run is
-    # to report its metrics, which a run of no key does (a success, the watermark).
+    # to report its metrics, which it does as a run of no key (a success, the watermark).
     given = settings()
-    reports = given.metrics_file is not None or bool(given.pushgateway)
-    if not reports and not library.anything_to_retry(given):
+    if not given.reports_metrics and not library.anything_to_retry(given):
         _nothing_to_retry(given)
     chosen, within = library.optional_range(settled(), from_, to)
     chosen, keys = library.retry_keys(chosen, within)
-    if not keys and not reports:
+    if not keys:
+        if chosen.reports_metrics and not dry_run:
+            run_async(partial(library.report_idle, chosen, reporter=output().reporter(
+                chosen.heartbeat)))
         _nothing_to_retry(chosen)
     _execute(chosen, keys, dry_run=dry_run)
 

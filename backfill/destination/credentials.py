@@ -24,6 +24,7 @@ from __future__ import annotations
 import configparser
 import contextlib
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -63,8 +64,8 @@ class S3Credentials:
     or neither (the stores read a web identity, a container role or the instance metadata
     service themselves, at ``metadata``)."""
 
-    keys: dict[str, str] = field(default_factory=dict)
-    source: Any = None
+    keys: dict[str, str] = field(default_factory=dict, repr=False)
+    source: Any = field(default=None, repr=False)
     """botocore's credentials (``RefreshableCredentials`` for temporary ones)."""
     region: str = ""
     metadata: str = ""
@@ -133,6 +134,8 @@ def s3_endpoint(settings: Settings, env: Mapping[str, str] | None = None) -> str
 
 
 _RESOLVED: dict[tuple[tuple[str, str], ...], S3Credentials] = {}
+_RESOLVING = threading.Lock()
+"""Writers open in worker threads: one resolution (one role assumed, one process run)."""
 
 
 def s3_credentials(region: str = "", env: Mapping[str, str] | None = None) -> S3Credentials:
@@ -143,9 +146,10 @@ def s3_credentials(region: str = "", env: Mapping[str, str] | None = None) -> S3
     env = os.environ if env is None else env
     memo = (("region", region), *sorted((k, v) for k, v in env.items()
                                         if k.startswith("AWS_") or k == "HOME"))
-    if memo not in _RESOLVED:
-        _RESOLVED[memo] = _resolve(region, env)
-    return _RESOLVED[memo]
+    with _RESOLVING:
+        if memo not in _RESOLVED:
+            _RESOLVED[memo] = _resolve(region, env)
+        return _RESOLVED[memo]
 
 
 def _resolve(region: str, env: Mapping[str, str]) -> S3Credentials:
@@ -167,7 +171,7 @@ def _with_botocore(region: str, env: Mapping[str, str]) -> S3Credentials:
     import botocore.exceptions as errors
     import botocore.session
 
-    profile = env.get("AWS_PROFILE") or env.get("AWS_DEFAULT_PROFILE") or "default"
+    profile = _profile(env)
     named = f"AWS profile {profile!r}"
     try:
         session = botocore.session.Session()
@@ -203,26 +207,34 @@ def _without_botocore(region: str, env: Mapping[str, str]) -> S3Credentials:
     if env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") or env.get(
             "AWS_CONTAINER_CREDENTIALS_FULL_URI"):
         return S3Credentials(region=region)
-    profile = env.get("AWS_PROFILE") or "default"
+    profile = _profile(env)
     keys = _profile_keys(_shared_file(env), profile)
     if keys:
         return S3Credentials(keys=keys, region=region, profile=profile)
     if kind := _profile_kind(_config_file(env), profile):
         raise OutputError(f"AWS profile {profile!r} {kind}, which only the AWS SDK's "
                           f"chain reads: {EXTRA}")
-    endpoint = (env.get("AWS_EC2_METADATA_SERVICE_ENDPOINT") or env.get("AWS_METADATA_ENDPOINT")
-                or METADATA_ENDPOINT).rstrip("/")
-    disabled = env.get("AWS_EC2_METADATA_DISABLED", "").lower() == "true"
+    endpoint, disabled = _metadata(env)
     if not disabled and _metadata_answers(endpoint):
         return S3Credentials(region=region, metadata=endpoint)
     raise OutputError(_nothing_found(env, profile) + f" ({EXTRA} reads every kind of "
                       "profile in ~/.aws/config too)")
 
 
-def _nothing_found(env: Mapping[str, str], profile: str) -> str:
+def _profile(env: Mapping[str, str]) -> str:
+    """The profile in use, as the AWS CLI picks it."""
+    return env.get("AWS_PROFILE") or env.get("AWS_DEFAULT_PROFILE") or "default"
+
+
+def _metadata(env: Mapping[str, str]) -> tuple[str, bool]:
+    """Where the instance metadata service is, and whether it is switched off."""
     endpoint = (env.get("AWS_EC2_METADATA_SERVICE_ENDPOINT") or env.get("AWS_METADATA_ENDPOINT")
                 or METADATA_ENDPOINT).rstrip("/")
-    disabled = env.get("AWS_EC2_METADATA_DISABLED", "").lower() == "true"
+    return endpoint, env.get("AWS_EC2_METADATA_DISABLED", "").lower() == "true"
+
+
+def _nothing_found(env: Mapping[str, str], profile: str) -> str:
+    endpoint, disabled = _metadata(env)
     metadata = ("instance metadata (disabled)" if disabled
                 else f"instance metadata at {endpoint} (no answer in {METADATA_WAIT:g} s)")
     return ("no storage credentials: tried AWS_ACCESS_KEY_ID and "

@@ -25,6 +25,14 @@ def expected_ready(key: Key, settings: Settings) -> datetime:
     return key.end + timedelta(seconds=settings.late_hour_lag if late else settings.hour_lag)
 
 
+def longest_lag(granularity: Granularity, settings: Settings) -> timedelta:
+    """The longest a key waits after its end to be exportable: a day's lag, or for hours
+    the late hours' (:func:`expected_ready`)."""
+    if granularity is Granularity.DAY:
+        return timedelta(seconds=settings.day_lag)
+    return timedelta(seconds=max(settings.hour_lag, settings.late_hour_lag))
+
+
 def newest_ready(settings: Settings, now: datetime, granularity: Granularity, *,
                  lag: float | None = None) -> Key:
     """The newest key that should be ready at ``now``: ``lag`` seconds after its end, or

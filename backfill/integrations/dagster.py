@@ -119,14 +119,16 @@ def growingio_asset(name: str, *, start: str, out: str, granularity: str = "hour
 def default_freshness(granularity: str, options: dict[str, Any]) -> timedelta:
     """One readiness lag (the longest of the granularity's: the late hours' for hours)
     plus one partition: a materialization older than that means the feed is behind."""
-    from backfill.config import default, parse_duration
+    from dataclasses import replace
 
-    def lag(name: str) -> float:
-        return parse_duration(options[name]) if name in options else float(default(name))
+    from backfill.config import Settings, parse_flag
+    from backfill.engine.policy import longest_lag
+    from backfill.keys import Granularity
 
-    if granularity == "hour":
-        return timedelta(seconds=max(lag("hour_lag"), lag("late_hour_lag")), hours=1)
-    return timedelta(seconds=lag("day_lag"), days=1)
+    lags = {n: parse_flag(n, options[n]) for n in ("hour_lag", "late_hour_lag", "day_lag")
+            if n in options}
+    unit = Granularity(granularity)
+    return longest_lag(unit, replace(Settings(), **lags)) + unit.step
 
 
 def pool_name(project: str | None, env_prefix: str) -> str:

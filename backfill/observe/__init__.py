@@ -61,8 +61,14 @@ class Observer:
         self._run_id = str(_uuid7(clock))
         self._started = clock.now()
         self._since = clock.monotonic()
-        self._lineage = Lineage.configured(settings, keys, self._run_id, reporter.warning) \
-            if lineage else None
+        self._lineage: Lineage | None = None
+        if lineage:
+            try:
+                self._lineage = Lineage.configured(settings, keys, self._run_id,
+                                                   reporter.warning)
+            except Exception as exc:  # the client's own reading of its configuration
+                reporter.warning(f"OpenLineage: not usable ({type(exc).__name__}); no lineage "
+                                 "is sent")
 
     async def started(self) -> None:
         if self._lineage is not None:
@@ -79,28 +85,39 @@ class Observer:
     async def _ended(self, summary: Summary | None, error: BaseException | None,
                      freshness: Callable[[], Awaitable[list[Freshness]]]) -> None:
         s = self._settings
-        wants_metrics = s.metrics_file is not None or bool(s.pushgateway)
-        if self._lineage is None and not wants_metrics:
+        if self._lineage is None and not s.reports_metrics:
             return
         code, line = _exit(summary, error)
         watermarks = None
-        if wants_metrics:
+        if s.reports_metrics:
             limit = STOPPED_TIMEOUT if code == ExitCode.INTERRUPTED else FINISH_TIMEOUT
             with anyio.move_on_after(limit) as reading:
                 try:
                     watermarks = await freshness()
                 except BackfillError as exc:
                     self._reporter.warning(f"metrics: the watermark could not be read: {exc}")
+                except Exception as exc:  # a table's log, the state: never the run's end
+                    self._reporter.warning("metrics: the watermark could not be read "
+                                           f"({type(exc).__name__})")
             if reading.cancelled_caught:
                 self._reporter.warning(f"metrics: the watermark was not read within {limit:g} "
-                                       "s; the metrics leave it out")
+                                       "s; the metrics keep the last one")
         outcome = Outcome(s, self._keys, self._run_id, self._started, self._clock.now(),
                           self._clock.monotonic() - self._since, code, summary, line,
                           watermarks)
-        if wants_metrics:
+        for report in (self._metrics, self._lineage_end):
+            try:
+                await report(outcome)
+            except Exception as exc:  # what reports the run never changes how it ended
+                self._reporter.warning(f"could not report the run ({type(exc).__name__})")
+
+    async def _metrics(self, outcome: Outcome) -> None:
+        if self._settings.reports_metrics:
             from backfill.observe import metrics
 
             await metrics.report(outcome, self._reporter.warning)
+
+    async def _lineage_end(self, outcome: Outcome) -> None:
         if self._lineage is not None:
             await self._lineage.end(outcome)
 
@@ -112,10 +129,11 @@ def _exit(summary: Summary | None, error: BaseException | None) -> tuple[int, st
         return summary.exit_code, summary.failure()
     flat = flatten(error)
     if isinstance(flat, BackfillError):
-        return flat.exit_code, str(flat)
+        return flat.exit_code, str(flat)  # ours: one line, redacted where it is made
     if not isinstance(flat, Exception):  # a signal, the run's cancellation
         return ExitCode.INTERRUPTED, str(Interrupted(str(flat) or "SIGINT"))
-    return ExitCode.FAILED, f"{type(flat).__name__}: {flat}"
+    # Not ours (a bug): its text may hold anything, a signed link's query included.
+    return ExitCode.FAILED, f"{type(flat).__name__} (a bug: see the run's traceback)"
 
 
 def _uuid7(clock: Clock) -> uuid.UUID:

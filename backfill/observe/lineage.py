@@ -33,7 +33,8 @@ from uuid import UUID
 import anyio
 
 from backfill import __version__
-from backfill.config import Settings
+from backfill.config import TABLE_FORMATS, Settings
+from backfill.errors import ExitCode
 from backfill.keys import Key
 
 if TYPE_CHECKING:
@@ -42,8 +43,8 @@ if TYPE_CHECKING:
 EMIT_TIMEOUT = 5.0
 PRODUCER = f"https://pypi.org/project/growingio-backfill/{__version__}/"
 INPUT_NAMESPACE = "growingio"
-OK_CODES = (0, 4)
-INTERRUPTED = 130
+OK_CODES = (ExitCode.OK, ExitCode.NOT_READY)
+"""The exits a run COMPLETEs with; INTERRUPTED ABORTs it, any other FAILs it."""
 
 
 def configured(environ: Mapping[str, str] | None = None) -> bool:
@@ -55,8 +56,11 @@ def configured(environ: Mapping[str, str] | None = None) -> bool:
         return True
     if any(name.startswith("OPENLINEAGE__TRANSPORT") for name in env):
         return True
-    return any(p.is_file() for p in (Path("openlineage.yml"),
-                                     Path.home() / ".openlineage" / "openlineage.yml"))
+    try:  # a home that is not there or not readable: no file there
+        return any(p.is_file() for p in (Path("openlineage.yml"),
+                                         Path.home() / ".openlineage" / "openlineage.yml"))
+    except (OSError, RuntimeError):
+        return False
 
 
 # --- names (shared with the Airflow operator) -------------------------------------------
@@ -132,7 +136,7 @@ class Lineage:
     async def end(self, outcome: Outcome) -> None:
         code = outcome.exit_code
         state = ("COMPLETE" if code in OK_CODES else
-                 "ABORT" if code == INTERRUPTED else "FAIL")
+                 "ABORT" if code == ExitCode.INTERRUPTED else "FAIL")
         await self._emit(state, outcome.ended, outcome)
 
     async def _emit(self, state: str, when: datetime, outcome: Outcome | None) -> None:
@@ -188,7 +192,7 @@ class Lineage:
             facets: dict[str, Any] = {}
             if summary is not None:
                 rows = (summary.type_rows[data_type]
-                        if s.format in ("parquet", "delta", "iceberg") else None)
+                        if s.format in TABLE_FORMATS else None)
                 facets["outputStatistics"] = (
                     output_statistics_output_dataset.OutputStatisticsOutputDatasetFacet(
                         rowCount=rows, size=summary.type_bytes[data_type]))

@@ -14,8 +14,10 @@ Every metric is a gauge, every series labelled ``project`` (GIO_AI) and ``granul
   everything is complete at the destination (:mod:`backfill.state.freshness`), read from
   the destination after the run; 0 when nothing of the type is complete.
 
-Pushes group by ``job="backfill"``, ``project`` and ``granularity`` (and ``shard`` with
-``--shard``), so that projects, granularities and shards never overwrite each other.
+Every series carries ``shard`` too with ``--shard``; pushes group by ``job="backfill"``
+and those labels, so that projects, granularities and shards never overwrite each other.
+A watermark the run could not read is kept from the file's previous version (the push
+leaves it out, so the gateway keeps its own).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from urllib.parse import urlsplit
 
 import anyio
 
+from backfill.config import TABLE_FORMATS
 from backfill.model import Status
 
 if TYPE_CHECKING:
@@ -38,6 +41,7 @@ if TYPE_CHECKING:
 PUSH_TIMEOUT = 10.0
 JOB = "backfill"
 LAST_SUCCESS = "backfill_last_success_timestamp_seconds"
+WATERMARK = "backfill_watermark_timestamp_seconds"
 STATES = (Status.DONE, Status.FAILED, Status.NOT_READY, Status.GONE)
 
 
@@ -60,8 +64,13 @@ async def report(outcome: Outcome, warn: Callable[[str], None]) -> None:
 
 
 def labels(outcome: Outcome) -> dict[str, str]:
-    return {"project": outcome.settings.credentials.ai,
-            "granularity": outcome.settings.granularity.value}
+    """Every series': the project and the granularity, and the shard of a sharded run
+    (shards sharing a file or a gateway never overwrite each other)."""
+    found = {"project": outcome.settings.credentials.ai,
+             "granularity": outcome.settings.granularity.value}
+    if outcome.settings.shard is not None:
+        found["shard"] = outcome.settings.shard.slug
+    return found
 
 
 def write_file(path: Path, outcome: Outcome) -> None:
@@ -69,8 +78,10 @@ def write_file(path: Path, outcome: Outcome) -> None:
     collector never reads half a file."""
     from prometheus_client import write_to_textfile
 
-    previous = _last_success(path, labels(outcome))
-    write_to_textfile(str(path), registry(outcome, previous))
+    ours = labels(outcome)
+    success = _previous(path, LAST_SUCCESS, ours).get("")
+    watermarks = _previous(path, WATERMARK, ours) if outcome.freshness is None else {}
+    write_to_textfile(str(path), registry(outcome, success, watermarks))
 
 
 def push(url: str, outcome: Outcome) -> None:
@@ -78,16 +89,16 @@ def push(url: str, outcome: Outcome) -> None:
     gateway keeps the last one pushed."""
     from prometheus_client import pushadd_to_gateway
 
-    grouping = labels(outcome)
-    if outcome.settings.shard is not None:
-        grouping["shard"] = outcome.settings.shard.slug
     pushadd_to_gateway(url, job=JOB, registry=registry(outcome, None),
-                       grouping_key=grouping, timeout=PUSH_TIMEOUT)
+                       grouping_key=labels(outcome), timeout=PUSH_TIMEOUT)
 
 
-def registry(outcome: Outcome, previous_success: float | None) -> CollectorRegistry:
+def registry(outcome: Outcome, previous_success: float | None,
+             previous_watermarks: dict[str, float] | None = None) -> CollectorRegistry:
     """The run's metrics; ``previous_success``: the last success to keep when this run
-    did not succeed (left out when None)."""
+    did not succeed (left out when None); ``previous_watermarks``: by type, those to keep
+    when this run could not read them (a push leaves them out: the gateway keeps its
+    own)."""
     from prometheus_client import CollectorRegistry, Gauge
 
     found = CollectorRegistry(auto_describe=True)
@@ -119,32 +130,36 @@ def registry(outcome: Outcome, previous_success: float | None) -> CollectorRegis
           summary.bytes if summary else 0)
     gauge("backfill_last_run_export_calls", "Export API calls the last run made.",
           summary.api_calls if summary else 0)
-    if outcome.settings.format in ("parquet", "delta", "iceberg"):
+    if outcome.settings.format in TABLE_FORMATS:
         for data_type in outcome.settings.wanted_types:
             gauge("backfill_last_run_rows", "Rows the last run committed, by data type.",
                   summary.type_rows[data_type] if summary else 0, type=data_type)
-    for fresh in outcome.freshness or []:
-        gauge("backfill_watermark_timestamp_seconds", "The end of the newest key up to "
-              "which every key is complete at the destination (0: none).",
-              fresh.watermark.timestamp() if fresh.watermark else 0, type=fresh.data_type)
+    watermarks = {f.data_type: f.watermark.timestamp() if f.watermark else 0.0
+                  for f in outcome.freshness or []} or previous_watermarks or {}
+    for data_type, value in watermarks.items():
+        gauge(WATERMARK, "The end of the newest key up to which every key is complete at "
+              "the destination (0: none).", value, type=data_type)
     return found
 
 
-def _last_success(path: Path, wanted: dict[str, str]) -> float | None:
-    """The last success the file at ``path`` holds for these labels, if any."""
+def _previous(path: Path, name: str, wanted: dict[str, str]) -> dict[str, float]:
+    """The samples of metric ``name`` the file at ``path`` holds for these labels, by the
+    value of their one other label (``type``; "" for none)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError):
-        return None
+        return {}
+    found: dict[str, float] = {}
     with contextlib.suppress(ValueError):  # a file someone else wrote: start afresh
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                if sample.name == LAST_SUCCESS and all(
-                        sample.labels.get(k) == v for k, v in wanted.items()):
-                    return float(sample.value)
-    return None
+                if sample.name == name and all(sample.labels.get(k) == v
+                                               for k, v in wanted.items()):
+                    other = set(sample.labels) - set(wanted)
+                    found[sample.labels[other.pop()] if other else ""] = float(sample.value)
+    return found
 
 
 def _reason(exc: Exception) -> str:

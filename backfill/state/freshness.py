@@ -3,7 +3,8 @@ should be ready now. Pure: what the destination holds and ``now`` are passed in.
 
 The watermark of a type is the end of the newest key K such that every key from the
 type's first one up to K is complete at the destination: a hole holds it back, however
-much is complete after the hole, until the hole is filled. A type's first key is the
+much is complete after the hole, until the hole is filled. A key beyond GrowingIO's
+retention (gone: it can never be filled) is stepped over. A type's first key is the
 configured ``start``, else the oldest key the destination or the state knows of that type.
 For the hour key 2026-12-03T05 (Beijing) the watermark is 2026-12-03T06:00+08:00.
 """
@@ -56,11 +57,15 @@ class Freshness:
 
 def freshness(types: Iterable[str], granularity: Granularity,
               complete: Iterable[tuple[str, str]], known: Iterable[tuple[str, str]],
-              due: Key, start: Key | None = None) -> list[Freshness]:
+              due: Key, start: Key | None = None,
+              gone: Iterable[tuple[str, str]] = ()) -> list[Freshness]:
     """Each type's :class:`Freshness`, from the (key name, type) pairs ``complete`` at the
-    destination and those ``known`` to the state (of any status), for keys of
-    ``granularity``."""
+    destination, those ``known`` to the state (of any status) and those ``gone``, for
+    keys of ``granularity``."""
     width = len(due.name)
+    skipped: dict[str, set[str]] = {}
+    for name, data_type in gone:
+        skipped.setdefault(data_type, set()).add(name)
     done: dict[str, set[str]] = {}
     first: dict[str, str] = {}
     for pairs, counted in ((complete, True), (known, False)):
@@ -75,17 +80,19 @@ def freshness(types: Iterable[str], granularity: Granularity,
     for data_type in types:
         begin = start or (Key.parse(first[data_type]) if data_type in first else None)
         found.append(Freshness(data_type, begin,
-                               frontier(done.get(data_type, set()), begin, granularity),
+                               frontier(done.get(data_type, set()), begin, granularity,
+                                        skipped.get(data_type, set())),
                                due))
     return found
 
 
-def frontier(complete: set[str], first: Key | None, granularity: Granularity
-             ) -> Key | None:
-    """The newest key K with every key from ``first`` to K in ``complete`` (names)."""
-    if first is None or first.name not in complete:
-        return None
-    key = first
-    while (following := Key(key.start + granularity.step, granularity)).name in complete:
-        key = following
-    return key
+def frontier(complete: set[str], first: Key | None, granularity: Granularity,
+             gone: set[str] | frozenset[str] = frozenset()) -> Key | None:
+    """The newest key K in ``complete`` (names) with every key from ``first`` to K in
+    ``complete`` or ``gone``."""
+    newest, key = None, first
+    while key is not None and (key.name in complete or key.name in gone):
+        if key.name in complete:
+            newest = key
+        key = Key(key.start + granularity.step, granularity)
+    return newest

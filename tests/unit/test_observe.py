@@ -138,9 +138,11 @@ def test_the_file_is_replaced_whole_and_keeps_the_last_success_of_its_labels(
     success = (NOW + timedelta(seconds=90)).timestamp()
     later = replace(_outcome(1), ended=NOW + timedelta(hours=1))
     metrics.write_file(path, later)
-    assert metrics._last_success(path, metrics.labels(later)) == success
+    assert metrics._previous(path, metrics.LAST_SUCCESS, metrics.labels(later)) == {
+        "": success}
     other = replace(S, credentials=Credentials(ai="zz"))
-    assert metrics._last_success(path, metrics.labels(_outcome(1, settings=other))) is None
+    assert metrics._previous(path, metrics.LAST_SUCCESS,
+                             metrics.labels(_outcome(1, settings=other))) == {}
     assert [p.name for p in tmp_path.iterdir()] == ["backfill.prom"]
     path.write_text("not { the text format\n")  # someone else's file: started afresh
     metrics.write_file(path, _outcome(1))
@@ -302,13 +304,49 @@ async def test_a_watermark_that_takes_too_long_is_left_out_not_waited_for(
         await anyio.sleep(30)
         return []
 
-    settings = replace(S, metrics_file=tmp_path / "backfill.prom")
+    path = tmp_path / "backfill.prom"
+    metrics.write_file(path, _outcome(0))  # an earlier run, with its watermarks
+    settings = replace(S, metrics_file=path)
     observer = Observer(settings, [hour(3)], FakeClock(), Reporter(),  # type: ignore[arg-type]
                         lineage=False)
     with anyio.fail_after(5):
         await observer.ended(Summary(statuses=Counter({Status.DONE: 1})), None, never)
-    assert said == ["metrics: the watermark was not read within 0.05 s; the metrics leave it "
-                    "out"]
-    text = (tmp_path / "backfill.prom").read_text()
-    assert "backfill_last_success_timestamp_seconds" in text
-    assert "backfill_watermark_timestamp_seconds" not in text
+    assert said == ["metrics: the watermark was not read within 0.05 s; the metrics keep the "
+                    "last one"]
+    found = parser.text_string_to_metric_families(path.read_text())
+    kept = {s.labels["type"]: s.value for family in found for s in family.samples
+            if s.name == metrics.WATERMARK}
+    assert kept == {"visit": hour(3).end.timestamp(), "page": 0.0}  # the last ones, kept
+
+
+@pytest.mark.anyio
+async def test_whatever_fails_in_reporting_leaves_the_runs_end_as_it_was(
+        tmp_path: Path) -> None:
+    from backfill.observe import Observer
+    from tests.fakes import FakeClock
+
+    said: list[str] = []
+
+    class Reporter:
+        def warning(self, text: str) -> None:
+            said.append(text)
+
+    async def broken() -> list[Any]:
+        raise KeyError("a table's log, unreadable")
+
+    settings = replace(S, metrics_file=tmp_path / "no-such-folder" / "backfill.prom")
+    observer = Observer(settings, [hour(3)], FakeClock(), Reporter(),  # type: ignore[arg-type]
+                        lineage=False)
+    await observer.ended(Summary(statuses=Counter({Status.DONE: 1})), None, broken)
+    assert said[0] == "metrics: the watermark could not be read (KeyError)"
+    assert said[1].startswith(f"metrics: could not write {tmp_path}/no-such-folder/")
+
+
+def test_a_key_gone_beyond_retention_does_not_hold_the_watermark_back_forever() -> None:
+    complete = {hour(h).name for h in (3, 5, 6)}
+    assert frontier(complete, hour(3), H) == hour(3)  # 4 is a hole
+    assert frontier(complete, hour(3), H, {hour(4).name}) == hour(6)  # 4 can never be had
+    assert frontier(complete, hour(2), H, {hour(2).name}) == hour(3)
+    found = freshness(("visit",), H, [(hour(h).name, "visit") for h in (3, 5)], [],
+                      hour(10), gone=[(hour(4).name, "visit"), (hour(4).name, "page")])
+    assert found[0].complete_to == hour(5)
