@@ -267,8 +267,8 @@ class Settings:
     format: str = setting(
         "csv", _choices(*FORMATS), ", ".join(FORMATS[:-1]) + f" or {FORMATS[-1]}",
         "csv: the raw parts; parquet: typed Parquet in the same layout; delta: a Delta Lake "
-        "table per data type (pip install 'growingio-backfill[tables]'); iceberg: an Iceberg "
-        "table per data type (pip install 'growingio-backfill[iceberg]') [default: what the "
+        "table per data type (the tables extra); iceberg: an Iceberg "
+        "table per data type (the iceberg extra) [default: what the "
         "output holds, else csv].", scope=OUTPUT, recorded=True)
     iceberg_catalog: str = setting(
         "", _catalog, "a catalog name such as lake",

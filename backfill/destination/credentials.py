@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from backfill.clock import machine_now
 from backfill.errors import OutputError
+from backfill.install import install_line
 
 if TYPE_CHECKING:
     from backfill.config import Settings
@@ -48,7 +49,6 @@ PROFILE_KINDS = {"role_arn": "assumes a role", "credential_process": "runs a "
                  "credential_process", "sso_session": "signs in with SSO",
                  "sso_start_url": "signs in with SSO",
                  "web_identity_token_file": "uses a web identity"}
-EXTRA = "pip install 'growingio-backfill[aws]'"
 CREDENTIAL_VARIABLES = frozenset({
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
     "AWS_DEFAULT_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN",
@@ -213,11 +213,11 @@ def _without_botocore(region: str, env: Mapping[str, str]) -> S3Credentials:
         return S3Credentials(keys=keys, region=region, profile=profile)
     if kind := _profile_kind(_config_file(env), profile):
         raise OutputError(f"AWS profile {profile!r} {kind}, which only the AWS SDK's "
-                          f"chain reads: {EXTRA}")
+                          f"chain reads: {install_line('aws')}")
     endpoint, disabled = _metadata(env)
     if not disabled and _metadata_answers(endpoint):
         return S3Credentials(region=region, metadata=endpoint)
-    raise OutputError(_nothing_found(env, profile) + f" ({EXTRA} reads every kind of "
+    raise OutputError(_nothing_found(env, profile) + f" ({install_line('aws')} reads every kind of "
                       "profile in ~/.aws/config too)")
 
 

@@ -1,5 +1,5 @@
 """Airflow 3: a deferrable operator that fetches a run's data interval from GrowingIO
-(``pip install 'growingio-backfill[airflow]'``)::
+(the ``airflow`` extra)::
 
     from backfill.integrations.airflow import GrowingIOFetchOperator
 

@@ -1,5 +1,4 @@
-"""Dagster: partitioned assets that back up a GrowingIO project (``pip install
-'growingio-backfill[dagster]'``)::
+"""Dagster: partitioned assets that back up a GrowingIO project (the ``dagster`` extra)::
 
     from backfill.integrations.dagster import growingio_asset
 

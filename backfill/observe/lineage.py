@@ -1,4 +1,4 @@
-"""OpenLineage events of a run (``pip install 'growingio-backfill[lineage]'``), and the
+"""OpenLineage events of a run (the ``lineage`` extra), and the
 datasets it reads and writes, named by OpenLineage's conventions (the Airflow operator's
 lineage uses the same names).
 
@@ -35,6 +35,7 @@ import anyio
 from backfill import __version__
 from backfill.config import TABLE_FORMATS, Settings
 from backfill.errors import ExitCode
+from backfill.install import install_line
 from backfill.keys import Key
 
 if TYPE_CHECKING:
@@ -119,8 +120,8 @@ class Lineage:
         try:
             from openlineage.client import OpenLineageClient
         except ImportError:
-            warn("OpenLineage is configured but its client is not installed: pip install "
-                 "'growingio-backfill[lineage]'; no lineage is sent")
+            warn("OpenLineage is configured but its client is not installed: "
+                 f"{install_line('lineage')}; no lineage is sent")
             return None
         try:
             client = OpenLineageClient()

@@ -140,3 +140,52 @@ async def test_the_ci_recipe_runs_as_written_on_an_empty_bucket(
     assert report["keys"]["done"] >= 9  # yesterday's and today's ready hours at least
     assert report["keys"]["failed"] == report["keys"]["gone"] == 0
     assert stats["export_calls"] >= report["keys"]["done"]
+
+
+def _install_lines() -> list[tuple[str, str]]:
+    """Every ``pip install`` of this project in the README, the docs and the example
+    config: (where, the line from ``pip install`` on)."""
+    found = []
+    for document in [ROOT / "README.md", ROOT / "config.example.toml",
+                     *sorted((ROOT / "docs").glob("*.md"))]:
+        for match in re.finditer(r"pip install[^`\n;&|)]*", document.read_text()):
+            line = match[0].strip()
+            if re.search(r"growingio-backfill|\s\.(\s|$)|'\.\[|-e \.", line):
+                found.append((document.name, line))
+    return found
+
+
+def test_every_install_line_installs_from_the_clone_with_extras_that_exist() -> None:
+    """Nothing is on the package index yet: every line installs the clone it is read in,
+    and names only extras the project declares."""
+    import tomllib
+
+    declared = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"])
+    lines = _install_lines()
+    assert len(lines) >= 8, "the install-line pattern is broken"
+    for where, line in lines:
+        assert "growingio-backfill" not in line, f"{where}: {line} (not on the index yet)"
+        form = re.fullmatch(r"pip install (?:-U pip && pip install )?(?:-e )?"
+                            r"(?:\.|'\.\[([a-z,]+)\]')(?: --group dev)?", line)
+        assert form, f"{where}: {line} is not an install from the clone"
+        assert set((form[1] or "").split(",")) - {""} <= declared, f"{where}: {line}"
+
+
+def test_the_line_a_missing_extra_gives_works_here(tmp_path: Path) -> None:
+    """The line a missing extra's message gives, as this environment was installed: pip
+    resolves it as written (a dry run, nothing installed)."""
+    import shlex
+    import subprocess
+    import sys
+
+    line = subprocess.run([sys.executable, "-c", "from backfill.install import install_line;"
+                           "print(install_line('aws'))"], cwd=tmp_path, check=True,
+                          capture_output=True, text=True, timeout=60).stdout.strip()
+    words = shlex.split(line)
+    assert words[:2] == ["pip", "install"], line
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--no-deps",
+                           *words[2:]], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Would install growingio-backfill" in done.stdout, done.stdout[-2000:]

@@ -144,8 +144,8 @@ def recipe_commands() -> list[str]:
     page = (Path(__file__).resolve().parents[2] / "docs" / "scale-out.md").read_text()
     section = page.split("# Run it at scale", 1)[1].split("\n**Many projects", 1)[0]
     recipes = "\n".join(re.findall(r"```yaml\n(.*?)```", section, flags=re.S))
-    commands = [line.split("run: ", 1)[-1].strip() for line in recipes.splitlines()
-                if "backfill run " in line]
+    commands = ["backfill run " + line.split("backfill run ", 1)[1].strip()
+                for line in recipes.splitlines() if "backfill run " in line]
     assert len(commands) == 2, commands
     return commands
 

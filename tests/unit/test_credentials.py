@@ -13,6 +13,7 @@ import pytest
 
 from backfill.destination import credentials as c
 from backfill.errors import OutputError
+from backfill.install import install_line
 
 
 def test_keys_in_the_environment_reach_every_writer_as_they_are() -> None:
@@ -81,7 +82,7 @@ def test_without_the_extra_a_profile_that_needs_it_says_so(tmp_path: Path, line:
     with pytest.raises(OutputError) as raised:
         c._resolve("", env)
     assert str(raised.value) == (f"AWS profile 'lake' {kind}, which only the AWS SDK's chain "
-                                 f"reads: {c.EXTRA}")
+                                 f"reads: {install_line('aws')}")
 
 
 @pytest.mark.usefixtures("without_botocore")
@@ -92,7 +93,7 @@ def test_with_nothing_the_line_names_every_source_and_the_extra(tmp_path: Path) 
     line = str(raised.value)
     assert line.startswith("no storage credentials: tried AWS_ACCESS_KEY_ID")
     assert f"{tmp_path}/.aws/credentials and {tmp_path}/.aws/config (profile default)" in line
-    assert "instance metadata (disabled)" in line and c.EXTRA in line
+    assert "instance metadata (disabled)" in line and install_line("aws") in line
 
 
 def test_credentials_are_resolved_once_per_environment(monkeypatch: pytest.MonkeyPatch

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from backfill.destination.tables.schema import COLUMNS, column_kind
 from backfill.errors import IntegrityError, UsageError
+from backfill.install import install_line
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -57,8 +58,7 @@ def require_tables(fmt: str, held: str | None = None) -> None:
     except ImportError:
         needs = (f"{held} holds {fmt} tables, which need" if held
                  else f"--format {fmt} needs")
-        raise UsageError(f"{needs} the {extra} extra: pip install "
-                         f"'growingio-backfill[{extra}]'") from None
+        raise UsageError(f"{needs} the {extra} extra: {install_line(extra)}") from None
 
 
 def header(path: Path) -> list[str]:

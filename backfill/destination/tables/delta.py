@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     import pyarrow as pa
+    from deltalake.transaction import RemoveAction  # only in recent releases: a type here
 
     from backfill.destination.tables.convert import UnitSchema
 
@@ -105,7 +106,7 @@ class DeltaTables:
         with the partition's filter), carrying the unit's summary."""
         from deltalake import CommitProperties, DeltaTable
         from deltalake.exceptions import CommitFailedError
-        from deltalake.transaction import AddAction, RemoveAction
+        from deltalake.transaction import AddAction
 
         now = int(wall_now().timestamp() * 1000)  # the clock's one door
         relative = folder.split("/", 1)[1]
