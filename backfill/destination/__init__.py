@@ -70,8 +70,10 @@ class Destination(Protocol):
         listing showed it) still matches its manifest entry; ``deep`` reads and inflates
         it wherever it is."""
 
-    def hold(self, settings: Settings) -> AbstractAsyncContextManager[None]:
-        """Be this destination's only writer while the context lasts (raise if taken)."""
+    def hold(self, settings: Settings) -> AbstractAsyncContextManager[str | None]:
+        """Be this destination's only writer while the context lasts (raise if taken);
+        what it gives: None, or the one line saying why the hold cannot keep other writers
+        out (a store that ignores conditional writes)."""
 
     async def place(self, path: str, file: Path) -> Stored:
         """Make a finished local ``file`` visible at ``path`` (it is moved or uploaded)."""

@@ -133,6 +133,27 @@ def s3_endpoint(settings: Settings, env: Mapping[str, str] | None = None) -> str
             or env.get("AWS_ENDPOINT_URL") or "")
 
 
+def bucket_endpoint(settings: Settings, env: Mapping[str, str] | None = None) -> str:
+    """The endpoint the Rust object_store (obstore, delta-rs) takes. It uses a given
+    endpoint as it is; with virtual-hosted-style requests (OSS, COS) that must be the
+    bucket's own host, which is made here from the store's endpoint as the AWS SDKs make
+    it (``https://oss-cn-hangzhou.aliyuncs.com`` becomes
+    ``https://BUCKET.oss-cn-hangzhou.aliyuncs.com``). pyarrow (Iceberg) takes the store's
+    endpoint and adds the bucket itself."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    from backfill.config import Remote
+
+    endpoint = s3_endpoint(settings, env)
+    out = settings.out
+    if not (endpoint and settings.storage.virtual_hosted_style and isinstance(out, Remote)):
+        return endpoint
+    parts = urlsplit(endpoint)
+    if (parts.hostname or "").startswith(f"{out.bucket}."):
+        return endpoint  # given as the bucket's host already
+    return urlunsplit((parts.scheme, f"{out.bucket}.{parts.netloc}", parts.path, "", ""))
+
+
 _RESOLVED: dict[tuple[tuple[str, str], ...], S3Credentials] = {}
 _RESOLVING = threading.Lock()
 """Writers open in worker threads: one resolution (one role assumed, one process run)."""

@@ -83,8 +83,8 @@ class LocalFolder:
             lambda: check_part(file, part.size, part.md5 or None, str(file), deep=deep))
 
     @contextlib.asynccontextmanager
-    async def hold(self, settings: Settings) -> AsyncIterator[None]:
-        yield  # the state's file lock, taken with the state, covers the folder
+    async def hold(self, settings: Settings) -> AsyncIterator[str | None]:
+        yield None  # the state's file lock, taken with the state, covers the folder
 
     async def place(self, path: str, file: Path) -> Stored:
         target = self.root / path

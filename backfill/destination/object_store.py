@@ -45,7 +45,7 @@ from obstore.store import AzureStore, GCSStore, S3Store
 
 from backfill.clock import system_clock
 from backfill.destination import Stored
-from backfill.destination.credentials import s3_credentials, s3_endpoint
+from backfill.destination.credentials import bucket_endpoint, s3_credentials
 from backfill.destination.manifest import named, stale
 from backfill.errors import IntegrityError, OutputError, RetryableError
 from backfill.layout import MANIFEST, MARKER, STATE_DIR
@@ -123,6 +123,15 @@ class ObjectStore:
             await self._put(path, data, content_type="application/json", mode="create")
         except (AlreadyExistsError, PreconditionError):
             return False
+        except (OutputError, RetryableError) as exc:
+            if not _not_implemented(exc):
+                raise
+            # A store without conditional writes (its lease said so): read, then write.
+            try:
+                await self.read(path)
+                return False
+            except FileNotFoundError:
+                await self._put(path, data, content_type="application/json")
         return True
 
     async def listing(self, prefix: str) -> dict[str, dict[str, Stored]]:
@@ -154,7 +163,7 @@ class ObjectStore:
         try:
             result = await obstore.get_async(self._store, path)
             return bytes(await result.bytes_async())
-        except NotFoundError:
+        except (NotFoundError, FileNotFoundError):  # obstore raises either, by version
             raise FileNotFoundError(path) from None
         except BaseError as exc:
             raise self._error(exc, f"read {path}") from None
@@ -185,18 +194,32 @@ class ObjectStore:
         checker.verdict(part.size, part.md5 or None)
 
     @contextlib.asynccontextmanager
-    async def hold(self, settings: Settings) -> AsyncIterator[None]:
+    async def hold(self, settings: Settings) -> AsyncIterator[str | None]:
         # One lease per shard: shards of the same N run side by side, a shard twice not.
         name = LEASE if settings.shard is None else (
             f"{STATE_DIR}/lease-{settings.shard.slug.removeprefix('shard-')}.json")
         lease = Lease(self, settings.lease_time, name)
         await lease.take()
         self._setup = False
+        caveat = None
         try:
+            if not await lease.exclusive():
+                how = ("does not implement" if lease.conditional == "refused"
+                       else "ignores")
+                caveat = (f"{self.remote.url}: the store {how} conditional writes "
+                          "(If-None-Match): its lease cannot keep a second run out; run one "
+                          "backfill at a time on this output")
+                if settings.shard is not None:
+                    raise OutputError(f"{caveat}, and no --shard (their Delta commits "
+                                      "would overwrite each other)")
+                if lease.conditional == "refused" and settings.format == "delta":
+                    raise OutputError(f"{self.remote.url}: the store does not implement "
+                                      "conditional writes (If-None-Match), which every "
+                                      "Delta commit needs; write csv or parquet here")
             async with anyio.create_task_group() as group:
                 group.start_soon(lease.keep)
                 try:
-                    yield
+                    yield caveat
                 finally:
                     group.cancel_scope.cancel()
         finally:
@@ -370,6 +393,10 @@ class Lease:
         self._etag: str | None = None
         self._started = _now()
         self._run = secrets.token_hex(8)
+        self.conditional = "unknown"
+        """How the store takes If-None-Match and If-Match: "enforced"; "ignored" (the
+        object is overwritten); "refused" (NotImplemented, as OSS answers): the lease is
+        then written plainly, after reading that no live one is there."""
 
     def _document(self) -> bytes:
         try:
@@ -391,6 +418,10 @@ class Lease:
             return
         except AlreadyExistsError:
             pass
+        except OutputError as exc:
+            if not _not_implemented(exc):
+                raise
+            self.conditional = "refused"  # OSS: a lease by reading first, at best
         current = await self._current()
         if current is not None:
             holder, etag = current
@@ -402,6 +433,8 @@ class Lease:
             mode: Any = {"e_tag": etag}
         else:
             mode = "create"  # released in between
+        if self.conditional == "refused":
+            mode = None
         try:
             self._etag = await dest._put(self.name, self._document(),
                                          content_type="application/json", mode=mode)
@@ -409,13 +442,29 @@ class Lease:
             raise OutputError(f"another backfill just took {dest.remote.url}; wait for it "
                               "to end") from None
 
+    async def exclusive(self) -> bool:
+        """Whether the store enforces the lease: creating it again, while held, must be
+        refused. A store that ignores If-None-Match overwrites it instead (it is our own
+        document again, so nothing is lost): one PUT per run to know."""
+        if self.conditional == "refused":
+            return False
+        try:
+            etag = await self._dest._put(self.name, self._document(),
+                                         content_type="application/json", mode="create")
+        except (AlreadyExistsError, PreconditionError):
+            self.conditional = "enforced"
+            return True
+        self._etag = etag
+        self.conditional = "ignored"
+        return False
+
     async def _current(self) -> tuple[_Holder, str | None] | None:
         dest = self._dest
         try:
             result = await obstore.get_async(dest._store, self.name)
+            etag = result.meta["e_tag"]  # before the body: obstore < 0.7 disposes of both
             data = bytes(await result.bytes_async())
-            etag = result.meta["e_tag"]
-        except NotFoundError:
+        except (NotFoundError, FileNotFoundError):  # obstore raises either, by version
             return None
         except BaseError as exc:
             raise dest._error(exc, f"read {self.name}") from None
@@ -431,9 +480,9 @@ class Lease:
         while True:
             await anyio.sleep(self._seconds / 3)
             try:
-                self._etag = await self._dest._put(self.name, self._document(),
-                                                   content_type="application/json",
-                                                   mode={"e_tag": self._etag})
+                self._etag = await self._dest._put(
+                    self.name, self._document(), content_type="application/json",
+                    mode={"e_tag": self._etag} if self.conditional == "enforced" else None)
             except (AlreadyExistsError, PreconditionError):
                 raise OutputError(f"lost the lease of {self._dest.remote.url} to another run "
                                   "(this one could not renew it in time); stopping") from None
@@ -462,6 +511,12 @@ def _now() -> datetime:
 _QUERY = re.compile(r"(https?://[^\s?]*)\?\S*")
 
 
+def _not_implemented(exc: BaseException) -> bool:
+    """Whether the store answered that it does not implement what was asked (a
+    conditional write, on OSS): 501, or S3's NotImplemented code."""
+    return "501 Not Implemented" in str(exc) or "NotImplemented" in str(exc)
+
+
 def _first_line(exc: BaseException) -> str:
     """The gist of an obstore error: its first line, without the server's XML body or any
     URL query (a SAS token would be one)."""
@@ -486,11 +541,11 @@ def _make_store(settings: Settings) -> ObjectStoreT:
     prefix = remote.prefix or None
     try:
         if remote.kind == "s3":
-            endpoint = s3_endpoint(settings)
+            endpoint = bucket_endpoint(settings)
             access = s3_credentials(storage.region).obstore()
             config: dict[str, Any] = access.pop("config")
-            if storage.endpoint:
-                config["endpoint"] = storage.endpoint
+            if endpoint:
+                config["endpoint"] = endpoint
             if storage.virtual_hosted_style is not None:
                 config["virtual_hosted_style_request"] = storage.virtual_hosted_style
             target = endpoint or f"https://{remote.bucket}.s3.amazonaws.com"
@@ -513,4 +568,5 @@ def _make_store(settings: Settings) -> ObjectStoreT:
 
 def _proxy_options(settings: Settings, target: str) -> dict[str, str]:
     proxy = settings.proxies.for_url(target)
-    return {"proxy_url": proxy} if proxy else {}
+    # The store's credentials come from the machine's metadata services too: direct.
+    return {"proxy_url": proxy, "proxy_excludes": settings.proxies.direct_hosts()} if proxy else {}

@@ -92,7 +92,10 @@ async def _backfill(settings: Settings, keys: list[Key], reporter: Reporter, for
         if plan.tasks:
             settings.credentials.require()
         # One writer per destination: refused before any export call, and before the bars.
-        async with destination.hold(settings) if plan.tasks else contextlib.nullcontext():
+        async with (destination.hold(settings) if plan.tasks
+                    else contextlib.nullcontext()) as caveat:
+            if caveat:
+                reporter.warning(caveat)
             if plan.tasks:  # what the output is, recorded before its first unit
                 await descriptor.record(destination, settings)
             reporter.begin(len(plan.tasks), len(plan.done), settings.max_wait)

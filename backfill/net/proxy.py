@@ -26,6 +26,11 @@ from urllib.parse import urlsplit
 from backfill.errors import UsageError
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
+MACHINE_SERVICES = ("169.254.169.254", "169.254.170.2", "169.254.170.23",
+                    "metadata.google.internal", "localhost", "127.0.0.1", "::1")
+"""Where the clouds' credential services answer on the machine's own link (instance
+metadata, ECS and EKS Pod Identity, the GCE metadata server), and loopback: never through a
+proxy, which cannot reach them and must not see their tokens."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,13 @@ class Proxies:
         if any(_bypasses(entry, parts.hostname.lower(), port) for entry in self.no_proxy):
             return None
         return proxy
+
+    def direct_hosts(self) -> str:
+        """The hosts reached directly, as the comma-separated host list libraries take
+        beside a proxy (the object stores' ``proxy_excludes``): NO_PROXY's entries
+        without their ports (the list takes none), then :data:`MACHINE_SERVICES`."""
+        hosts = [_split_port(entry)[0] for entry in self.no_proxy]
+        return ",".join(dict.fromkeys(h for h in [*hosts, *MACHINE_SERVICES] if h))
 
     def describe(self, url: str) -> str:
         """How ``url`` is reached, for ``backfill check``; credentials are hidden."""

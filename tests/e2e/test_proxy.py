@@ -125,6 +125,25 @@ def test_no_proxy_matching(no_proxy: str, url: str, direct: bool) -> None:
     assert (p.for_url(url) is None) is direct
 
 
+
+def test_the_stores_reach_the_machines_credential_services_directly() -> None:
+    """An object store behind a proxy gets the hosts that go direct: NO_PROXY's (without
+    ports: the store's list takes none) and the metadata services, whose tokens a proxy
+    must never see (and cannot reach)."""
+    from backfill.config import Settings, parse_out
+    from backfill.destination.object_store import _proxy_options
+
+    env = {"HTTPS_PROXY": "http://proxy.corp:3128", "NO_PROXY": "minio.lan:9000,.corp"}
+    direct = Proxies.from_env(env).direct_hosts().split(",")
+    assert direct[:2] == ["minio.lan", ".corp"]
+    assert {"169.254.169.254", "169.254.170.2", "metadata.google.internal"} <= set(direct)
+    settings = Settings(out=parse_out("gs://lake/gio"), proxies=Proxies.from_env(env))
+    options = _proxy_options(settings, "https://storage.googleapis.com")
+    assert options == {"proxy_url": "http://proxy.corp:3128",
+                       "proxy_excludes": ",".join(direct)}
+    assert _proxy_options(Settings(out=parse_out("gs://lake/gio")),
+                          "https://storage.googleapis.com") == {}
+
 def test_credentials_are_redacted_and_unusable_proxies_refused() -> None:
     assert redact_proxy("http://u:p%40ss@proxy:3128") == "http://***@proxy:3128"
     assert redact_proxy("http://proxy:3128") == "http://proxy:3128"

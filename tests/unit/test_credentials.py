@@ -116,3 +116,23 @@ def test_the_endpoint_is_one_for_every_writer() -> None:
     given = replace(s, storage=Storage(endpoint="https://oss-cn-hangzhou.aliyuncs.com"))
     assert c.s3_endpoint(given, {"AWS_ENDPOINT_URL_S3": "http://b"}).startswith("https://oss")
     assert c.s3_endpoint(s, {}) == ""
+
+
+def test_delta_gets_the_azure_and_gcs_identities_obstore_reads(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """obstore reads IDENTITY_ENDPOINT (App Service) and SERVICE_ACCOUNT itself, delta-rs
+    only under its own names: the table writer is handed the same identity as the parts."""
+    from backfill.config import Settings, parse_out
+    from backfill.destination.tables import delta_location
+
+    monkeypatch.setenv("IDENTITY_ENDPOINT", "http://localhost:42356/msi/token")
+    monkeypatch.setenv("SERVICE_ACCOUNT", "/var/run/sa.json")
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_NAME", "lake")
+    root, options = delta_location(Settings(out=parse_out("az://tables/gio")))
+    assert root == "az://tables/gio"
+    assert options()["AZURE_MSI_ENDPOINT"] == "http://localhost:42356/msi/token"
+    assert options()["GOOGLE_SERVICE_ACCOUNT"] == "/var/run/sa.json"
+    assert options()["AZURE_STORAGE_ACCOUNT_NAME"] == "lake"
+    monkeypatch.setenv("AZURE_MSI_ENDPOINT", "http://chosen/")  # the user's own name wins
+    assert delta_location(Settings(out=parse_out("az://tables/gio")))[1]()[
+        "AZURE_MSI_ENDPOINT"] == "http://chosen/"

@@ -174,7 +174,7 @@ class TableDestination:
                 raise IntegrityError(f"{self._settings.out / path}: {rows} rows, "
                                      f"{part.rows} in the manifest")
 
-    def hold(self, settings: Settings) -> contextlib.AbstractAsyncContextManager[None]:
+    def hold(self, settings: Settings) -> contextlib.AbstractAsyncContextManager[str | None]:
         return self._inner.hold(settings)
 
     async def place(self, path: str, file: Path) -> Stored:
@@ -329,7 +329,11 @@ def delta_location(settings: Settings) -> tuple[str, Callable[[], dict[str, str]
     (S3: the credentials every writer uses, :mod:`backfill.destination.credentials`)."""
     import os
 
-    from backfill.destination.credentials import CREDENTIAL_VARIABLES, s3_credentials, s3_endpoint
+    from backfill.destination.credentials import (
+        CREDENTIAL_VARIABLES,
+        bucket_endpoint,
+        s3_credentials,
+    )
 
     out = settings.out
     if isinstance(out, Path):
@@ -337,13 +341,21 @@ def delta_location(settings: Settings) -> tuple[str, Callable[[], dict[str, str]
     given = {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "GOOGLE_",
                                                                    "AZURE_"))}
     if out.kind != "s3":
+        # Names obstore reads from the environment and delta-rs only under its own: the
+        # App Service managed identity, a service account file. One identity for both.
+        for theirs, ours in (("IDENTITY_ENDPOINT", "AZURE_MSI_ENDPOINT"),
+                             ("SERVICE_ACCOUNT", "GOOGLE_SERVICE_ACCOUNT")):
+            if os.environ.get(theirs) and ours not in given:
+                given[ours] = os.environ[theirs]
         return out.url, lambda: dict(given)
     # delta-rs's own reading of a profile or a role is not the one the parts get.
     plain = {k: v for k, v in given.items() if k not in CREDENTIAL_VARIABLES}
-    if endpoint := s3_endpoint(settings):
+    if endpoint := bucket_endpoint(settings):
         plain["AWS_ENDPOINT_URL"] = endpoint
         if endpoint.startswith("http://"):
             plain["AWS_ALLOW_HTTP"] = "true"
+    if (virtual := settings.storage.virtual_hosted_style) is not None:
+        plain["AWS_VIRTUAL_HOSTED_STYLE_REQUEST"] = str(virtual).lower()
     access = s3_credentials(settings.storage.region)
     if access.source is None and not access.keys:  # a role the stores read themselves
         return out.url, lambda: {**given, **plain}

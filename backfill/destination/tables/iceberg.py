@@ -330,6 +330,8 @@ def _named(name: str, settings: Settings) -> Any:
     if isinstance(settings.out, Remote) and settings.out.kind == "s3":
         if endpoint := s3_endpoint(settings):
             properties.setdefault("s3.endpoint", endpoint)
+        if (virtual := settings.storage.virtual_hosted_style) is not None:
+            properties.setdefault("s3.force-virtual-addressing", str(virtual).lower())
         if not any(key in properties for key in ("s3.access-key-id", "s3.session-token")):
             properties.update(_keys(settings))  # all of ours, or none: one identity
     return load_catalog(name, **properties)
