@@ -266,6 +266,19 @@ MUTANTS = [
     M("a stop leaves the upload open", "backfill/destination/object_store.py",
       "                stop.set()", "                upload.cancel()",
       ("tests/e2e/test_object_store.py::test_a_stop_mid_upload_aborts_every_upload_in_flight",)),
+    M("lease: conditional writes trusted, not checked", "backfill/destination/object_store.py",
+      "        if self.conditional == \"refused\":\n            return False\n        try:",
+      "        if True:\n            return True\n        try:",
+      ("tests/e2e/test_stores.py::"
+       "test_a_store_that_ignores_conditional_writes_is_said_and_refuses_shards",)),
+    # --- the stores ------------------------------------------------------------------------
+    M("virtual-hosted store: endpoint without the bucket", "backfill/destination/credentials.py",
+      "    if not (endpoint and settings.storage.virtual_hosted_style",
+      "    if True or not (endpoint and settings.storage.virtual_hosted_style",
+      ("tests/e2e/test_stores.py::test_a_delta_table_on_the_store_as_its_settings_say",)),
+    M("install line: the index whatever the origin", "backfill/install.py",
+      "    origin = _origin()", "    origin = None",
+      ("tests/unit/test_install.py",)),
     # --- keys and shards ---------------------------------------------------------------------
     M("Beijing time: keys from UTC wall time", "backfill/keys.py",
       "    local = moment.astimezone(BEIJING)",
