@@ -473,8 +473,13 @@ async def test_without_credentials_the_line_names_every_source_tried(
     assert anyio.current_time() - started < 30  # bounded: the metadata wait is one second
 
 
+@pytest.mark.parametrize("fmt", ["csv", "delta"])
 async def test_a_shared_credentials_file_is_read(emulator: RunningEmulator, bucket: Bucket,
-                                                 tmp_path: Path) -> None:
+                                                 tmp_path: Path, fmt: str) -> None:
+    """Keys in a profile of ~/.aws/credentials only: the parts and the Delta writer both
+    use them (delta-rs alone went to the instance metadata service, and a traceback)."""
+    if fmt == "delta":
+        pytest.importorskip("deltalake")
     env = remote_env(emulator, bucket, tmp_path)
     key, secret = env.pop("AWS_ACCESS_KEY_ID"), env.pop("AWS_SECRET_ACCESS_KEY")
     shared = tmp_path / "aws-credentials"
@@ -482,9 +487,12 @@ async def test_a_shared_credentials_file_is_read(emulator: RunningEmulator, buck
                       f"[lake]\naws_access_key_id = {key}\naws_secret_access_key = {secret}\n")
     env.update(AWS_SHARED_CREDENTIALS_FILE=str(shared), AWS_PROFILE="lake",
                HOME=str(tmp_path))
-    code, out, err = await cli(["run", *RANGE, "--out", bucket.url()], env, tmp_path)
+    code, out, err = await cli(["run", *RANGE, "--format", fmt, "--out", bucket.url()], env,
+                               tmp_path)
     assert code == 0, err
-    assert any(name.endswith("/_SUCCESS") for name in bucket.names())
+    assert "Traceback" not in err
+    assert any(name.endswith("/_SUCCESS") or "/_delta_log/" in name
+               for name in bucket.names())
     assert secret not in out + err
 
 
