@@ -11,6 +11,7 @@ of a recorded URL are never repeated.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from importlib import metadata
 from pathlib import Path
@@ -58,12 +59,13 @@ def _origin() -> dict[str, Any] | None:
 
 
 def _public(url: str) -> str:
-    """``url`` without a password or token (only an ssh ``git@`` user stays) and without
-    its query: what a line shown to a user may repeat."""
+    """``url`` without a password or token and without its query: what a line shown to a
+    user may repeat. An ssh ``git@`` user stays, and so do environment placeholders
+    (``${GIT_TOKEN}``, which PEP 610 records instead of a secret)."""
     parts = urlsplit(url)
-    host = parts.netloc.rpartition("@")[2]
-    if parts.username == "git" and parts.password is None:
-        host = f"git@{host}"
+    user, _, host = parts.netloc.rpartition("@")
+    if user == "git" or re.fullmatch(r"\$\{\w+\}(:\$\{\w+\})?", user):
+        host = f"{user}@{host}"
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 

@@ -270,7 +270,7 @@ MUTANTS = [
       "        if self.conditional == \"refused\":\n            return False\n        try:",
       "        if True:\n            return True\n        try:",
       ("tests/e2e/test_stores.py::"
-       "test_a_store_that_ignores_conditional_writes_is_said_and_refuses_shards",)),
+       "test_a_store_that_ignores_conditional_writes_is_said_and_takes_no_delta",)),
     # --- the stores ------------------------------------------------------------------------
     M("virtual-hosted store: endpoint without the bucket", "backfill/destination/credentials.py",
       "    if not (endpoint and settings.storage.virtual_hosted_style",

@@ -73,6 +73,11 @@ LEASE = f"{STATE_DIR}/lease.json"
 CONTENT_TYPE = "application/gzip"
 
 
+class Unsupported(OutputError):
+    """The store answered 501: it does not implement the request (a conditional write,
+    on OSS). Known from obstore's own status line, never from a word a key could hold."""
+
+
 class ObjectStore:
     """A bucket (and prefix) as a destination."""
 
@@ -80,6 +85,9 @@ class ObjectStore:
         self.remote = remote
         self._store = store
         self.in_flight = anyio.CapacityLimiter(PARTS_IN_FLIGHT)
+        self.conditional = "unknown"
+        """Whether the store enforces If-None-Match, as the lease found: see
+        :attr:`Lease.conditional`."""
         self._setup = True
         """Until the run holds the lease, a store error is the configuration's (exit 2)."""
 
@@ -119,19 +127,19 @@ class ObjectStore:
                 self._store, [f"{folder}/{name}" for name in sorted(names)]))
 
     async def create(self, path: str, data: bytes) -> bool:
-        try:
-            await self._put(path, data, content_type="application/json", mode="create")
-        except (AlreadyExistsError, PreconditionError):
-            return False
-        except (OutputError, RetryableError) as exc:
-            if not _not_implemented(exc):
-                raise
-            # A store without conditional writes (its lease said so): read, then write.
+        if self.conditional in ("ignored", "refused"):
+            # The lease found that the store cannot refuse: read, then write (one writer,
+            # as the run's warning asked).
             try:
                 await self.read(path)
                 return False
             except FileNotFoundError:
                 await self._put(path, data, content_type="application/json")
+                return True
+        try:
+            await self._put(path, data, content_type="application/json", mode="create")
+        except (AlreadyExistsError, PreconditionError):
+            return False
         return True
 
     async def listing(self, prefix: str) -> dict[str, dict[str, Stored]]:
@@ -200,22 +208,21 @@ class ObjectStore:
             f"{STATE_DIR}/lease-{settings.shard.slug.removeprefix('shard-')}.json")
         lease = Lease(self, settings.lease_time, name)
         await lease.take()
-        self._setup = False
         caveat = None
         try:
-            if not await lease.exclusive():
+            exclusive = await lease.exclusive()
+            self.conditional = lease.conditional
+            self._setup = False
+            if not exclusive:
                 how = ("does not implement" if lease.conditional == "refused"
                        else "ignores")
+                if settings.format == "delta":  # commits from 8 keys at once would collide
+                    raise OutputError(f"{self.remote.url}: the store {how} conditional "
+                                      "writes (If-None-Match), which every Delta commit "
+                                      "needs; write csv or parquet here")
                 caveat = (f"{self.remote.url}: the store {how} conditional writes "
                           "(If-None-Match): its lease cannot keep a second run out; run one "
                           "backfill at a time on this output")
-                if settings.shard is not None:
-                    raise OutputError(f"{caveat}, and no --shard (their Delta commits "
-                                      "would overwrite each other)")
-                if lease.conditional == "refused" and settings.format == "delta":
-                    raise OutputError(f"{self.remote.url}: the store does not implement "
-                                      "conditional writes (If-None-Match), which every "
-                                      "Delta commit needs; write csv or parquet here")
             async with anyio.create_task_group() as group:
                 group.start_soon(lease.keep)
                 try:
@@ -263,6 +270,9 @@ class ObjectStore:
         except (AlreadyExistsError, PreconditionError):
             raise
         except BaseError as exc:
+            if "status code: 501" in str(exc):  # never on a retry either
+                raise Unsupported(f"{self.remote.url}: the store does not implement what "
+                                  f"{what} asks: {_first_line(exc)}") from None
             raise self._error(exc, what) from None
 
     def _error(self, exc: BaseError, what: str) -> OutputError | RetryableError:
@@ -418,9 +428,7 @@ class Lease:
             return
         except AlreadyExistsError:
             pass
-        except OutputError as exc:
-            if not _not_implemented(exc):
-                raise
+        except Unsupported:
             self.conditional = "refused"  # OSS: a lease by reading first, at best
         current = await self._current()
         if current is not None:
@@ -482,10 +490,12 @@ class Lease:
             try:
                 self._etag = await self._dest._put(
                     self.name, self._document(), content_type="application/json",
-                    mode={"e_tag": self._etag} if self.conditional == "enforced" else None)
+                    mode=None if self.conditional == "refused" else {"e_tag": self._etag})
             except (AlreadyExistsError, PreconditionError):
                 raise OutputError(f"lost the lease of {self._dest.remote.url} to another run "
                                   "(this one could not renew it in time); stopping") from None
+            except Unsupported:  # If-Match refused: renew plainly from now on
+                self.conditional = "refused"
             except RetryableError:
                 continue  # the store hiccuped: try again before the lease runs out
 
@@ -509,12 +519,6 @@ def _now() -> datetime:
 
 
 _QUERY = re.compile(r"(https?://[^\s?]*)\?\S*")
-
-
-def _not_implemented(exc: BaseException) -> bool:
-    """Whether the store answered that it does not implement what was asked (a
-    conditional write, on OSS): 501, or S3's NotImplemented code."""
-    return "501 Not Implemented" in str(exc) or "NotImplemented" in str(exc)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -548,25 +552,45 @@ def _make_store(settings: Settings) -> ObjectStoreT:
                 config["endpoint"] = endpoint
             if storage.virtual_hosted_style is not None:
                 config["virtual_hosted_style_request"] = storage.virtual_hosted_style
-            target = endpoint or f"https://{remote.bucket}.s3.amazonaws.com"
-            client = {**timeouts, **_proxy_options(settings, target)}
-            if target.startswith("http://"):
+            client = {**timeouts, **proxy_options(settings)}
+            if _target(settings).startswith("http://"):
                 client["allow_http"] = True  # a MinIO on the LAN, or tests: as given
             return S3Store(remote.bucket, prefix=prefix, config=config,  # type: ignore[arg-type]
                            client_options=client, retry_config=retry,  # type: ignore[arg-type]
                            **access)
         if remote.kind == "gs":
-            client = {**timeouts, **_proxy_options(settings, "https://storage.googleapis.com")}
+            client = {**timeouts, **proxy_options(settings)}
             return GCSStore(remote.bucket, prefix=prefix,
                             client_options=client, retry_config=retry)  # type: ignore[arg-type]
-        client = {**timeouts, **_proxy_options(settings, "https://blob.core.windows.net")}
+        client = {**timeouts, **proxy_options(settings)}
         return AzureStore.from_url(remote.url, client_options=client,  # type: ignore[arg-type]
                                    retry_config=retry)  # type: ignore[arg-type]
     except BaseError as exc:
         raise OutputError(f"{remote.url}: cannot use this store: {_first_line(exc)}") from None
 
 
-def _proxy_options(settings: Settings, target: str) -> dict[str, str]:
-    proxy = settings.proxies.for_url(target)
-    # The store's credentials come from the machine's metadata services too: direct.
-    return {"proxy_url": proxy, "proxy_excludes": settings.proxies.direct_hosts()} if proxy else {}
+def proxy_options(settings: Settings) -> dict[str, str]:
+    """How the Rust object_store clients (obstore's and delta-rs's alike) reach the
+    output's store: through the proxy its scheme has, with the hosts that go direct
+    excluded (NO_PROXY's, the store's own if listed there, and the machine's credential
+    services, whose tokens a proxy must not carry). Given explicitly, so the client never
+    falls back on reading the environment its own way."""
+    proxies = settings.proxies
+    target = _target(settings)
+    proxy = proxies.https if target.startswith("https:") else proxies.http
+    if proxy is None or "*" in proxies.no_proxy:
+        return {}
+    return {"proxy_url": proxy, "proxy_excludes": proxies.direct_hosts()}
+
+
+def _target(settings: Settings) -> str:
+    """The store's URL, as its client reaches it."""
+    from backfill.config import Remote
+
+    remote = settings.out
+    assert isinstance(remote, Remote)
+    if remote.kind == "s3":
+        return bucket_endpoint(settings) or f"https://{remote.bucket}.s3.amazonaws.com"
+    if remote.kind == "gs":
+        return "https://storage.googleapis.com"
+    return "https://blob.core.windows.net"

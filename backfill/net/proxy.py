@@ -26,8 +26,9 @@ from urllib.parse import urlsplit
 from backfill.errors import UsageError
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
-MACHINE_SERVICES = ("169.254.169.254", "169.254.170.2", "169.254.170.23",
-                    "metadata.google.internal", "localhost", "127.0.0.1", "::1")
+MACHINE_SERVICES = ("169.254.169.254", "fd00:ec2::254", "169.254.170.2", "169.254.170.23",
+                    "fd00:ec2::23", "metadata.google.internal", "localhost", "127.0.0.0/8",
+                    "::1")
 """Where the clouds' credential services answer on the machine's own link (instance
 metadata, ECS and EKS Pod Identity, the GCE metadata server), and loopback: never through a
 proxy, which cannot reach them and must not see their tokens."""

@@ -131,18 +131,26 @@ def test_the_stores_reach_the_machines_credential_services_directly() -> None:
     ports: the store's list takes none) and the metadata services, whose tokens a proxy
     must never see (and cannot reach)."""
     from backfill.config import Settings, parse_out
-    from backfill.destination.object_store import _proxy_options
+    from backfill.destination.object_store import proxy_options
+    from backfill.destination.tables import delta_location
 
     env = {"HTTPS_PROXY": "http://proxy.corp:3128", "NO_PROXY": "minio.lan:9000,.corp"}
     direct = Proxies.from_env(env).direct_hosts().split(",")
     assert direct[:2] == ["minio.lan", ".corp"]
     assert {"169.254.169.254", "169.254.170.2", "metadata.google.internal"} <= set(direct)
+    expected = {"proxy_url": "http://proxy.corp:3128", "proxy_excludes": ",".join(direct)}
     settings = Settings(out=parse_out("gs://lake/gio"), proxies=Proxies.from_env(env))
-    options = _proxy_options(settings, "https://storage.googleapis.com")
-    assert options == {"proxy_url": "http://proxy.corp:3128",
-                       "proxy_excludes": ",".join(direct)}
-    assert _proxy_options(Settings(out=parse_out("gs://lake/gio")),
-                          "https://storage.googleapis.com") == {}
+    assert proxy_options(settings) == expected
+    # A store NO_PROXY names still gets the proxy and its exclusions, explicitly: left
+    # without, the client would read HTTPS_PROXY itself and send the metadata calls to it.
+    near = Settings(out=parse_out("gs://lake/gio"), proxies=Proxies.from_env(
+        {**env, "NO_PROXY": "storage.googleapis.com"}))
+    assert proxy_options(near)["proxy_excludes"].startswith("storage.googleapis.com,")
+    # delta-rs gets the same (it honours them: a proxy it is given is the one it calls).
+    assert delta_location(settings)[1]().items() >= expected.items()
+    assert proxy_options(Settings(out=parse_out("gs://lake/gio"))) == {}
+    assert proxy_options(Settings(out=parse_out("gs://lake/gio"), proxies=Proxies.from_env(
+        {**env, "NO_PROXY": "*"}))) == {}
 
 def test_credentials_are_redacted_and_unusable_proxies_refused() -> None:
     assert redact_proxy("http://u:p%40ss@proxy:3128") == "http://***@proxy:3128"

@@ -184,8 +184,10 @@ def test_the_line_a_missing_extra_gives_works_here(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60).stdout.strip()
     words = shlex.split(line)
     assert words[:2] == ["pip", "install"], line
+    # --force-reinstall: the copy installed from that very wheel would otherwise be
+    # "already installed", and the dry run would name nothing.
     done = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--no-deps",
-                           *words[2:]], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300)
+                           "--force-reinstall", *words[2:]], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Would install growingio-backfill" in done.stdout, done.stdout[-2000:]

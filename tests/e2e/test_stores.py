@@ -25,7 +25,6 @@ from tests.proxy import forward_proxy
 from tests.s3 import Bucket
 
 pytestmark = pytest.mark.anyio
-pytest.importorskip("deltalake", reason="the tables extra is not installed")
 
 
 @dataclass
@@ -109,6 +108,7 @@ async def _run_on(store: StoreFront, endpoint_host: str, region: str, virtual: b
 async def test_a_delta_table_on_the_store_as_its_settings_say(
         name: str, endpoint_host: str, region: str, virtual: bool,
         emulator: RunningEmulator, bucket: Bucket, tmp_path: Path) -> None:
+    pytest.importorskip("deltalake", reason="the tables extra is not installed")
     store = StoreFront(bucket.endpoint, bucket.name)
     code, _, err = await _run_on(store, endpoint_host, region, virtual, emulator, bucket,
                                  tmp_path)
@@ -146,19 +146,21 @@ async def test_a_store_that_refuses_conditional_writes_takes_parts_but_not_delta
     assert emulator.state.stats()["export_calls"] == calls
 
 
-async def test_a_store_that_ignores_conditional_writes_is_said_and_refuses_shards(
+async def test_a_store_that_ignores_conditional_writes_is_said_and_takes_no_delta(
         emulator: RunningEmulator, bucket: Bucket, tmp_path: Path) -> None:
     """A store that drops If-None-Match cannot keep a second writer out: the run says so
-    in one warning and goes on (one writer loses nothing); shards, which are several
-    writers by design, are refused before any export call."""
+    in one warning and goes on (one writer of raw parts loses nothing); Delta, whose
+    commits from the keys in flight would overwrite each other there, is refused before
+    any export call."""
     store = StoreFront(bucket.endpoint, bucket.name, conditional="ignore")
-    code, _, err = await _run_on(store, *STORES[1][1:], emulator, bucket, tmp_path, fmt="csv")
-    assert code == 0, err
+    code, out, err = await _run_on(store, *STORES[1][1:], emulator, bucket, tmp_path,
+                                   fmt="csv")
+    assert code == 0, out + err
     assert err.count("ignores conditional writes") == 1, err
     assert [n for n in bucket.names("lake/visit/") if n.endswith("/_SUCCESS")]
+    assert not [n for n in bucket.names("lake/") if "lease" in n]  # released at the end
     calls = emulator.state.stats()["export_calls"]
-    code, _, err = await _run_on(store, *STORES[1][1:], emulator, bucket, tmp_path / "shard",
-                                 fmt="csv", more=["--shard", "1/2", "--single-minter",
-                                                   "--from", "-6d"])
-    assert code == 2 and "no --shard" in err and err.count("\n") == 1, err
+    code, _, err = await _run_on(store, *STORES[1][1:], emulator, bucket, tmp_path / "delta",
+                                 more=["--from", "-6d", "--out", bucket.url("table")])
+    assert code == 2 and err.count("\n") == 1 and "every Delta commit needs" in err, err
     assert emulator.state.stats()["export_calls"] == calls

@@ -64,6 +64,9 @@ def test_from_git_the_line_pins_the_commit_and_drops_credentials(
     assert line == ("pip install 'growingio-backfill[iceberg] @ "
                     "git+https://git.example.com/data/backfill.git@0123abc'")
     assert "s3cret" not in line and "ann" not in line
+    recorded(monkeypatch, {"url": "https://${GIT_TOKEN}@git.example.com/data/backfill.git",
+                           "vcs_info": {"vcs": "git", "commit_id": "0123abc"}})
+    assert "git+https://${GIT_TOKEN}@git.example.com/" in install_line("aws")  # a placeholder
     recorded(monkeypatch, {"url": "ssh://git@git.example.com/data/backfill.git",
                            "vcs_info": {"vcs": "git", "commit_id": "0123abc"}})
     assert "git+ssh://git@git.example.com/data/backfill.git@0123abc" in install_line("aws")

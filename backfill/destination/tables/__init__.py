@@ -334,12 +334,14 @@ def delta_location(settings: Settings) -> tuple[str, Callable[[], dict[str, str]
         bucket_endpoint,
         s3_credentials,
     )
+    from backfill.destination.object_store import proxy_options
 
     out = settings.out
     if isinstance(out, Path):
         return str(out.resolve()), dict
     given = {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "GOOGLE_",
                                                                    "AZURE_"))}
+    given.update(proxy_options(settings))  # the parts' proxy, and what bypasses it
     if out.kind != "s3":
         # Names obstore reads from the environment and delta-rs only under its own: the
         # App Service managed identity, a service account file. One identity for both.
