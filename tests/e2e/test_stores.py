@@ -38,6 +38,8 @@ class StoreFront:
     bucket: str
     conditional: str = "honour"
     seen: list[tuple[str, str, str, str]] = field(default_factory=list)
+    leases: list[str] = field(default_factory=list)
+    """Each PUT of a lease, by the condition it carried: "create", "match" or "plain"."""
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
@@ -45,6 +47,9 @@ class StoreFront:
         signed = re.search(r"Credential=[^/]+/[^/]+/([^/]+)/s3/",
                            request.headers.get("Authorization", ""))
         self.seen.append((request.method, host, request.path, signed[1] if signed else ""))
+        if request.method == "PUT" and "/.backfill/lease" in request.path:
+            self.leases.append("create" if "If-None-Match" in request.headers else
+                               "match" if "If-Match" in request.headers else "plain")
         path = request.path_qs
         if host.startswith(f"{self.bucket}."):  # virtual-hosted: the bucket is the host's
             path = f"/{self.bucket}{path}" if path != "/" else f"/{self.bucket}"
@@ -84,8 +89,8 @@ STORES = [
 
 async def _run_on(store: StoreFront, endpoint_host: str, region: str, virtual: bool,
                   emulator: RunningEmulator, bucket: Bucket, tmp_path: Path,
-                  fmt: str = "delta", more: tuple[str, ...] | list[str] = ()
-                  ) -> tuple[int, str, str]:
+                  fmt: str = "delta", more: tuple[str, ...] | list[str] = (),
+                  settings: str = "") -> tuple[int, str, str]:
     async with loopback(store.handle) as origin:
         port = origin.rsplit(":", 1)[1]
         hosts = {endpoint_host: "127.0.0.1", f"{bucket.name}.{endpoint_host}": "127.0.0.1"}
@@ -95,6 +100,7 @@ async def _run_on(store: StoreFront, endpoint_host: str, region: str, virtual: b
             config.write_text(f'[storage]\nendpoint = "http://{endpoint_host}:{port}"\n'
                               f'region = "{region}"\n'
                               f"virtual_hosted_style = {str(virtual).lower()}\n")
+            config.write_text(settings + config.read_text())
             env = {**env_for(emulator.url), **bucket.env(), "HTTP_PROXY": proxy.url(),
                    "XDG_STATE_HOME": str(tmp_path / "state")}
             del env["AWS_ENDPOINT_URL"], env["AWS_REGION"], env["AWS_DEFAULT_REGION"]
@@ -164,3 +170,23 @@ async def test_a_store_that_ignores_conditional_writes_is_said_and_takes_no_delt
                                  more=["--from", "-6d", "--out", bucket.url("table")])
     assert code == 2 and err.count("\n") == 1 and "every Delta commit needs" in err, err
     assert emulator.state.stats()["export_calls"] == calls
+
+
+@pytest.mark.parametrize(("conditional", "renewals"), [
+    ("honour", "match"), ("ignore", "match"), ("refuse", "plain")])
+async def test_the_lease_is_renewed_as_the_store_allows(
+        conditional: str, renewals: str, bucket: Bucket, tmp_path: Path,
+        data_dir: Path) -> None:
+    """Renewals keep If-Match wherever the store does not answer 501 to it (a store that
+    drops only If-None-Match may still honour it); on a 501 store they are plain."""
+    config = EmulatorConfig(data_dir=data_dir, job_seconds=3.0, bytes_per_hour=8 * 1024,
+                            part_size=4 * 1024)
+    async with serve(config) as slow:  # a run of some seconds: several renewals at 3 s
+        store = StoreFront(bucket.endpoint, bucket.name, conditional=conditional)
+        code, out, err = await _run_on(store, *STORES[0][1:], slow, bucket, tmp_path,
+                                       fmt="csv", settings='lease_time = "3s"\n')
+    assert code == 0, out + err
+    first, *later = store.leases
+    assert first == "create"
+    renewed = [kind for kind in later if kind != "create"]  # the probe creates again
+    assert renewed and set(renewed) == {renewals}, store.leases
