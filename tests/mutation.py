@@ -267,10 +267,14 @@ MUTANTS = [
       "                stop.set()", "                upload.cancel()",
       ("tests/e2e/test_object_store.py::test_a_stop_mid_upload_aborts_every_upload_in_flight",)),
     M("lease: conditional writes trusted, not checked", "backfill/destination/object_store.py",
-      "        if self.conditional == \"refused\":\n            return False\n        try:",
+      "        if self._dest.conditional == \"refused\":\n            return False\n        try:",
       "        if True:\n            return True\n        try:",
       ("tests/e2e/test_stores.py::"
-       "test_a_store_that_ignores_conditional_writes_is_said_and_takes_no_delta",)),
+       "test_a_store_without_conditional_writes_takes_parts_but_not_delta",)),
+    M("lease: renewed without If-Match", "backfill/destination/object_store.py",
+      'mode=None if self._dest.conditional == "refused" else {"e_tag": self._etag})',
+      "mode=None)",
+      ("tests/e2e/test_stores.py::test_the_lease_is_renewed_as_the_store_allows",)),
     # --- the stores ------------------------------------------------------------------------
     M("virtual-hosted store: endpoint without the bucket", "backfill/destination/credentials.py",
       "    if not (endpoint and settings.storage.virtual_hosted_style",

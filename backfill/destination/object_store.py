@@ -86,8 +86,10 @@ class ObjectStore:
         self._store = store
         self.in_flight = anyio.CapacityLimiter(PARTS_IN_FLIGHT)
         self.conditional = "unknown"
-        """Whether the store enforces If-None-Match, as the lease found: see
-        :attr:`Lease.conditional`."""
+        """How the store takes If-None-Match and If-Match, as its lease finds out:
+        "enforced"; "ignored" (the object is overwritten); "refused" (it answers 501, as
+        OSS is reported to): the lease is then written plainly, after reading that no live
+        one is there, and :meth:`create` reads before it writes."""
         self._setup = True
         """Until the run holds the lease, a store error is the configuration's (exit 2)."""
 
@@ -211,17 +213,14 @@ class ObjectStore:
         caveat = None
         try:
             exclusive = await lease.exclusive()
-            self.conditional = lease.conditional
             self._setup = False
             if not exclusive:
-                how = ("does not implement" if lease.conditional == "refused"
-                       else "ignores")
+                how = "does not implement" if self.conditional == "refused" else "ignores"
+                said = f"{self.remote.url}: the store {how} conditional writes (If-None-Match)"
                 if settings.format == "delta":  # commits from 8 keys at once would collide
-                    raise OutputError(f"{self.remote.url}: the store {how} conditional "
-                                      "writes (If-None-Match), which every Delta commit "
-                                      "needs; write csv or parquet here")
-                caveat = (f"{self.remote.url}: the store {how} conditional writes "
-                          "(If-None-Match): its lease cannot keep a second run out; run one "
+                    raise OutputError(f"{said}, which every Delta commit needs; write csv "
+                                      "or parquet here")
+                caveat = (f"{said}: its lease cannot keep a second run out; run one "
                           "backfill at a time on this output")
             async with anyio.create_task_group() as group:
                 group.start_soon(lease.keep)
@@ -403,10 +402,6 @@ class Lease:
         self._etag: str | None = None
         self._started = _now()
         self._run = secrets.token_hex(8)
-        self.conditional = "unknown"
-        """How the store takes If-None-Match and If-Match: "enforced"; "ignored" (the
-        object is overwritten); "refused" (NotImplemented, as OSS answers): the lease is
-        then written plainly, after reading that no live one is there."""
 
     def _document(self) -> bytes:
         try:
@@ -429,7 +424,7 @@ class Lease:
         except AlreadyExistsError:
             pass
         except Unsupported:
-            self.conditional = "refused"  # OSS: a lease by reading first, at best
+            self._dest.conditional = "refused"  # OSS: a lease by reading first, at best
         current = await self._current()
         if current is not None:
             holder, etag = current
@@ -441,7 +436,7 @@ class Lease:
             mode: Any = {"e_tag": etag}
         else:
             mode = "create"  # released in between
-        if self.conditional == "refused":
+        if self._dest.conditional == "refused":
             mode = None
         try:
             self._etag = await dest._put(self.name, self._document(),
@@ -454,16 +449,16 @@ class Lease:
         """Whether the store enforces the lease: creating it again, while held, must be
         refused. A store that ignores If-None-Match overwrites it instead (it is our own
         document again, so nothing is lost): one PUT per run to know."""
-        if self.conditional == "refused":
+        if self._dest.conditional == "refused":
             return False
         try:
             etag = await self._dest._put(self.name, self._document(),
                                          content_type="application/json", mode="create")
         except (AlreadyExistsError, PreconditionError):
-            self.conditional = "enforced"
+            self._dest.conditional = "enforced"
             return True
         self._etag = etag
-        self.conditional = "ignored"
+        self._dest.conditional = "ignored"
         return False
 
     async def _current(self) -> tuple[_Holder, str | None] | None:
@@ -490,12 +485,12 @@ class Lease:
             try:
                 self._etag = await self._dest._put(
                     self.name, self._document(), content_type="application/json",
-                    mode=None if self.conditional == "refused" else {"e_tag": self._etag})
+                    mode=None if self._dest.conditional == "refused" else {"e_tag": self._etag})
             except (AlreadyExistsError, PreconditionError):
                 raise OutputError(f"lost the lease of {self._dest.remote.url} to another run "
                                   "(this one could not renew it in time); stopping") from None
             except Unsupported:  # If-Match refused: renew plainly from now on
-                self.conditional = "refused"
+                self._dest.conditional = "refused"
             except RetryableError:
                 continue  # the store hiccuped: try again before the lease runs out
 
@@ -553,7 +548,7 @@ def _make_store(settings: Settings) -> ObjectStoreT:
             if storage.virtual_hosted_style is not None:
                 config["virtual_hosted_style_request"] = storage.virtual_hosted_style
             client = {**timeouts, **proxy_options(settings)}
-            if _target(settings).startswith("http://"):
+            if endpoint.startswith("http://"):
                 client["allow_http"] = True  # a MinIO on the LAN, or tests: as given
             return S3Store(remote.bucket, prefix=prefix, config=config,  # type: ignore[arg-type]
                            client_options=client, retry_config=retry,  # type: ignore[arg-type]

@@ -11,10 +11,11 @@ from typing import Any
 
 def get_provider_info() -> dict[str, Any]:
     from backfill import __version__
+    from backfill.install import DISTRIBUTION
 
     module = "backfill.integrations.airflow"
     return {
-        "package-name": "growingio-backfill",  # the distribution's name, as Airflow wants
+        "package-name": DISTRIBUTION,  # the distribution's name, as Airflow wants
         "name": "GrowingIO backfill",
         "description": "Fetch GrowingIO raw event exports, deferrable, into a folder or a "
                        "bucket, as raw parts or typed tables.",

@@ -35,14 +35,14 @@ import anyio
 from backfill import __version__
 from backfill.config import TABLE_FORMATS, Settings
 from backfill.errors import ExitCode
-from backfill.install import install_line
+from backfill.install import DISTRIBUTION, install_line
 from backfill.keys import Key
 
 if TYPE_CHECKING:
     from backfill.observe import Outcome
 
 EMIT_TIMEOUT = 5.0
-PRODUCER = f"https://pypi.org/project/growingio-backfill/{__version__}/"
+PRODUCER = f"https://pypi.org/project/{DISTRIBUTION}/{__version__}/"
 INPUT_NAMESPACE = "growingio"
 OK_CODES = (ExitCode.OK, ExitCode.NOT_READY)
 """The exits a run COMPLETEs with; INTERRUPTED ABORTs it, any other FAILs it."""
